@@ -1,0 +1,142 @@
+"""`ctqa`: assess CT image quality from the shell (the contract is in DESIGN.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import InputError
+from .noise import DEFAULT_WINDOW_MM
+
+DESCRIPTION = """\
+CT image quality assessment. `ctqa assess` reads a CT (DICOM folder or file, NIfTI, NRRD, MHA) and writes
+a per-voxel quality map (1 = best), a local noise map in HU, per-slice and per-ROI tables, a summary and a
+preview image. `ctqa sample` writes a small synthetic CT to try it on.
+"""
+
+ASSESS_EPILOG = """\
+outputs in --out:
+  quality_map.nrrd         float32 quality per voxel, 1 = best, input geometry (NaN outside the body)
+  noise_map.nrrd           float32 local noise SD in HU
+  reference_ssim_map.nrrd  SSIM against --reference (only with --reference)
+  slices.csv               per slice: z (mm), quality mean / median / 10th percentile, noise SD, HU mean
+  rois.csv                 per ROI (only with --roi): label, name, voxels, status, the same statistics
+  summary.json             global score, GNL (global noise level, HU), SNR, CNR, settings
+  preview.png              representative slices with the quality overlay, and the per-slice plot
+
+exit status: 0 on success, 2 on unusable input (the reason is printed on one line).
+
+example:
+  ctqa sample sample_data
+  ctqa assess sample_data/sample_ct.nrrd --reference sample_data/sample_reference_ct.nrrd \\
+       --roi sample_data/sample_labels.nrrd --roi-names sample_data/sample_labels.txt --out results
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctqa", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"ctqa {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    assess = commands.add_parser(
+        "assess",
+        help="assess one CT volume",
+        description="Assess the image quality of one CT volume.",
+        epilog=ASSESS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    assess.add_argument("input", metavar="INPUT", help="CT volume: DICOM folder or file, .nii/.nii.gz, .nrrd or .mha")
+    assess.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    assess.add_argument("--reference", metavar="REF", help="full-dose/reference CT on the same grid: adds an SSIM map")
+    assess.add_argument(
+        "--roi", metavar="LABELS", help="labelmap file, Slicer .seg.nrrd, or a folder of binary masks (one ROI each)"
+    )
+    assess.add_argument(
+        "--roi-names", metavar="TABLE", help="label names: Slicer colour table (value name R G B A) or value,name CSV"
+    )
+    assess.add_argument("--series", metavar="UID", help="SeriesInstanceUID to read when INPUT holds several series")
+    assess.add_argument("--model", default="physics", metavar="NAME|PATH", help="quality model (default: physics)")
+    assess.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where learned models run (default: auto)"
+    )
+    assess.add_argument(
+        "--window-mm", type=float, default=DEFAULT_WINDOW_MM, help=f"noise window size in mm (default {DEFAULT_WINDOW_MM:g})"
+    )
+    assess.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sample = commands.add_parser(
+        "sample", help="write the bundled synthetic sample CT", description="Write the synthetic demo CT, its "
+        "full-dose reference and an organ labelmap (made offline by this project's code) into DIR."
+    )
+    sample.add_argument("out", metavar="DIR", help="folder to write into (created if missing)")
+    return parser
+
+
+class _ProgressBar:
+    """tqdm bar driven by the core's progress(fraction, message) callback."""
+
+    def __init__(self, enabled: bool):
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=100, unit="%", disable=not enabled, bar_format="{desc:<28}{bar}| {n:.0f}% [{elapsed}]")
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self._bar.set_description_str(message, refresh=False)
+        self._bar.update(max(0.0, 100.0 * fraction - self._bar.n))
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _assess(args: argparse.Namespace) -> None:
+    from .io import read_volume
+    from .pipeline import assess, check_model, check_output_folder, write_outputs
+    from .rois import load_rois
+
+    out = check_output_folder(args.out)
+    check_model(args.model)
+    if args.roi_names and not args.roi:
+        raise InputError(f"{args.roi_names}: --roi-names needs --roi")
+    volume = read_volume(args.input, series_uid=args.series)
+    reference = read_volume(args.reference) if args.reference else None
+    rois = load_rois(args.roi, volume, args.roi_names) if args.roi else None
+    bar = _ProgressBar(enabled=not args.quiet)
+    try:
+        assessment = assess(volume, reference, rois, model=args.model, window_mm=args.window_mm, progress=bar)
+        bar(1.0, "writing outputs")
+        paths = write_outputs(assessment, out)
+    finally:
+        bar.close()
+    summary = assessment.summary
+    score, gnl = summary["global_quality_score"], summary["gnl_hu"]
+    print(
+        f"{Path(args.input).name}: global quality {score:.3f}" if score is not None else "no body found",
+        f"GNL {gnl:.1f} HU" if gnl is not None else "GNL n/a (no soft tissue)",
+        sep=", ",
+    )
+    print(f"wrote {len(paths)} files to {out}")
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from .sample import write_sample
+
+    paths = write_sample(args.out)
+    for role, path in paths.items():
+        print(f"{role:12s} {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `ctqa`; returns the exit status (2 on bad input, with one line on stderr)."""
+    args = _parser().parse_args(argv)
+    try:
+        {"assess": _assess, "sample": _sample}[args.command](args)
+    except InputError as error:
+        print(f"ctqa: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

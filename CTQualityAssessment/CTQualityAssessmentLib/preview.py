@@ -1,0 +1,89 @@
+"""preview.png: representative axial slices with the quality map as a colour overlay, a colour bar, and the
+per-slice score plot. Drawn with matplotlib's object API (no pyplot state, no display needed)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from .pipeline import Assessment
+
+QUALITY_COLORMAP = "viridis"  # perceptually uniform, colour-blind safe: dark = poor, yellow = good
+DISPLAY_WINDOW_HU = (-160.0, 240.0)
+OVERLAY_ALPHA = 0.55
+MAX_PANELS = 4
+
+
+def representative_slices(slice_quality: np.ndarray, count: int = MAX_PANELS) -> list[int]:
+    """Slice indices worth showing: worst, median-ranked and best mean quality, and the middle slice; sorted."""
+    depth = len(slice_quality)
+    assessed = np.flatnonzero(np.isfinite(slice_quality))
+    if assessed.size == 0:
+        return [depth // 2]
+    ranked = assessed[np.argsort(slice_quality[assessed], kind="stable")]
+    picks = [ranked[0], ranked[len(ranked) // 2], ranked[-1], depth // 2]
+    return sorted(dict.fromkeys(int(i) for i in picks))[:count]
+
+
+def _display_view(image: np.ndarray, direction: tuple[float, ...]) -> np.ndarray:
+    """A (y, x) slice flipped so that rows run anterior to posterior and columns right to left (radiological)."""
+    matrix = np.asarray(direction).reshape(3, 3)
+    if matrix[1, 1] < 0:
+        image = image[::-1, :]
+    if matrix[0, 0] < 0:
+        image = image[:, ::-1]
+    return image
+
+
+def save_preview(assessment: Assessment, path: str | Path) -> None:
+    """Write the preview PNG of an assessment."""
+    volume = assessment.volume
+    slice_quality = np.array([row["quality_mean"] for row in assessment.slices], dtype=float)
+    shown = representative_slices(slice_quality)
+    positions = volume.slice_positions_mm()
+    norm = Normalize(0.0, 1.0)
+
+    figure = Figure(figsize=(3.2 * len(shown) + 1.2, 6.4), dpi=110, layout="constrained")
+    grid = figure.add_gridspec(2, len(shown), height_ratios=(3.0, 1.3))
+    image = None
+    for column, index in enumerate(shown):
+        axes = figure.add_subplot(grid[0, column])
+        ct = _display_view(volume.hu[index], volume.direction)
+        quality = np.ma.masked_invalid(_display_view(assessment.quality[index], volume.direction))
+        aspect = volume.spacing[1] / volume.spacing[0]
+        axes.imshow(ct, cmap="gray", vmin=DISPLAY_WINDOW_HU[0], vmax=DISPLAY_WINDOW_HU[1], aspect=aspect)
+        image = axes.imshow(quality, cmap=QUALITY_COLORMAP, norm=norm, alpha=OVERLAY_ALPHA, aspect=aspect)
+        mean = slice_quality[index]
+        score = "n/a" if not math.isfinite(mean) else f"{mean:.2f}"
+        axes.set_title(f"slice {index}  z = {positions[index]:.1f} mm\nmean quality {score}", fontsize=9)
+        axes.set_axis_off()
+    colorbar = figure.colorbar(image, ax=figure.axes, location="right", shrink=0.9)
+    colorbar.set_label("quality (1 = best)")
+    colorbar.set_ticks([0.0, 0.25, 0.5, 0.75, 1.0], labels=["0 poor", "0.25", "0.5", "0.75", "1 good"])
+
+    plot = figure.add_subplot(grid[1, :])
+    indices = np.arange(len(slice_quality))
+    plot.plot(indices, slice_quality, color="tab:blue", label="mean")
+    plot.plot(indices, [row["quality_p10"] for row in assessment.slices], color="tab:orange", lw=1, label="10th percentile")
+    for index in shown:
+        plot.axvline(index, color="0.6", lw=0.8, ls=":")
+    plot.set_xlim(-0.5, max(len(slice_quality) - 0.5, 0.5))
+    plot.set_ylim(0.0, 1.0)
+    plot.set_xlabel("slice index")
+    plot.set_ylabel("quality")
+    plot.legend(loc="lower left", fontsize=8, ncols=2)
+    gnl = assessment.summary.get("gnl_hu")
+    figure.suptitle(
+        f"{Path(volume.source).name}: global quality {assessment.summary.get('global_quality_score') or float('nan'):.2f}"
+        + (f", GNL {gnl:.1f} HU" if gnl is not None else "")
+        + f"  ({assessment.model})",
+        fontsize=10,
+    )
+    FigureCanvasAgg(figure).print_png(str(path))

@@ -1,0 +1,155 @@
+"""Regions of interest on the volume grid: from a labelmap file, a Slicer .seg.nrrd or a folder of binary masks.
+
+Label images on another grid are resampled (nearest neighbour) onto the volume grid when their physical extents
+overlap; otherwise InputError. Names come from, in order: a label table (--roi-names), the segment names stored
+in a .seg.nrrd, the file name of a single binary mask or of each mask in a folder, else "label <value>".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from .errors import InputError
+from .io import VOLUME_EXTENSIONS, read_image
+from .volume import CTVolume
+
+
+@dataclass
+class Roi:
+    """One region on the volume grid: its label value, name and mask inside its bounding box.
+
+    box: slices (z, y, x) of the bounding box, None when the region is empty; mask: bool array of the box.
+    """
+
+    value: int
+    name: str
+    box: tuple[slice, slice, slice] | None
+    mask: np.ndarray | None
+
+    @property
+    def voxel_count(self) -> int:
+        return 0 if self.mask is None else int(self.mask.sum())
+
+
+def read_label_names(path: str | os.PathLike) -> dict[int, str]:
+    """Label names from a 3D Slicer colour table (`value name R G B A`) or a CSV/TSV of `value,name` lines."""
+    names: dict[int, str] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: cannot read label table ({error.__class__.__name__})") from None
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = [f for f in re.split(r"[,\t ]+", line) if f]
+        if len(fields) < 2 or not fields[0].lstrip("-").isdigit():
+            if number == 1 and not fields[0].lstrip("-").isdigit():
+                continue  # a CSV header line
+            raise InputError(f"{path}: line {number} is not 'value name ...'")
+        names[int(fields[0])] = fields[1]
+    if not names:
+        raise InputError(f"{path}: label table has no entries")
+    return names
+
+
+def _segment_names(image: sitk.Image) -> dict[int, str]:
+    """Segment names stored by 3D Slicer in a .seg.nrrd (SegmentN_Name / SegmentN_LabelValue)."""
+    names = {}
+    for key in image.GetMetaDataKeys():
+        match = re.fullmatch(r"Segment(\d+)_Name", key)
+        if match:
+            value_key = f"Segment{match.group(1)}_LabelValue"
+            if value_key in image.GetMetaDataKeys():
+                names[int(image.GetMetaData(value_key))] = image.GetMetaData(key)
+    return names
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for extension in sorted(VOLUME_EXTENSIONS + (".seg.nrrd",), key=len, reverse=True):
+        if name.lower().endswith(extension):
+            return name[: -len(extension)]
+    return path.stem
+
+
+def _physical_bounds(size, spacing, origin, direction) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned physical bounding box (mm) of an image grid, voxel edges included."""
+    direction = np.asarray(direction, dtype=float).reshape(3, 3)
+    corners = np.array([[i, j, k] for i in (-0.5, size[0] - 0.5) for j in (-0.5, size[1] - 0.5) for k in (-0.5, size[2] - 0.5)])
+    points = np.asarray(origin) + (corners * np.asarray(spacing)) @ direction.T
+    return points.min(axis=0), points.max(axis=0)
+
+
+def _same_grid(image: sitk.Image, volume: CTVolume) -> bool:
+    return (
+        image.GetSize() == volume.shape[::-1]
+        and np.allclose(image.GetSpacing(), volume.spacing, atol=1e-4)
+        and np.allclose(image.GetOrigin(), volume.origin, atol=1e-3)
+        and np.allclose(image.GetDirection(), volume.direction, atol=1e-5)
+    )
+
+
+def labels_on_volume_grid(image: sitk.Image, volume: CTVolume, source: str) -> np.ndarray:
+    """Integer label array (z, y, x) of a label image on the volume grid; nearest-neighbour resampled if needed."""
+    if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() != 3:
+        raise InputError(f"{source}: not a 3D single-channel labelmap")
+    if not _same_grid(image, volume):
+        low_a, high_a = _physical_bounds(volume.shape[::-1], volume.spacing, volume.origin, volume.direction)
+        low_b, high_b = _physical_bounds(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+        if np.any(np.minimum(high_a, high_b) <= np.maximum(low_a, low_b)):
+            raise InputError(f"{source}: labelmap does not overlap the volume {volume.source}")
+        grid = sitk.Image(volume.shape[::-1], sitk.sitkUInt8)
+        grid.SetSpacing(volume.spacing)
+        grid.SetOrigin(volume.origin)
+        grid.SetDirection(volume.direction)
+        image = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, image.GetPixelID())
+    labels = sitk.GetArrayFromImage(image)
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise InputError(f"{source}: not a labelmap (non-integer values)")
+        labels = labels.astype(np.int32)
+    return labels
+
+
+def rois_from_labels(labels: np.ndarray, names: dict[int, str]) -> list[Roi]:
+    """One Roi per named label and per label present (value > 0), in value order; named-but-absent ones are empty."""
+    present = [int(v) for v in np.unique(labels) if v > 0]
+    boxes = ndimage.find_objects(labels.astype(np.int32, copy=False)) if present else []
+    rois = []
+    for value in sorted(set(present) | set(names)):
+        box = boxes[value - 1] if 0 < value <= len(boxes) else None
+        mask = None if box is None else labels[box] == value
+        rois.append(Roi(value, names.get(value, f"label {value}"), box, mask))
+    return rois
+
+
+def load_rois(path: str | os.PathLike, volume: CTVolume, names_path: str | os.PathLike | None = None) -> list[Roi]:
+    """ROIs on the grid of volume from a labelmap file, a .seg.nrrd or a folder of binary mask files."""
+    source = Path(path)
+    table = read_label_names(names_path) if names_path is not None else {}
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_EXTENSIONS))
+        if not files:
+            raise InputError(f"{source}: folder holds no mask files ({', '.join(VOLUME_EXTENSIONS)})")
+        rois = []
+        for value, file in enumerate(files, 1):
+            mask = labels_on_volume_grid(read_image(file), volume, str(file)) > 0
+            rois.extend(rois_from_labels(mask.astype(np.uint8), {1: table.get(value, _stem(file))}))
+            rois[-1].value = value
+        return rois
+    if not source.exists():
+        raise InputError(f"{source}: no such file or folder")
+    image = read_image(source)
+    labels = labels_on_volume_grid(image, volume, str(source))
+    names = table or _segment_names(image)
+    if not names and set(np.unique(labels)) <= {0, 1}:
+        names = {1: _stem(source)}
+    return rois_from_labels(labels, names)

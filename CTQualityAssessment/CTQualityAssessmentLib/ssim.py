@@ -1,0 +1,92 @@
+"""Full-reference SSIM maps with the Noise2Quality settings, slice by slice.
+
+Settings (DESIGN.md): Gaussian window 11x11 with sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1, on HU clipped
+to SSIM_WINDOW_HU and scaled to [0, 1]; population (not sample) covariance as in Wang et al. 2004; borders
+reflected. Equal to scikit-image's ``structural_similarity(full=True, gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False, data_range=1)`` per slice, computed in float32 on slabs of slices at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from .slabs import ProgressCallback, run_over_slabs
+
+#: HU window the SSIM is computed on: the abdominal soft-tissue window (level 40, width 400).
+SSIM_WINDOW_HU = (-160.0, 240.0)
+SSIM_SIGMA = 1.5
+SSIM_TRUNCATE = 3.5  # radius int(3.5 * 1.5 + 0.5) = 5 voxels: the 11x11 window
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+
+
+def scale_to_unit(hu: np.ndarray, window: tuple[float, float] = SSIM_WINDOW_HU) -> np.ndarray:
+    """HU clipped to window and scaled to [0, 1], float32."""
+    low, high = window
+    scaled = (np.asarray(hu, dtype=np.float32) - np.float32(low)) / np.float32(high - low)
+    return np.clip(scaled, 0.0, 1.0, out=scaled)
+
+
+def _gaussian_weights() -> np.ndarray:
+    radius = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    weights = np.exp(-0.5 * (offsets / SSIM_SIGMA) ** 2)
+    return weights / weights.sum()
+
+
+def _ssim_slab(test: np.ndarray, reference: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """SSIM map of two (z, y, x) slabs already scaled to [0, 1]."""
+    c1 = np.float32(SSIM_K1**2)
+    c2 = np.float32(SSIM_K2**2)
+    # Centre both images on 0.5: variances are unchanged and float32 cancellation error is 4x smaller.
+    moments = np.empty((5,) + test.shape, dtype=np.float32)
+    x, y, xx, yy, xy = moments
+    np.subtract(test, np.float32(0.5), out=x)
+    np.subtract(reference, np.float32(0.5), out=y)
+    np.multiply(x, x, out=xx)
+    np.multiply(y, y, out=yy)
+    np.multiply(x, y, out=xy)
+    # Gaussian local means of all five moments, one separable pass per in-plane axis.
+    smoothed = ndimage.correlate1d(moments, weights, axis=2, mode="reflect")
+    ndimage.correlate1d(smoothed, weights, axis=3, mode="reflect", output=moments)
+    mu_x, mu_y, xx, yy, xy = moments
+    xx -= mu_x * mu_x  # variance of x
+    yy -= mu_y * mu_y  # variance of y
+    xy -= mu_x * mu_y  # covariance
+    mu_x += np.float32(0.5)
+    mu_y += np.float32(0.5)
+    xx += yy
+    xx += c2  # sigma_x^2 + sigma_y^2 + C2
+    xy *= 2
+    xy += c2  # 2 sigma_xy + C2
+    numerator = mu_x * mu_y
+    numerator *= 2
+    numerator += c1
+    numerator *= xy
+    np.multiply(mu_x, mu_x, out=yy)
+    yy += mu_y * mu_y
+    yy += c1
+    yy *= xx  # denominator
+    return np.divide(numerator, yy, out=numerator)
+
+
+def ssim_map(
+    test_hu: np.ndarray,
+    reference_hu: np.ndarray,
+    window: tuple[float, float] = SSIM_WINDOW_HU,
+    progress: ProgressCallback | None = None,
+) -> np.ndarray:
+    """Per-voxel SSIM of test against reference, both (z, y, x) in HU; float32 map (z, y, x), 1 = identical."""
+    if test_hu.shape != reference_hu.shape:
+        raise ValueError(f"test shape {test_hu.shape} differs from reference shape {reference_hu.shape}")
+    weights = _gaussian_weights()
+    out = np.empty(test_hu.shape, dtype=np.float32)
+
+    def compare(start: int, stop: int) -> None:
+        test = scale_to_unit(test_hu[start:stop], window)
+        reference = scale_to_unit(reference_hu[start:stop], window)
+        out[start:stop] = _ssim_slab(test, reference, weights)
+
+    run_over_slabs(compare, test_hu.shape[0], progress, message="reference SSIM map")
+    return out

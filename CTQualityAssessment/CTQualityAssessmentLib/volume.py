@@ -1,0 +1,53 @@
+"""The volume type every part of the project exchanges: a CT in Hounsfield units with its geometry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CTVolume:
+    """A CT volume in HU with physical geometry.
+
+    hu: float32 array (z, y, x) in Hounsfield units (rescale slope/intercept already applied).
+    spacing, origin: per axis in ITK order (x, y, z), mm, LPS physical space.
+    direction: 3x3 direction cosines, row-major 9-tuple in ITK order (columns are the x, y, z axes).
+    source: where the volume came from, for messages.
+    """
+
+    hu: np.ndarray
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    source: str = "<memory>"
+
+    def __post_init__(self):
+        if self.hu.ndim != 3:
+            raise ValueError(f"hu must be (z, y, x), got shape {self.hu.shape}")
+        if self.hu.dtype != np.float32:
+            object.__setattr__(self, "hu", self.hu.astype(np.float32))
+        object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
+        object.__setattr__(self, "origin", tuple(float(o) for o in self.origin))
+        object.__setattr__(self, "direction", tuple(float(d) for d in self.direction))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Array shape (z, y, x)."""
+        return self.hu.shape
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        """Voxel size in mm in array order (z, y, x)."""
+        return self.spacing[::-1]
+
+    def slice_positions_mm(self) -> np.ndarray:
+        """Physical z (mm, LPS) of each slice centre, shape (z,)."""
+        direction = np.asarray(self.direction).reshape(3, 3)
+        k = np.arange(self.shape[0])
+        return self.origin[2] + direction[2, 2] * self.spacing[2] * k
+
+    def with_array(self, array: np.ndarray) -> "CTVolume":
+        """A volume on the same grid holding another (z, y, x) array."""
+        return CTVolume(array, self.spacing, self.origin, self.direction, self.source)

@@ -1,0 +1,29 @@
+# Two entry points (see README): `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is not needed yet; when it is, this pins the CPU build that is available offline (DESIGN.md).
+PIP_CONSTRAINTS := constraints.txt
+
+$(BIN)/ctqa: pyproject.toml $(PIP_CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c $(PIP_CONSTRAINTS) -e ".[test]"
+	touch $@
+
+.PHONY: setup demo test bench clean
+setup: $(BIN)/ctqa
+
+demo: setup
+	$(BIN)/ctqa sample sample_data
+	$(BIN)/ctqa assess sample_data/sample_ct.nrrd --reference sample_data/sample_reference_ct.nrrd \
+		--roi sample_data/sample_labels.nrrd --roi-names sample_data/sample_labels.txt --out demo_output
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python benchmarks/bench_physics.py
+
+clean:
+	rm -rf sample_data demo_output
