@@ -40,7 +40,7 @@ FAT_HU = (-150.0, -50.0)  # fat, the low side of the CNR
 NOISE_TISSUE_HU = (-200.0, 300.0)  # window means that may feed the noise map: fat to enhanced organs
 BODY_THRESHOLD_HU = -500.0
 DEFAULT_WINDOW_MM = 6.0
-MIN_CELL_VOXELS = 2
+MIN_CELL_VOXELS = 3
 FLATNESS_ALPHA = 0.01
 NOISE_SD50_HU = SSIM_K2 * (SSIM_WINDOW_HU[1] - SSIM_WINDOW_HU[0])
 

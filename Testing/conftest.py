@@ -1,0 +1,15 @@
+"""Shared fixtures: the real CT data in ../shared/data (tests skip with a reason when it is absent)."""
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of ../shared/data beside the repository, or skip when this clone has none."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real CT data not found at {SHARED_DATA} (only present beside the project's own checkout)")
+    return SHARED_DATA

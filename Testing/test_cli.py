@@ -1,0 +1,88 @@
+"""`ctqa` and `ctqa-train` end to end on the bundled sample: the output contract of DESIGN.md."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from CTQualityAssessmentLib.cli import main
+from CTQualityAssessmentLib.sample import make_sample
+from CTQualityTraining.cli import main as train_main
+
+
+@pytest.fixture(scope="module")
+def sample_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sample")
+    assert main(["sample", str(folder)]) == 0
+    return folder
+
+
+@pytest.fixture(scope="module")
+def outputs(sample_files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "results"
+    argv = [
+        "assess", str(sample_files / "sample_ct.nrrd"), "--out", str(out), "--quiet",
+        "--reference", str(sample_files / "sample_reference_ct.nrrd"),
+        "--roi", str(sample_files / "sample_labels.nrrd"), "--roi-names", str(sample_files / "sample_labels.txt"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    return out
+
+
+def test_writes_every_contract_file(outputs):
+    expected = {"quality_map.nrrd", "noise_map.nrrd", "reference_ssim_map.nrrd", "slices.csv", "rois.csv",
+                "summary.json", "preview.png"}  # fmt: skip
+    assert {p.name for p in outputs.iterdir()} == expected
+    assert (outputs / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_maps_keep_the_input_geometry(outputs, sample_files):
+    ct = sitk.ReadImage(str(sample_files / "sample_ct.nrrd"))
+    for name in ("quality_map.nrrd", "noise_map.nrrd", "reference_ssim_map.nrrd"):
+        image = sitk.ReadImage(str(outputs / name))
+        assert image.GetPixelID() == sitk.sitkFloat32
+        assert image.GetSize() == ct.GetSize()
+        assert image.GetSpacing() == ct.GetSpacing() and image.GetOrigin() == ct.GetOrigin()
+        assert image.GetDirection() == ct.GetDirection()
+    quality = sitk.GetArrayFromImage(sitk.ReadImage(str(outputs / "quality_map.nrrd")))
+    assert np.nanmin(quality) >= 0.0 and np.nanmax(quality) <= 1.0
+
+
+def test_tables_and_summary(outputs):
+    sample = make_sample()
+    with (outputs / "slices.csv").open() as handle:
+        slices = list(csv.DictReader(handle))
+    assert len(slices) == sample.low_dose.shape[0]
+    quality = np.array([float(row["quality_mean"]) for row in slices])
+    # The sample's dose falls from 100 % to 10 % along z: per-slice quality must follow it.
+    assert np.corrcoef(quality, sample.dose_fraction)[0, 1] > 0.95
+    with (outputs / "rois.csv").open() as handle:
+        rois = {row["name"]: row for row in csv.DictReader(handle)}
+    assert set(rois) == set(sample.label_names.values())
+    assert int(rois["liver"]["voxels"]) == int((sample.labels == 1).sum())
+    summary = json.loads((outputs / "summary.json").read_text())
+    assert summary["model"] == "physics"
+    assert 0.0 < summary["global_quality_score"] < 1.0
+    assert summary["gnl_hu"] > 10.0  # the sample's noise is at least its full-dose 10 HU
+    assert 0.0 < summary["reference_ssim_mean_body"] < 1.0
+
+
+def test_training_labels_command(sample_files, tmp_path, capsys):
+    out = tmp_path / "label.nrrd"
+    argv = ["labels", str(sample_files / "sample_ct.nrrd"), "--reference", str(sample_files / "sample_reference_ct.nrrd")]
+    assert train_main([*argv, "--out", str(out)]) == 0
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    np.testing.assert_allclose(label[0], 1.0, atol=1e-6)  # the first slice is at full dose
+    assert label[-1].mean() < label[1].mean() - 0.1  # the last slice is at 10 % dose
+    assert "mean SSIM" in capsys.readouterr().out
+
+
+def test_help_explains_outputs(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["assess", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for name in ("quality_map.nrrd", "noise_map.nrrd", "slices.csv", "rois.csv", "summary.json", "preview.png"):
+        assert name in text
