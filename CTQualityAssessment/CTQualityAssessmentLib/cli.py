@@ -80,7 +80,9 @@ class _ProgressBar:
     def __init__(self, enabled: bool):
         from tqdm import tqdm
 
-        self._bar = tqdm(total=100, unit="%", disable=not enabled, bar_format="{desc:<28}{bar}| {n:.0f}% [{elapsed}]")
+        self._bar = tqdm(
+            total=100, desc="assessing", disable=not enabled, bar_format="{desc:<28}{bar}| {n:.0f}% [{elapsed}]"
+        )
 
     def __call__(self, fraction: float, message: str) -> None:
         self._bar.set_description_str(message, refresh=False)

@@ -148,12 +148,14 @@ def _read_dicom_folder(folder: str, series_uid: str | None) -> sitk.Image:
 
 def _read_single_file(path: str) -> sitk.Image:
     header = _read_dicom_header(path)
-    if header is not None and ("Modality" in header or "PixelData" in header):
+    is_dicom = header is not None and ("Modality" in header or "PixelData" in header)
+    if is_dicom:
         _check_dicom_header(header, path)
     try:
         return sitk.ReadImage(path)
     except RuntimeError as error:
-        raise InputError(f"{path}: cannot read ({_first_line(error)})") from None
+        reason = "truncated or unsupported pixel data" if is_dicom else _first_line(error)
+        raise InputError(f"{path}: cannot read ({reason})") from None
 
 
 def image_to_array(image: sitk.Image, source: str) -> tuple[np.ndarray, tuple, tuple, tuple]:

@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 if TYPE_CHECKING:
     from .pipeline import Assessment
@@ -22,14 +23,13 @@ MAX_PANELS = 4
 
 
 def representative_slices(slice_quality: np.ndarray, count: int = MAX_PANELS) -> list[int]:
-    """Slice indices worth showing: worst, median-ranked and best mean quality, and the middle slice; sorted."""
-    depth = len(slice_quality)
+    """Slice indices worth showing: evenly spaced ranks of mean quality from the worst to the best; sorted."""
     assessed = np.flatnonzero(np.isfinite(slice_quality))
     if assessed.size == 0:
-        return [depth // 2]
+        return [len(slice_quality) // 2]
     ranked = assessed[np.argsort(slice_quality[assessed], kind="stable")]
-    picks = [ranked[0], ranked[len(ranked) // 2], ranked[-1], depth // 2]
-    return sorted(dict.fromkeys(int(i) for i in picks))[:count]
+    ranks = np.round(np.linspace(0, len(ranked) - 1, min(count, len(ranked)))).astype(int)
+    return sorted(int(ranked[rank]) for rank in ranks)
 
 
 def _display_view(image: np.ndarray, direction: tuple[float, ...]) -> np.ndarray:
@@ -74,6 +74,7 @@ def save_preview(assessment: Assessment, path: str | Path) -> None:
     plot.plot(indices, [row["quality_p10"] for row in assessment.slices], color="tab:orange", lw=1, label="10th percentile")
     for index in shown:
         plot.axvline(index, color="0.6", lw=0.8, ls=":")
+    plot.xaxis.set_major_locator(MaxNLocator(integer=True))
     plot.set_xlim(-0.5, max(len(slice_quality) - 0.5, 0.5))
     plot.set_ylim(0.0, 1.0)
     plot.set_xlabel("slice index")
