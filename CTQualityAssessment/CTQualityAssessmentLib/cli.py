@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import InputError
+from .errors import InputError, exit_status
 from .noise import DEFAULT_WINDOW_MM
 
 DESCRIPTION = """\
@@ -132,12 +132,7 @@ def _sample(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `ctqa`; returns the exit status (2 on bad input, with one line on stderr)."""
     args = _parser().parse_args(argv)
-    try:
-        {"assess": _assess, "sample": _sample}[args.command](args)
-    except InputError as error:
-        print(f"ctqa: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status("ctqa", lambda: {"assess": _assess, "sample": _sample}[args.command](args))
 
 
 if __name__ == "__main__":

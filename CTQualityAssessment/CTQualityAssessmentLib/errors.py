@@ -1,4 +1,7 @@
-"""The one exception type that means "the user's input is unusable"."""
+"""The one exception type that means "the user's input is unusable", and how command lines report it."""
+
+import sys
+from typing import Callable
 
 
 class InputError(ValueError):
@@ -6,3 +9,13 @@ class InputError(ValueError):
 
     The CLI turns it into exit code 2 with the message on stderr; the Slicer module shows it in a dialog.
     """
+
+
+def exit_status(program: str, command: Callable[[], None]) -> int:
+    """Run a command-line action: 0 when it succeeds, 2 with `program: error: reason` on stderr for InputError."""
+    try:
+        command()
+    except InputError as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
