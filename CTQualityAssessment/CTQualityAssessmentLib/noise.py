@@ -1,15 +1,16 @@
 """Physics quality measures that need no training: local noise SD map, GNL, body mask, quality map, SNR/CNR.
 
 How the noise map is made (cost O(voxels), independent of the window size):
-1. Each slice is cut into cells of about half the window (at least 2x2 voxels); one strided pass sums HU and
-   HU^2 per cell.
+1. Each slice is cut into cells of about half the window (at least 3x3 voxels, so a window has at least 36); one
+   strided pass sums HU and HU^2 per cell.
 2. A window is 2x2 adjacent cells (window size = 2 cells, stride 1 cell). Its local variance comes from the four
    cell sums. A window is *flat* when its mean is tissue (NOISE_TISSUE_HU) and two tests at FLATNESS_ALPHA find no
    structure in it: an F test of the spread between the four cell means against the spread within them (a step
    edge through the window), and Cochran's test of the largest cell variance (an edge or vessel inside one cell).
-3. Variances of flat windows are averaged over neighbouring flat windows (Gaussian normalised convolution,
-   sigma 1 window); windows with no flat neighbour take wider averages (sigma 4 windows), then the slice median,
-   then the volume median. Edges never enter the estimate; regions next to them inherit it from flat neighbours.
+   Only flat windows whose eight neighbours are flat too are kept, which drops windows clipping an edge.
+3. Variances of kept windows are averaged over neighbouring kept windows (Gaussian normalised convolution,
+   sigma 1 window); windows with none nearby take wider averages (sigma 4 windows), then the slice median, then
+   the volume median. Edges never enter the estimate; regions next to them inherit it from flat neighbours.
 4. The noise SD on the window grid is interpolated (bilinear, in-plane) to every voxel; voxels outside the body
    are NaN.
 
@@ -147,15 +148,12 @@ def _window_stats(sum_hu: np.ndarray, sum_sq: np.ndarray, cell_voxels: int, limi
 
 def _away_from_structure(flat: np.ndarray) -> np.ndarray:
     """Flat windows whose 8 in-plane neighbours are flat too: drops windows that clip an edge by a few voxels."""
+    _, height, width = flat.shape
+    padded = np.pad(flat, ((0, 0), (1, 1), (1, 1)), constant_values=False)
     kept = flat.copy()
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if dy or dx:
-                shifted = np.zeros_like(flat)
-                target = (slice(None), slice(max(dy, 0), flat.shape[1] + min(dy, 0)), slice(max(dx, 0), flat.shape[2] + min(dx, 0)))
-                source = (slice(None), slice(max(-dy, 0), flat.shape[1] + min(-dy, 0)), slice(max(-dx, 0), flat.shape[2] + min(-dx, 0)))
-                shifted[target] = flat[source]
-                kept &= shifted
+    for dy in range(3):
+        for dx in range(3):
+            kept &= padded[:, dy : dy + height, dx : dx + width]
     return kept
 
 
