@@ -57,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
         "--roi-names", metavar="TABLE", help="label names: Slicer colour table (value name R G B A) or value,name CSV"
     )
     assess.add_argument("--series", metavar="UID", help="SeriesInstanceUID to read when INPUT holds several series")
-    assess.add_argument("--model", default="physics", metavar="NAME|PATH", help="quality model (default: physics)")
+    assess.add_argument(
+        "--model", default="default", metavar="NAME|PATH", help="quality model: default (= physics for now) or physics"
+    )
     assess.add_argument(
         "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where learned models run (default: auto)"
     )
@@ -98,7 +100,7 @@ def _assess(args: argparse.Namespace) -> None:
     from .rois import load_rois
 
     out = check_output_folder(args.out)
-    check_model(args.model)
+    model = check_model(args.model)
     if args.roi_names and not args.roi:
         raise InputError(f"{args.roi_names}: --roi-names needs --roi")
     volume = read_volume(args.input, series_uid=args.series)
@@ -106,7 +108,7 @@ def _assess(args: argparse.Namespace) -> None:
     rois = load_rois(args.roi, volume, args.roi_names) if args.roi else None
     bar = _ProgressBar(enabled=not args.quiet)
     try:
-        assessment = assess(volume, reference, rois, model=args.model, window_mm=args.window_mm, progress=bar)
+        assessment = assess(volume, reference, rois, model=model, window_mm=args.window_mm, progress=bar)
         bar(1.0, "writing outputs")
         paths = write_outputs(assessment, out)
     finally:

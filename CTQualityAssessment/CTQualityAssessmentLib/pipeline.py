@@ -58,10 +58,18 @@ def check_output_folder(path: str | os.PathLike) -> Path:
     return folder
 
 
-def check_model(model: str) -> str:
-    if model not in AVAILABLE_MODELS:
-        raise InputError(f"{model}: unknown model; available: {', '.join(AVAILABLE_MODELS)}")
-    return model
+def check_model(model: str | None) -> str:
+    """The model to run for a user's choice: "default" (or nothing) is DEFAULT_MODEL; anything unknown is refused."""
+    if model in (None, "", "default"):
+        return DEFAULT_MODEL
+    if model in AVAILABLE_MODELS:
+        return model
+    if os.path.splitext(model)[1] or os.sep in model:
+        raise InputError(
+            f"{model}: checkpoint files cannot be loaded yet (no learned model is available in this version); "
+            f"choose one of: {', '.join(AVAILABLE_MODELS)}"
+        )
+    raise InputError(f"{model}: unknown model; available: {', '.join(AVAILABLE_MODELS)}")
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -120,7 +128,7 @@ def assess(
     progress: ProgressCallback | None = None,
 ) -> Assessment:
     """Assess one CT volume: quality and noise maps, optional reference SSIM map, per-slice and per-ROI tables."""
-    check_model(model)
+    model = check_model(model)
     if reference is not None:
         check_reference(volume, reference)
 

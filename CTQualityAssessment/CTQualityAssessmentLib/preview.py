@@ -9,14 +9,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import Normalize
+from matplotlib.colors import LinearSegmentedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from .colors import QUALITY_COLOR_ANCHORS
 
 if TYPE_CHECKING:
     from .pipeline import Assessment
 
-QUALITY_COLORMAP = "viridis"  # perceptually uniform, colour-blind safe: dark = poor, yellow = good
+QUALITY_COLORMAP = LinearSegmentedColormap.from_list("quality", QUALITY_COLOR_ANCHORS)
 DISPLAY_WINDOW_HU = (-160.0, 240.0)
 OVERLAY_ALPHA = 0.55
 MAX_PANELS = 4

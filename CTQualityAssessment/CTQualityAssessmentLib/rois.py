@@ -131,6 +131,12 @@ def rois_from_labels(labels: np.ndarray, names: dict[int, str]) -> list[Roi]:
     return rois
 
 
+def roi_from_mask(mask: np.ndarray, value: int, name: str) -> Roi:
+    """One Roi from a bool (z, y, x) mask on the volume grid."""
+    box = ndimage.find_objects(mask.astype(np.uint8))
+    return Roi(value, name, box[0], mask[box[0]]) if box else Roi(value, name, None, None)
+
+
 def load_rois(path: str | os.PathLike, volume: CTVolume, names_path: str | os.PathLike | None = None) -> list[Roi]:
     """ROIs on the grid of volume from a labelmap file, a .seg.nrrd or a folder of binary mask files."""
     source = Path(path)
@@ -142,8 +148,7 @@ def load_rois(path: str | os.PathLike, volume: CTVolume, names_path: str | os.Pa
         rois = []
         for value, file in enumerate(files, 1):
             mask = labels_on_volume_grid(read_image(file), volume, str(file)) > 0
-            rois.extend(rois_from_labels(mask.astype(np.uint8), {1: table.get(value, _stem(file))}))
-            rois[-1].value = value
+            rois.append(roi_from_mask(mask, value, table.get(value, _stem(file))))
         return rois
     if not source.exists():
         raise InputError(f"{source}: no such file or folder")

@@ -1,0 +1,91 @@
+"""Static checks of the Slicer module (the module file itself only runs inside Slicer).
+
+Every widget name the code uses exists in the .ui, every SlicerParameterName in the .ui is a parameter node field,
+every Lib file and resource is listed in the module's CMakeLists.txt.
+"""
+
+import ast
+import re
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+
+MODULE_DIR = Path(__file__).resolve().parents[1] / "CTQualityAssessment"
+MODULE_FILE = MODULE_DIR / "CTQualityAssessment.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "CTQualityAssessment.ui"
+PARAMETER_NODE_CLASS = "CTQualityAssessmentParameterNode"
+
+
+@pytest.fixture(scope="module")
+def module_tree():
+    return ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def ui_widgets() -> dict[str, ElementTree.Element]:
+    return {w.get("name"): w for w in ElementTree.parse(UI_FILE).iter("widget")}
+
+
+def _parameter_bindings(ui_widgets) -> dict[str, str]:
+    """widget name -> SlicerParameterName."""
+    bindings = {}
+    for name, widget in ui_widgets.items():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bindings[name] = prop.findtext("string")
+    return bindings
+
+
+def _parameter_fields(module_tree) -> set[str]:
+    for node in ast.walk(module_tree):
+        if isinstance(node, ast.ClassDef) and node.name == PARAMETER_NODE_CLASS:
+            decorators = {d.id for d in node.decorator_list if isinstance(d, ast.Name)}
+            assert "parameterNodeWrapper" in decorators
+            return {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
+    raise AssertionError(f"{PARAMETER_NODE_CLASS} not found in {MODULE_FILE.name}")
+
+
+def test_widgets_used_by_the_code_exist_in_the_ui(module_tree, ui_widgets):
+    used = {
+        node.attr
+        for node in ast.walk(module_tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "ui"
+        and isinstance(node.value.value, ast.Name)
+        and node.value.value.id == "self"
+    }
+    assert used, "no self.ui.<widget> found: the check would be empty"
+    assert used <= set(ui_widgets), f"widgets missing from the .ui: {sorted(used - set(ui_widgets))}"
+
+
+def test_ui_parameter_names_are_parameter_node_fields(module_tree, ui_widgets):
+    bindings = _parameter_bindings(ui_widgets)
+    fields = _parameter_fields(module_tree)
+    assert bindings, "the .ui binds no widget to the parameter node"
+    unknown = {widget: name for widget, name in bindings.items() if name not in fields}
+    assert not unknown, f"SlicerParameterName not in {PARAMETER_NODE_CLASS}: {unknown}"
+    assert len(set(bindings.values())) == len(bindings), "two widgets bound to the same parameter"
+
+
+def test_inputs_of_the_issue_are_bound(ui_widgets):
+    bound = set(_parameter_bindings(ui_widgets).values())
+    assert {"inputVolume", "referenceVolume", "segmentation", "model", "checkpointPath", "device", "opacity"} <= bound
+    assert ui_widgets["modelComboBox"].get("class") == "QComboBox"  # filled from Choice(_models())
+
+
+def test_cmake_lists_every_lib_file_and_resource():
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
+    listed = set(re.findall(r"\$\{MODULE_NAME\}(Lib/\w+\.py|\.py)", cmake))
+    on_disk = {f"Lib/{p.name}" for p in (MODULE_DIR / "CTQualityAssessmentLib").glob("*.py")} | {".py"}
+    assert listed == on_disk
+    for resource in re.findall(r"(Resources/\S+)", cmake):
+        assert (MODULE_DIR / resource.replace("${MODULE_NAME}", "CTQualityAssessment")).is_file(), resource
+    assert "WITH_GENERIC_TESTS" in cmake and "slicer_add_python_unittest" in cmake
+
+
+def test_icon_is_128_pixels_square():
+    header = (MODULE_DIR / "Resources" / "Icons" / "CTQualityAssessment.png").read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(header[16:20], "big") == int.from_bytes(header[20:24], "big") == 128
