@@ -97,3 +97,13 @@ def test_slice_too_small_for_a_window_is_refused():
 
     with pytest.raises(InputError, match="smaller than one"):
         analyse_noise(CTVolume(np.zeros((1, 5, 5), np.float32), (1.0, 1.0, 1.0), source="tiny.nrrd"))
+
+
+@pytest.mark.parametrize("pair", ["L506_18", "L506_86"])
+def test_gnl_doubles_at_quarter_dose_on_real_mayo_pairs(shared_data, pair):
+    """Real quarter-dose vs full-dose slices (noise SD should scale as 1/sqrt(0.25) = 2)."""
+    gnl = {}
+    for role in ("input", "target"):  # quarter dose, full dose; value = (HU + 1024) / 4096
+        hu = np.load(shared_data / "mayo_pairs" / f"{pair}_{role}.npy") * 4096.0 - 1024.0
+        gnl[role] = analyse_noise(CTVolume(hu[None].astype(np.float32), (0.74, 0.74, 3.0))).gnl
+    assert 1.7 < gnl["input"] / gnl["target"] < 2.3
