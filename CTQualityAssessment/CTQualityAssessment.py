@@ -28,7 +28,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 #: Packages the core needs beyond what Slicer bundles; numpy and SimpleITK are Slicer's own and are never replaced.
-REQUIREMENTS = ("scipy>=1.10", "pydicom>=2.4")
+REQUIREMENTS = ("scipy>=1.10", "pydicom>=2.4", "opencv-python-headless>=4.8")
 SLICER_OWNED_PACKAGES = ("numpy", "SimpleITK")
 CHECKPOINT_CHOICE = "user checkpoint file"
 SAMPLE_NAME = "CTQualityAssessmentSample"

@@ -13,3 +13,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real CT data not found at {SHARED_DATA} (only present beside the project's own checkout)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def torch_single_thread():
+    """Tiny tensors run faster on one thread, and spinning OpenMP threads stall badly on a busy shared CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,14 +3,16 @@
 How the noise map is made (cost O(voxels), independent of the window size):
 1. Each slice is cut into cells of about half the window (at least 3x3 voxels, so a window has at least 36); one
    strided pass sums HU and HU^2 per cell.
-2. A window is 2x2 adjacent cells (window size = 2 cells, stride 1 cell). Its local variance comes from the four
-   cell sums. A window is *flat* when its mean is tissue (NOISE_TISSUE_HU) and two tests at FLATNESS_ALPHA find no
-   structure in it: an F test of the spread between the four cell means against the spread within them (a step
-   edge through the window), and Cochran's test of the largest cell variance (an edge or vessel inside one cell).
-   Only flat windows whose eight neighbours are flat too are kept, which drops windows clipping an edge.
+2. A window is 2x2 adjacent cells (window size = 2 cells, stride 1 cell); its mean and local variance come from
+   the four cell sums. Structure (edges, vessels, texture) only ever adds to a window's variance, so a window counts
+   as noise-only when its mean is tissue (NOISE_TISSUE_HU) and its SD is below NOISE_ONLY_RATIO times its slice's
+   GNL (the mode of the slice's soft-tissue window SDs, which edges cannot move). Only noise-only windows whose
+   eight neighbours are noise-only too are kept, which drops windows that clip an edge. Local noise is therefore
+   resolved up to NOISE_ONLY_RATIO times the slice's GNL.
 3. Variances of kept windows are averaged over neighbouring kept windows (Gaussian normalised convolution,
    sigma 1 window); windows with none nearby take wider averages (sigma 4 windows), then the slice median, then
-   the volume median. Edges never enter the estimate; regions next to them inherit it from flat neighbours.
+   the volume median. Edges never enter the estimate; regions next to them inherit it from noise-only
+   neighbours.
 4. The noise SD on the window grid is interpolated (bilinear, in-plane) to every voxel; voxels outside the body
    are NaN.
 
@@ -28,8 +30,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
-from scipy import ndimage, stats
+from scipy import ndimage
 
 from .errors import InputError
 from .slabs import ProgressCallback, run_over_slabs
@@ -42,7 +45,8 @@ NOISE_TISSUE_HU = (-200.0, 300.0)  # window means that may feed the noise map: f
 BODY_THRESHOLD_HU = -500.0
 DEFAULT_WINDOW_MM = 6.0
 MIN_CELL_VOXELS = 3
-FLATNESS_ALPHA = 0.01
+NOISE_ONLY_RATIO = 1.5
+MIN_MODE_WINDOWS = 50  # fewer soft-tissue windows in a slice: its GNL is the volume's
 NOISE_SD50_HU = SSIM_K2 * (SSIM_WINDOW_HU[1] - SSIM_WINDOW_HU[0])
 
 
@@ -52,7 +56,7 @@ class NoiseAnalysis:
 
     noise_sd: float32 (z, y, x) local noise SD in HU, NaN outside the body.
     quality: float32 (z, y, x) quality in [0, 1], 1 = best, NaN outside the body.
-    slice_noise_sd: (z,) median noise SD (HU) of the slice's flat tissue windows, NaN where it has none.
+    slice_noise_sd: (z,) median noise SD (HU) of the slice's kept noise-only windows, NaN where it has none.
     gnl: global noise level in HU (NaN without soft tissue); snr, cnr: see physics_summary().
     window_voxels: (y, x) window size in voxels.
     """
@@ -108,71 +112,56 @@ def _sum_2x2(cells: np.ndarray) -> np.ndarray:
     return cells[:, :-1, :-1] + cells[:, 1:, :-1] + cells[:, :-1, 1:] + cells[:, 1:, 1:]
 
 
-def _max_2x2(cells: np.ndarray) -> np.ndarray:
-    return np.maximum(np.maximum(cells[:, :-1, :-1], cells[:, 1:, :-1]), np.maximum(cells[:, :-1, 1:], cells[:, 1:, 1:]))
-
-
-def _flatness_limits(cell_voxels: int) -> tuple[float, float]:
-    """Critical values (F ratio, Cochran's C) above which a 2x2-cell window holds structure, not just noise."""
-    window_voxels = 4 * cell_voxels
-    f_limit = stats.f.ppf(1 - FLATNESS_ALPHA, 3, window_voxels - 4)
-    df = cell_voxels - 1
-    f_cochran = stats.f.ppf(1 - FLATNESS_ALPHA / 4, df, 3 * df)
-    return float(f_limit), float(1.0 / (1.0 + 3.0 / f_cochran))
-
-
 @dataclass
 class _WindowStats:
-    """Per-window statistics of one slab on the window grid (z, ny-1, nx-1)."""
+    """Per-window mean (HU) and variance (HU^2) of one slab on the window grid (z, ny-1, nx-1)."""
 
     mean: np.ndarray
     variance: np.ndarray
-    flat: np.ndarray
 
 
-def _window_stats(sum_hu: np.ndarray, sum_sq: np.ndarray, cell_voxels: int, limits: tuple[float, float]) -> _WindowStats:
-    n = cell_voxels
-    cell_ss = np.maximum(sum_sq - sum_hu * sum_hu / n, 0.0)  # within-cell sum of squared deviations
+def _window_stats(sum_hu: np.ndarray, sum_sq: np.ndarray, cell_voxels: int) -> _WindowStats:
+    window_voxels = 4 * cell_voxels
     window_sum = _sum_2x2(sum_hu)
-    window_ss = np.maximum(_sum_2x2(sum_sq) - window_sum * window_sum / (4 * n), 0.0)
-    within_ss = _sum_2x2(cell_ss)
-    between_ss = np.maximum(window_ss - within_ss, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f_ratio = (between_ss / 3.0) / (within_ss / (4 * n - 4))
-        cochran = _max_2x2(cell_ss) / within_ss
-    mean = window_sum / (4 * n)
-    f_limit, cochran_limit = limits
-    flat = (f_ratio < f_limit) & (cochran < cochran_limit) & (mean >= NOISE_TISSUE_HU[0]) & (mean <= NOISE_TISSUE_HU[1])
-    return _WindowStats(mean.astype(np.float32), (window_ss / (4 * n - 1)).astype(np.float32), flat)
+    window_ss = np.maximum(_sum_2x2(sum_sq) - window_sum * window_sum / window_voxels, 0.0)
+    return _WindowStats((window_sum / window_voxels).astype(np.float32), (window_ss / (window_voxels - 1)).astype(np.float32))
 
 
-def _away_from_structure(flat: np.ndarray) -> np.ndarray:
-    """Flat windows whose 8 in-plane neighbours are flat too: drops windows that clip an edge by a few voxels."""
-    _, height, width = flat.shape
-    padded = np.pad(flat, ((0, 0), (1, 1), (1, 1)), constant_values=False)
-    kept = flat.copy()
+def _away_from_structure(noise_only: np.ndarray) -> np.ndarray:
+    """Noise-only windows whose 8 in-plane neighbours are noise-only too: drops windows that clip an edge."""
+    _, height, width = noise_only.shape
+    padded = np.pad(noise_only, ((0, 0), (1, 1), (1, 1)), constant_values=False)
+    kept = noise_only.copy()
     for dy in range(3):
         for dx in range(3):
             kept &= padded[:, dy : dy + height, dx : dx + width]
     return kept
 
 
-def _fill_variance(variance: np.ndarray, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Noise variance on the window grid (z, gy, gx) from flat windows only, filled into the rest (step 3).
+def _blur_planes(stack: np.ndarray, sigma: float) -> np.ndarray:
+    """In-plane Gaussian blur (sigma in grid steps, truncated at 2 sigma, zeros outside) of each plane of (z, h, w)."""
+    size = 2 * int(round(2.0 * sigma)) + 1
+    out = np.empty_like(stack)
+    for plane, blurred in zip(stack, out):
+        cv2.GaussianBlur(plane, (size, size), sigma, dst=blurred, borderType=cv2.BORDER_CONSTANT)
+    return out
 
-    Returns (variance map, per-slice median variance of flat windows with NaN where a slice has none).
+
+def _fill_variance(variance: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Noise variance on the window grid (z, gy, gx) from kept windows only, filled into the rest (step 3).
+
+    Returns (variance map, per-slice median variance of kept windows with NaN where a slice has none).
     """
-    weights = flat.astype(np.float32)
+    weights = kept.astype(np.float32)
     weighted = variance * weights
     estimate = np.full(variance.shape, np.nan, dtype=np.float32)
     for sigma in (1.0, 4.0):
-        numerator = ndimage.gaussian_filter(weighted, (0, sigma, sigma), mode="constant", truncate=2.0)
-        support = ndimage.gaussian_filter(weights, (0, sigma, sigma), mode="constant", truncate=2.0)
+        numerator, support = _blur_planes(weighted, sigma), _blur_planes(weights, sigma)
         usable = np.isnan(estimate) & (support > 1e-3)
         estimate[usable] = numerator[usable] / support[usable]
-    per_slice = np.array([np.median(v[f]) if f.any() else np.nan for v, f in zip(variance, flat)], dtype=np.float32)
+    per_slice = np.array([np.median(v[k]) if k.any() else np.nan for v, k in zip(variance, kept)], dtype=np.float32)
     if np.isnan(per_slice).all():
-        return estimate, per_slice  # no flat tissue anywhere: the map stays undefined
+        return estimate, per_slice  # no noise-only tissue anywhere: the map stays undefined
     fallback = np.where(np.isnan(per_slice), np.nanmedian(per_slice), per_slice)
     return np.where(np.isnan(estimate), fallback[:, None, None], estimate), per_slice
 
@@ -241,27 +230,49 @@ def _outside_body(hu: np.ndarray, body_code: np.ndarray, cell: tuple[int, int]) 
     return (codes == 0) | ((codes == 1) & (hu <= BODY_THRESHOLD_HU))
 
 
-def _physics_summary(stats_mean: np.ndarray, variance: np.ndarray) -> tuple[float, float, float]:
+def _physics_summary(stats_mean: np.ndarray, window_sd: np.ndarray) -> tuple[float, float, float]:
     """(GNL in HU, soft-tissue mean HU, fat mean HU) from all windows; see module docstring for GNL."""
     soft = (stats_mean >= SOFT_TISSUE_HU[0]) & (stats_mean <= SOFT_TISSUE_HU[1])
     fat = (stats_mean >= FAT_HU[0]) & (stats_mean <= FAT_HU[1])
-    soft_sd = np.sqrt(variance[soft])
+    soft_sd = window_sd[soft]
     gnl = histogram_mode(soft_sd) if soft_sd.size else math.nan
     soft_mean = float(stats_mean[soft].mean()) if soft.any() else math.nan
     fat_mean = float(stats_mean[fat].mean()) if fat.any() else math.nan
     return gnl, soft_mean, fat_mean
 
 
-def histogram_mode(values: np.ndarray) -> float:
-    """Mode of a sample of positive values: peak of a 0.1-HU-resolution histogram smoothed over 1 HU."""
+def histogram_modes(values: np.ndarray, groups: np.ndarray, group_count: int) -> np.ndarray:
+    """Mode of positive values per group (groups: int array like values, 0..group_count-1); NaN for empty groups.
+
+    Peak of a histogram at 1/1000 of the 99th percentile, smoothed over 1/100 of it.
+    """
+    modes = np.full(group_count, np.nan)
+    if values.size == 0:
+        return modes
     top = float(np.percentile(values, 99.0))
     if top <= 0:
-        return 0.0
-    bin_width = max(top / 1000.0, 1e-3)
-    counts, edges = np.histogram(values, bins=int(math.ceil(top / bin_width)), range=(0.0, top))
-    smoothed = ndimage.gaussian_filter1d(counts.astype(np.float64), sigma=max(1.0, top / 100.0 / bin_width))
-    peak = int(smoothed.argmax())
-    return float(0.5 * (edges[peak] + edges[peak + 1]))
+        return np.where(np.bincount(groups, minlength=group_count) > 0, 0.0, np.nan)
+    bins = 1000
+    index = np.minimum((values * (bins / top)).astype(np.int64), bins - 1)
+    counts = np.bincount(groups * bins + index, minlength=group_count * bins).reshape(group_count, bins)
+    smoothed = ndimage.gaussian_filter1d(counts.astype(np.float64), sigma=bins / 100, axis=1, mode="constant")
+    found = counts.sum(axis=1) > 0
+    modes[found] = (smoothed[found].argmax(axis=1) + 0.5) * (top / bins)
+    return modes
+
+
+def histogram_mode(values: np.ndarray) -> float:
+    """Mode of a sample of positive values (see histogram_modes)."""
+    return float(histogram_modes(values, np.zeros(values.shape, dtype=np.int64), 1)[0])
+
+
+def _slice_gnl(window_mean: np.ndarray, window_sd: np.ndarray, volume_gnl: float) -> np.ndarray:
+    """(z,) GNL of each slice from its soft-tissue windows; the volume's where a slice has too few."""
+    soft = (window_mean >= SOFT_TISSUE_HU[0]) & (window_mean <= SOFT_TISSUE_HU[1])
+    slice_index = np.broadcast_to(np.arange(len(window_mean))[:, None, None], window_mean.shape)
+    modes = histogram_modes(window_sd[soft], slice_index[soft], len(window_mean))
+    enough = soft.sum(axis=(1, 2)) >= MIN_MODE_WINDOWS
+    return np.where(enough, modes, volume_gnl)
 
 
 def cell_size(spacing_xy: tuple[float, float], window_mm: float) -> tuple[int, int]:
@@ -281,20 +292,23 @@ def analyse_noise(
         raise InputError(
             f"{volume.source}: slice of {height}x{width} voxels is smaller than one {2 * cy}x{2 * cx}-voxel noise window"
         )
-    limits = _flatness_limits(cy * cx)
     cell_mean = np.empty((depth, ny, nx), dtype=np.float32)
     window_mean = np.empty((depth, ny - 1, nx - 1), dtype=np.float32)
     window_var = np.empty_like(window_mean)
-    flat = np.empty(window_mean.shape, dtype=bool)
 
     def gather_statistics(start: int, stop: int) -> None:
         sum_hu, sum_sq = _cell_sums(hu[start:stop], (cy, cx))
         cell_mean[start:stop] = sum_hu / (cy * cx)
-        found = _window_stats(sum_hu, sum_sq, cy * cx, limits)
-        window_mean[start:stop], window_var[start:stop], flat[start:stop] = found.mean, found.variance, found.flat
+        found = _window_stats(sum_hu, sum_sq, cy * cx)
+        window_mean[start:stop], window_var[start:stop] = found.mean, found.variance
 
     run_over_slabs(gather_statistics, depth, progress, (0.0, 0.5), "noise statistics")
-    variance_grid, slice_variance = _fill_variance(window_var, _away_from_structure(flat))
+    window_sd = np.sqrt(window_var)
+    gnl, soft_mean, fat_mean = _physics_summary(window_mean, window_sd)
+    slice_gnl = _slice_gnl(window_mean, window_sd, gnl)
+    tissue = (window_mean >= NOISE_TISSUE_HU[0]) & (window_mean <= NOISE_TISSUE_HU[1])
+    noise_only = tissue & (window_sd < NOISE_ONLY_RATIO * slice_gnl[:, None, None])
+    variance_grid, slice_variance = _fill_variance(window_var, _away_from_structure(noise_only))
     noise_grid = np.sqrt(variance_grid)
     body, interior = _body_cells(cell_mean)
     body_code = body.astype(np.uint8) + interior
@@ -308,7 +322,6 @@ def analyse_noise(
         quality_from_noise(out, out=quality[start:stop])
 
     run_over_slabs(write_maps, depth, progress, (0.5, 1.0), "noise and quality maps")
-    gnl, soft_mean, fat_mean = _physics_summary(window_mean, window_var)
     snr = (soft_mean + 1000.0) / gnl if gnl > 0 else math.nan
     cnr = (soft_mean - fat_mean) / gnl if gnl > 0 else math.nan
     return NoiseAnalysis(noise_sd, quality, np.sqrt(slice_variance), gnl, snr, cnr, soft_mean, fat_mean, (2 * cy, 2 * cx))

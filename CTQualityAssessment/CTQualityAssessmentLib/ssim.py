@@ -3,13 +3,13 @@
 Settings (DESIGN.md): Gaussian window 11x11 with sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1, on HU clipped
 to SSIM_WINDOW_HU and scaled to [0, 1]; population (not sample) covariance as in Wang et al. 2004; borders
 reflected. Equal to scikit-image's ``structural_similarity(full=True, gaussian_weights=True, sigma=1.5,
-use_sample_covariance=False, data_range=1)`` per slice, computed in float32 on slabs of slices at once.
+use_sample_covariance=False, data_range=1)`` per slice (within 1e-4), computed on slabs of slices in threads.
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
-from scipy import ndimage
 
 from .slabs import ProgressCallback, run_over_slabs
 
@@ -29,6 +29,7 @@ def scale_to_unit(hu: np.ndarray, window: tuple[float, float] = SSIM_WINDOW_HU) 
 
 
 def _gaussian_weights() -> np.ndarray:
+    """The 11-tap Gaussian (sigma 1.5, truncated at 3.5 sigma, sum 1) as scipy.ndimage builds it."""
     radius = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
     offsets = np.arange(-radius, radius + 1, dtype=np.float64)
     weights = np.exp(-0.5 * (offsets / SSIM_SIGMA) ** 2)
@@ -36,26 +37,30 @@ def _gaussian_weights() -> np.ndarray:
 
 
 def _ssim_slab(test: np.ndarray, reference: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """SSIM map of two (z, y, x) slabs already scaled to [0, 1]."""
-    c1 = np.float32(SSIM_K1**2)
-    c2 = np.float32(SSIM_K2**2)
-    # Centre both images on 0.5: variances are unchanged and float32 cancellation error is 4x smaller.
-    moments = np.empty((5,) + test.shape, dtype=np.float32)
+    """SSIM map (float32) of two (z, y, x) slabs already scaled to [0, 1].
+
+    The moments are filtered in float64: variances are differences of nearly equal numbers, and float32 rounding
+    there, divided by C2 = 9e-4, would already reach 1e-4 in SSIM.
+    """
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
+    moments = np.empty((5,) + test.shape, dtype=np.float64)
     x, y, xx, yy, xy = moments
-    np.subtract(test, np.float32(0.5), out=x)
-    np.subtract(reference, np.float32(0.5), out=y)
+    np.subtract(test, 0.5, out=x)  # centred on 0.5: variances unchanged, smaller cancellation error
+    np.subtract(reference, 0.5, out=y)
     np.multiply(x, x, out=xx)
     np.multiply(y, y, out=yy)
     np.multiply(x, y, out=xy)
-    # Gaussian local means of all five moments, one separable pass per in-plane axis.
-    smoothed = ndimage.correlate1d(moments, weights, axis=2, mode="reflect")
-    ndimage.correlate1d(smoothed, weights, axis=3, mode="reflect", output=moments)
-    mu_x, mu_y, xx, yy, xy = moments
+    # Gaussian local means of all five moments, plane by plane. OpenCV's separable filter is SIMD and several times
+    # faster than scipy.ndimage.correlate1d here; BORDER_REFLECT is ndimage's "reflect" (and scikit-image's).
+    smoothed = np.empty_like(moments)
+    for plane, out in zip(moments.reshape(-1, *test.shape[1:]), smoothed.reshape(-1, *test.shape[1:])):
+        cv2.sepFilter2D(plane, -1, weights, weights, dst=out, borderType=cv2.BORDER_REFLECT)
+    mu_x, mu_y, xx, yy, xy = smoothed
     xx -= mu_x * mu_x  # variance of x
     yy -= mu_y * mu_y  # variance of y
     xy -= mu_x * mu_y  # covariance
-    mu_x += np.float32(0.5)
-    mu_y += np.float32(0.5)
+    mu_x += 0.5
+    mu_y += 0.5
     xx += yy
     xx += c2  # sigma_x^2 + sigma_y^2 + C2
     xy *= 2
@@ -68,7 +73,7 @@ def _ssim_slab(test: np.ndarray, reference: np.ndarray, weights: np.ndarray) -> 
     yy += mu_y * mu_y
     yy += c1
     yy *= xx  # denominator
-    return np.divide(numerator, yy, out=numerator)
+    return np.divide(numerator, yy, out=numerator).astype(np.float32)
 
 
 def ssim_map(

@@ -1,0 +1,198 @@
+"""Quality-network checkpoints: weights in ``X.safetensors`` and a JSON model card ``X.json``; never pickle.
+
+Model card (JSON object)::
+
+    {"format_version": 1,
+     "architecture": QualityNetConfig.to_dict(),
+     "input": {"window_hu": [-160, 240], "hpf_sigma_px": 1.0, "hpf_scale": 10.0, "normalisation": "..."},
+     "dose_levels": [0.05, 0.1, 0.25, 0.5, 0.75, 1.0],
+     "training": {...}, "metrics": {...},          # free-form, from the trainer
+     "weights_sha256": "<hex digest of X.safetensors>"}
+
+Bundled models live in ``CTQualityAssessment/Resources/Models/`` with ``manifest.json``:
+``{"default": NAME (optional), "models": {NAME: {"weights": FILE, "card": FILE, "sha256": HEX}}}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save_file
+
+from .errors import InputError
+from .networks import DOSE_LEVELS, HPF_SCALE, HPF_SIGMA_PX, QualityNet, QualityNetConfig, build_network
+from .ssim import SSIM_WINDOW_HU
+
+FORMAT_VERSION = 1
+MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+MANIFEST = MODELS_DIR / "manifest.json"
+#: Name that resolves to the manifest's "default" entry.
+DEFAULT_MODEL = "default"
+
+NORMALISATION = (
+    "CT channel: HU clipped to window_hu and scaled to [0, 1]; "
+    "HPF channel: CT channel minus its Gaussian blur (sigma hpf_sigma_px, reflected borders), times hpf_scale"
+)
+
+
+def input_spec() -> dict:
+    """The "input" section of a model card for this version's preprocessing (``networks.network_input``)."""
+    return {
+        "window_hu": list(SSIM_WINDOW_HU),
+        "hpf_sigma_px": HPF_SIGMA_PX,
+        "hpf_scale": HPF_SCALE,
+        "normalisation": NORMALISATION,
+    }
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _files(path: str | Path) -> tuple[Path, Path]:
+    """(card, weights) for X, X.json or X.safetensors."""
+    path = Path(path)
+    base = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
+    return base.with_name(base.name + ".json"), base.with_name(base.name + ".safetensors")
+
+
+def save(model: QualityNet, config: QualityNetConfig, card: dict, path_without_extension: str | Path) -> Path:
+    """Write ``X.safetensors`` (the state dict) and the model card ``X.json``; returns the card's path.
+
+    card supplies the free-form parts ("training", "metrics", and any other keys such as "name" or
+    "description"); architecture, input, dose levels, format version and the weights' sha256 are filled in here.
+    """
+    card_path, weights_path = _files(path_without_extension)
+    card_path.parent.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, str(weights_path), metadata={"format": "pt"})
+    full_card = {"training": {}, "metrics": {}, **card}
+    full_card.update(
+        format_version=FORMAT_VERSION,
+        architecture=config.to_dict(),
+        input=input_spec(),
+        dose_levels=list(DOSE_LEVELS),
+        weights_sha256=_sha256(weights_path.read_bytes()),
+    )
+    card_path.write_text(json.dumps(full_card, indent=2) + "\n", encoding="utf-8")
+    return card_path
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: cannot read {what}: {str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: {what} is not a JSON object")
+    return data
+
+
+def _read_manifest() -> dict | None:
+    if not MANIFEST.is_file():
+        return None
+    manifest = _read_json(MANIFEST, "model manifest")
+    models = manifest.get("models")
+    if not isinstance(models, dict) or not all(
+        isinstance(entry, dict) and {"weights", "card", "sha256"} <= set(entry) for entry in models.values()
+    ):
+        raise InputError(f'{MANIFEST}: model manifest needs "models": {{name: {{weights, card, sha256}}}}')
+    return manifest
+
+
+def bundled_models() -> dict[str, Path]:
+    """Bundled models from the manifest: {name: path of its model card}; empty when there is no manifest."""
+    manifest = _read_manifest()
+    if manifest is None:
+        return {}
+    return {name: MODELS_DIR / entry["card"] for name, entry in manifest["models"].items()}
+
+
+def resolve(model_name_or_path: str | Path) -> Path:
+    """Model card path of a bundled model's name ("default" = the manifest's default) or of a checkpoint path.
+
+    A path may be X, X.json or X.safetensors. InputError when it is neither a bundled model nor an existing card.
+    """
+    name = str(model_name_or_path)
+    manifest = _read_manifest()
+    models = bundled_models()
+    if name == DEFAULT_MODEL and manifest is not None and manifest.get("default") in models:
+        return models[manifest["default"]]
+    if name in models:
+        return models[name]
+    card_path, _ = _files(model_name_or_path)
+    if card_path.is_file():
+        return card_path
+    available = ", ".join(sorted(models)) or "none installed"
+    raise InputError(f"{name}: no such model card ({card_path}) and no such bundled model (bundled: {available})")
+
+
+def _bundled_sha256(weights_path: Path) -> str | None:
+    """The manifest's sha256 for weights_path when it is a bundled model's weights file."""
+    manifest = _read_manifest()
+    if manifest is None:
+        return None
+    for entry in manifest["models"].values():
+        if (MODELS_DIR / entry["weights"]).resolve() == weights_path.resolve():
+            return str(entry["sha256"]).lower()
+    return None
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[QualityNet, dict]:
+    """(model in eval mode on device, model card) from a checkpoint X, X.json or X.safetensors.
+
+    Checks the weights' sha256 against the card and, for bundled models, against the manifest; reads weights with
+    safetensors only. InputError (one line naming the file) for a missing file, a bad card, a sha256 mismatch or
+    weights that do not fit the card's architecture.
+    """
+    card_path, weights_path = _files(path)
+    card = _read_json(card_path, "model card")
+    if card.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{card_path}: unsupported model card format_version {card.get('format_version')!r}")
+    try:
+        config = QualityNetConfig.from_dict(card["architecture"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise InputError(f'{card_path}: bad "architecture" in model card: {error}') from None
+    expected_input = input_spec()
+    card_input = card.get("input", {})
+    for key in ("window_hu", "hpf_sigma_px", "hpf_scale"):
+        if card_input.get(key) != expected_input[key]:
+            raise InputError(
+                f"{card_path}: model expects input {key} = {card_input.get(key)!r}, this version computes "
+                f"{expected_input[key]!r}"
+            )
+    if [float(level) for level in card.get("dose_levels", [])] != list(DOSE_LEVELS):
+        raise InputError(f"{card_path}: dose_levels {card.get('dose_levels')!r} differ from {list(DOSE_LEVELS)}")
+    try:
+        data = weights_path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{weights_path}: weights file not found") from None
+    except OSError as error:
+        raise InputError(f"{weights_path}: cannot read weights file: {error.strerror}") from None
+    if not isinstance(card.get("weights_sha256"), str):
+        raise InputError(f"{card_path}: model card has no weights_sha256")
+    digest = _sha256(data)
+    for source, expected in ((card_path, card["weights_sha256"]), (MANIFEST, _bundled_sha256(weights_path))):
+        if expected is not None and digest != expected.lower():
+            raise InputError(
+                f"{weights_path}: sha256 {digest[:12]}... does not match {source.name} ({str(expected)[:12]}...): "
+                "the weights file is corrupted or was replaced"
+            )
+    try:
+        state = load_safetensors_bytes(data)
+    except SafetensorError as error:
+        raise InputError(f"{weights_path}: not a valid safetensors file: {error}") from None
+    model = build_network(config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        reason = str(error).splitlines()[0]
+        raise InputError(f"{weights_path}: weights do not fit the card's architecture: {reason}") from None
+    return model.to(device).eval(), card

@@ -1,0 +1,178 @@
+"""Learned quality maps over whole volumes: batched slices, CUDA when available, progress and cancel.
+
+On CUDA the network runs under autocast (bfloat16 where supported, else float16); the map's sigmoid and all
+results are float32. When CUDA runs out of memory the batch is halved and retried; at batch 1 the rest of the
+volume runs on the CPU, with a logged warning and the reason kept in ``Prediction.fallback``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+from .networks import DOSE_LEVELS, QualityNet, fuse_for_inference, network_input
+from .slabs import ProgressCallback
+
+logger = logging.getLogger(__name__)
+
+#: A slice counts as showing the body when at least BODY_MIN_FRACTION of its pixels are above BODY_HU (HU).
+BODY_HU = -500.0
+BODY_MIN_FRACTION = 0.05
+
+
+class Cancelled(Exception):
+    """The cancel event was set: inference stopped between two batches and returned nothing."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Learned maps of a (z, y, x) volume.
+
+    quality: float32 (z, y, x) predicted SSIM against full dose, in [0, 1] (1 = best).
+    dose_probabilities: float32 (z, len(DOSE_LEVELS)) per-slice softmax over DOSE_LEVELS, or None without dose head.
+    log_dose: float32 (z,) per-slice estimate of ln(dose fraction), or None without dose head.
+    body_slices: bool (z,) slices showing the body (see BODY_HU), used by ``volume_dose_estimate``.
+    device_used: torch device that computed the last batch ("cpu", "cuda" or "cuda:N", as requested).
+    precision: of the last batch: "float32", "bfloat16" or "float16" (autocast on CUDA).
+    fallback: why inference fell back from CUDA to the CPU, or None.
+    """
+
+    quality: np.ndarray
+    dose_probabilities: np.ndarray | None
+    log_dose: np.ndarray | None
+    body_slices: np.ndarray
+    device_used: str
+    precision: str = "float32"
+    fallback: str | None = None
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """torch.device for "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"; InputError if absent."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise InputError(f"unknown device {device!r}: {error}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} requested but CUDA is not available (use --device cpu or auto)")
+    return resolved
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad (B, C, H, W) at the bottom/right to multiples of multiple (reflect; replicate for tiny images)."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if not pad_h and not pad_w:
+        return x
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def _run_batch(net: QualityNet, hu: np.ndarray, device: torch.device) -> tuple[np.ndarray, ...]:
+    """(quality (b, y, x), dose probabilities (b, 6) or None, ln dose (b,) or None) of b slices in HU."""
+    height, width = hu.shape[-2:]
+    x = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[:, None].to(device)
+    x = _pad_to_multiple(network_input(x, net.config.inputs), net.config.required_multiple)
+    dtype = _autocast_dtype(device)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        out = net(x.contiguous(memory_format=torch.channels_last))
+    quality = out.quality[:, 0, :height, :width].float().cpu().numpy()
+    if out.dose_logits is None:
+        return quality, None, None
+    probabilities = torch.softmax(out.dose_logits.float(), dim=1).cpu().numpy()
+    return quality, probabilities, out.log_dose.float().cpu().numpy()
+
+
+@torch.inference_mode()
+def predict_volume(
+    model: QualityNet,
+    hu: np.ndarray,
+    batch_size: int = 8,
+    device: str | torch.device = "auto",
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> Prediction:
+    """Run model over every slice of hu (float32 (z, y, x), HU) in batches of batch_size slices.
+
+    Slices are padded (reflect) to the network's required multiple and cropped back. The model itself is not
+    changed: a copy with BatchNorm folded runs on the device. progress(fraction, message) after each batch;
+    cancel is checked before each batch (raises Cancelled). device: "auto", "cpu", "cuda" or "cuda:N".
+    """
+    if hu.ndim != 3:
+        raise ValueError(f"hu must be (z, y, x), got shape {hu.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = resolve_device(device)
+    net = fuse_for_inference(model).to(device=device, memory_format=torch.channels_last)
+    depth = hu.shape[0]
+    quality = np.empty(hu.shape, dtype=np.float32)
+    has_dose = net.dose_head is not None
+    probabilities = np.empty((depth, len(DOSE_LEVELS)), dtype=np.float32) if has_dose else None
+    log_dose = np.empty(depth, dtype=np.float32) if has_dose else None
+    body = np.empty(depth, dtype=bool)
+    body_pixels = BODY_MIN_FRACTION * math.prod(hu.shape[1:])
+    precision = str(_autocast_dtype(device) or torch.float32).removeprefix("torch.")
+    fallback = None
+    start = 0
+    while start < depth:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("learned quality map cancelled")
+        stop = min(start + batch_size, depth)
+        try:
+            batch = _run_batch(net, hu[start:stop], device)
+        except torch.cuda.OutOfMemoryError:
+            if device.type != "cuda":
+                raise
+            torch.cuda.empty_cache()
+            if batch_size > 1:
+                batch_size //= 2
+                logger.info("CUDA out of memory: retrying with batches of %d slices", batch_size)
+                continue
+            fallback = f"CUDA out of memory on {device} at batch size 1; continued on the CPU from slice {start}"
+            logger.warning(fallback)
+            device = torch.device("cpu")
+            net = net.to(device)
+            precision = "float32"
+            continue
+        quality[start:stop] = batch[0]
+        if has_dose:
+            probabilities[start:stop] = batch[1]
+            log_dose[start:stop] = batch[2]
+        body[start:stop] = np.count_nonzero(hu[start:stop].reshape(stop - start, -1) > BODY_HU, axis=1) >= body_pixels
+        start = stop
+        if progress is not None:
+            progress(stop / depth, f"learned quality map: {stop}/{depth} slices")
+    return Prediction(quality, probabilities, log_dose, body, str(device), precision, fallback)
+
+
+def volume_dose_estimate(prediction: Prediction) -> dict | None:
+    """Dose of the whole volume from the per-slice dose head, or None for a model without one.
+
+    Aggregated over the slices that show the body (all slices when none does): dose_class_probabilities =
+    mean of the per-slice class probabilities {level: p}; dose_level = the most probable level; dose_fraction =
+    exp(mean of per-slice ln dose), a continuous estimate (fraction of full dose, may exceed 1).
+    """
+    if prediction.dose_probabilities is None:
+        return None
+    used = prediction.body_slices if prediction.body_slices.any() else np.ones_like(prediction.body_slices)
+    mean_probabilities = prediction.dose_probabilities[used].mean(axis=0)
+    return {
+        "dose_class_probabilities": {level: float(p) for level, p in zip(DOSE_LEVELS, mean_probabilities)},
+        "dose_level": DOSE_LEVELS[int(np.argmax(mean_probabilities))],
+        "dose_fraction": float(np.exp(prediction.log_dose[used].astype(np.float64).mean())),
+        "slices_used": int(np.count_nonzero(used)),
+    }

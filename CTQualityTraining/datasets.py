@@ -1,0 +1,248 @@
+"""Sharded training datasets of simulated low-dose CT slices, with a manifest, resumable.
+
+Layout of DIR: ``manifest.json`` (parameters, seeds, sources with their split and shard) and ``shards/<id>.npz``,
+one shard per source volume, written atomically, so an interrupted build resumes by skipping finished shards.
+Arrays of a shard (n = samples): ``hu`` int16 (n, y, x) HU; ``dose`` float32 (n,) dose fraction; ``dose_class``,
+``kernel_class``, ``method`` int8 (n,) (METHODS); ``score`` float32 (n,) on 0-4 (surrogate, labels.py, or the
+radiologists' mean for LDCTIQAC2023); ``slice`` int16 (n,); ``pixel_mm`` float32 (n,). Simulated sources also hold
+``reference`` int16 (n, y, x) HU (full dose, same kernel) and ``ssim`` float16 (n, y, x) label maps.
+
+Sources (readers): a volume file or DICOM folder (the core's read_volume); a folder of Mayo-style pairs
+``<patient>_<n>_input.npy`` (quarter dose) / ``<patient>_<n>_target.npy`` (full dose) with value = (HU + 1024) /
+4096; the LDCTIQAC2023 layout ``image/NNNN.tif`` (float32 in [0, 1], LDCTIQAC_SCALING) + ``train.json``
+(file name -> mean radiologist score). Splits are drawn per patient (Mayo) or per volume, never per slice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import tifffile
+from tqdm import tqdm
+
+from CTQualityAssessmentLib.errors import InputError
+from CTQualityAssessmentLib.io import read_volume
+
+from .imagedomain import simulate_from_pair
+from .labels import dose_class, kernel_class, ssim_labels, surrogate_score
+from .projection import DEFAULT_DOSES, DEFAULT_VIEWS, check_ct_slices, simulate
+
+#: HU = slope * value + intercept of Mayo .npy slices (data/README.md).
+MAYO_NPY_SCALING = (4096.0, -1024.0)
+#: Declared scaling of LDCTIQAC2023 [0, 1] images (assumed the same as the Mayo data they derive from).
+LDCTIQAC_SCALING = (4096.0, -1024.0)
+#: Pixel size of Mayo .npy slices, which store none (patient L506; override with pixel_mm).
+MAYO_PIXEL_MM = 0.74
+#: Simulation methods, value = index: projection domain, image domain (QD/FD pair), as acquired (no simulation).
+METHODS = ("projection", "image-domain", "acquired")
+SPLITS = (("train", 0.8), ("val", 0.1), ("test", 0.1))
+
+
+@dataclass
+class Source:
+    """One source volume: the unit of a shard. group (patient or volume) is the unit of the split."""
+
+    id: str
+    group: str
+    kind: str
+    path: str
+    load: Callable[[], dict]
+
+
+def scaled_to_hu(values: np.ndarray, scaling: tuple[float, float]) -> np.ndarray:
+    """float32 HU from stored values with a declared (slope, intercept)."""
+    return (np.asarray(values, dtype=np.float32) * np.float32(scaling[0]) + np.float32(scaling[1])).astype(np.float32)
+
+
+def _volume_source(path: Path) -> Source:
+    def load() -> dict:
+        volume = read_volume(path)
+        if abs(volume.spacing[0] - volume.spacing[1]) > 1e-3 * volume.spacing[0]:
+            raise InputError(f"{path}: pixels are not square ({volume.spacing[0]} x {volume.spacing[1]} mm)")
+        return {"hu": volume.hu, "pixel_mm": volume.spacing[0]}
+
+    name = path.name.removesuffix(".gz")
+    return Source(name, name, "volume", str(path), load)
+
+
+def _mayo_sources(folder: Path, pixel_mm: float | None) -> list[Source]:
+    sources = []
+    for target in sorted(folder.glob("*_target.npy")):
+        stem = target.name.removesuffix("_target.npy")
+        quarter = folder / f"{stem}_input.npy"
+        if not quarter.is_file():
+            raise InputError(f"{target}: no quarter-dose partner {quarter.name}")
+
+        def load(target=target, quarter=quarter) -> dict:
+            full, low = (scaled_to_hu(np.load(f), MAYO_NPY_SCALING)[None] for f in (target, quarter))
+            return {"hu": full, "quarter": low, "pixel_mm": pixel_mm or MAYO_PIXEL_MM}
+
+        sources.append(Source(stem, stem.split("_")[0], "mayo-pair", str(target), load))
+    return sources
+
+
+def _ldctiqac_sources(folder: Path, pixel_mm: float | None) -> list[Source]:
+    scores = json.loads((folder / "train.json").read_text(encoding="utf-8"))
+    sources = []
+    for name, score in sorted(scores.items()):
+        image = folder / "image" / name
+        if not image.is_file():
+            raise InputError(f"{folder / 'train.json'}: lists {name}, missing from {folder / 'image'}")
+
+        def load(image=image, score=score) -> dict:
+            values = tifffile.imread(image)
+            if values.ndim != 2 or values.min() < 0.0 or values.max() > 1.0:
+                raise InputError(f"{image}: expected a 2D float image in [0, 1], got {values.shape} {values.dtype}")
+            hu = scaled_to_hu(values, LDCTIQAC_SCALING)[None]
+            return {"hu": hu, "score": np.array([score], dtype=np.float32), "pixel_mm": pixel_mm or MAYO_PIXEL_MM}
+
+        sources.append(Source(image.stem, image.stem, "ldctiqac", str(image), load))
+    return sources
+
+
+def find_sources(paths, pixel_mm: float | None = None) -> list[Source]:
+    """Sources under each path (see module docstring for the layouts); pixel_mm overrides the Mayo/LDCTIQAC size."""
+    sources = []
+    for entry in map(Path, paths):
+        if not entry.exists():
+            raise InputError(f"{entry}: no such file or folder")
+        if entry.is_dir() and (entry / "train.json").is_file() and (entry / "image").is_dir():
+            sources += _ldctiqac_sources(entry, pixel_mm)
+        elif entry.is_dir() and any(entry.glob("*_target.npy")):
+            sources += _mayo_sources(entry, pixel_mm)
+        else:
+            sources.append(_volume_source(entry))
+    ids = [s.id for s in sources]
+    if len(set(ids)) != len(ids):
+        raise InputError(f"two sources share a name ({sorted({i for i in ids if ids.count(i) > 1})[0]}); rename one")
+    return sources
+
+
+def split_of(group: str, seed: int) -> str:
+    """train / val / test for a patient or volume group, fixed by a hash of group and seed."""
+    digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
+    position, edge = int.from_bytes(digest[:8], "big") / 2**64, 0.0
+    for name, fraction in SPLITS:
+        edge += fraction
+        if position < edge:
+            return name
+    return SPLITS[-1][0]
+
+
+def _samples_of(data: dict, parameters: dict, seed: int) -> dict[str, np.ndarray]:
+    """Shard arrays for one loaded source (module docstring)."""
+    hu = check_ct_slices(data["hu"])
+    pixel = float(data["pixel_mm"])
+    if "score" in data:  # already low dose, scored by radiologists: stored as acquired
+        n = hu.shape[0]
+        return {
+            "hu": np.rint(hu).astype(np.int16),
+            "dose": np.full(n, np.nan, np.float32),
+            "dose_class": np.full(n, -1, np.int8),
+            "kernel_class": np.full(n, kernel_class("native"), np.int8),
+            "method": np.full(n, METHODS.index("acquired"), np.int8),
+            "score": data["score"],
+            "slice": np.arange(n, dtype=np.int16),
+            "pixel_mm": np.full(n, pixel, np.float32),
+        }
+    chosen = np.unique(np.linspace(0, hu.shape[0] - 1, min(parameters["slices_per_volume"], hu.shape[0])).round())
+    chosen = chosen.astype(int)
+    doses = parameters["doses"]
+    parts = []  # (images (d, z, y, x), reference (z, y, x), dose list, kernel, method)
+    sims = simulate(
+        hu[chosen], pixel, doses, parameters["kernels"], parameters["views"], parameters["electronic_noise"],
+        seed, parameters["device"],
+    )
+    parts += [(sim.hu, sim.reference, sim.doses, kernel, "projection") for kernel, sim in sims.items()]
+    if "quarter" in data:
+        pair = simulate_from_pair(hu[chosen], data["quarter"][chosen], doses)
+        parts.append((pair, hu[chosen], doses, "native", "image-domain"))
+    arrays: dict[str, list] = {k: [] for k in ("hu", "reference", "ssim", "dose", "dose_class", "kernel_class",
+                                             "method", "score", "slice", "pixel_mm")}
+    for images, reference, part_doses, kernel, method in parts:
+        for image, dose in zip(images, part_doses):
+            ssim = ssim_labels(image, reference)
+            n = image.shape[0]
+            arrays["hu"].append(np.rint(image).astype(np.int16))
+            arrays["reference"].append(np.rint(reference).astype(np.int16))
+            arrays["ssim"].append(ssim.astype(np.float16))
+            arrays["dose"].append(np.full(n, dose, np.float32))
+            arrays["dose_class"].append(np.full(n, dose_class(dose), np.int8))
+            arrays["kernel_class"].append(np.full(n, kernel_class(kernel), np.int8))
+            arrays["method"].append(np.full(n, METHODS.index(method), np.int8))
+            arrays["score"].append(surrogate_score(ssim, reference))
+            arrays["slice"].append(chosen.astype(np.int16))
+            arrays["pixel_mm"].append(np.full(n, pixel, np.float32))
+    return {k: np.concatenate(v) for k, v in arrays.items()}
+
+
+def build_dataset(
+    paths,
+    out: str | os.PathLike,
+    doses=DEFAULT_DOSES,
+    kernels=("native", "sharp", "smooth"),
+    views: int = DEFAULT_VIEWS,
+    slices_per_volume: int = 8,
+    electronic_noise: float = 0.0,
+    seed: int = 0,
+    pixel_mm: float | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
+    """Build (or resume) the dataset in out from the sources under paths; returns the manifest.
+
+    Source k is simulated with seed + k (k in sorted source order). Refuses a folder that holds a dataset built
+    with other parameters.
+    """
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: output path is an existing file, not a folder")
+    parameters = {
+        "doses": [float(d) for d in doses],
+        "kernels": list(kernels),
+        "views": int(views),
+        "slices_per_volume": int(slices_per_volume),
+        "electronic_noise": float(electronic_noise),
+        "seed": int(seed),
+        "pixel_mm": pixel_mm,
+        "device": device,
+    }
+    manifest_path = folder / "manifest.json"
+    if manifest_path.is_file():
+        previous = json.loads(manifest_path.read_text(encoding="utf-8"))["parameters"]
+        if previous != parameters:
+            raise InputError(f"{folder}: holds a dataset built with other parameters; choose a new folder")
+    sources = sorted(find_sources(paths, pixel_mm), key=lambda s: s.id)
+    (folder / "shards").mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "format": "ctqa-simulated-slices/1",
+        "parameters": parameters,
+        "sources": [
+            {
+                "id": s.id,
+                "group": s.group,
+                "kind": s.kind,
+                "path": s.path,
+                "split": split_of(s.group, seed),
+                "seed": seed + k,
+                "shard": f"shards/{s.id}.npz",
+            }
+            for k, s in enumerate(sources)
+        ],
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    for source, entry in tqdm(list(zip(sources, manifest["sources"])), desc="simulate", unit="volume", disable=not progress):
+        shard = folder / entry["shard"]
+        if shard.is_file():
+            continue  # finished before an interruption
+        arrays = _samples_of(source.load(), parameters, entry["seed"])
+        partial = shard.with_name(shard.stem + ".partial.npz")
+        np.savez_compressed(partial, **arrays)
+        os.replace(partial, shard)
+    return manifest

@@ -1,0 +1,44 @@
+"""Training labels for simulated CT slices: SSIM maps, dose class, kernel class and a global surrogate score.
+
+Surrogate score (0-4, 4 = best, the scale of the LDCTIQAC2023 radiologist scores): the mean SSIM S (Noise2Quality
+settings, ssim.py) of the slice against its full-dose reference over the body (reference > BODY_HU), mapped
+linearly from S = SCORE_SSIM_FLOOR (score 0) to S = 1 (score 4) and clipped. It ranks images as SSIM does; the score
+issue calibrates it against radiologist scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from CTQualityAssessmentLib.ssim import ssim_map
+
+from .projection import KERNEL_NAMES
+
+#: Dose fractions of the dose classes, class index = position.
+DOSE_CLASSES = (0.05, 0.10, 0.25, 0.50, 0.75, 1.00)
+#: Kernel classes, class index = position ("native" is the scanner's own kernel).
+KERNEL_CLASSES = KERNEL_NAMES
+SCORE_SSIM_FLOOR = 0.5
+BODY_HU = -500.0
+
+
+def dose_class(dose: float) -> int:
+    """Index in DOSE_CLASSES of the class nearest to dose fraction dose on a log scale."""
+    return int(np.argmin(np.abs(np.log(np.asarray(DOSE_CLASSES)) - np.log(dose))))
+
+
+def kernel_class(kernel: str) -> int:
+    """Index of kernel in KERNEL_CLASSES."""
+    return KERNEL_CLASSES.index(kernel)
+
+
+def ssim_labels(test_hu: np.ndarray, reference_hu: np.ndarray) -> np.ndarray:
+    """float32 (z, y, x) SSIM map of test against reference, both (z, y, x) HU (the core's N2Q settings)."""
+    return ssim_map(test_hu, reference_hu)
+
+
+def surrogate_score(ssim: np.ndarray, reference_hu: np.ndarray) -> np.ndarray:
+    """(z,) score on 0-4 per slice from its SSIM map (z, y, x) and reference (z, y, x) HU (module docstring)."""
+    body = reference_hu > BODY_HU
+    mean = np.array([s[m].mean() if m.any() else s.mean() for s, m in zip(ssim, body)])
+    return np.clip(4.0 * (mean - SCORE_SSIM_FLOOR) / (1.0 - SCORE_SSIM_FLOOR), 0.0, 4.0).astype(np.float32)
