@@ -58,10 +58,10 @@ def ensure_dependencies() -> None:
 def _models() -> list[str]:
     """Model selector entries: the models the core has, then the checkpoint-file entry."""
     try:
-        from CTQualityAssessmentLib.pipeline import AVAILABLE_MODELS
-    except ImportError:  # dependencies not installed yet: the selector still shows the default
-        AVAILABLE_MODELS = ("physics",)
-    return [*AVAILABLE_MODELS, CHECKPOINT_CHOICE]
+        from CTQualityAssessmentLib.models import available_models
+    except ImportError:  # dependencies not installed yet: the selector still shows the built-in choices
+        return ["default", "physics", CHECKPOINT_CHOICE]
+    return [*available_models(), CHECKPOINT_CHOICE]
 
 
 #
@@ -257,7 +257,9 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         inputs = inputs_from_nodes(parameters.inputVolume, parameters.segmentation, parameters.referenceVolume)
         state = {"fraction": 0.0, "message": _("starting"), "cancel": False, "result": None, "error": None,
                  "inputVolume": parameters.inputVolume, "segmentation": parameters.segmentation}
-        thread = threading.Thread(target=self.logic.runCore, args=(inputs, model, state), daemon=True)
+        thread = threading.Thread(
+            target=self.logic.runCore, args=(inputs, model, parameters.device, state), daemon=True
+        )
         self._job = (thread, state)
         self.ui.progressBar.value = 0
         self.ui.progressBar.show()
@@ -330,7 +332,7 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
                             progress=progress, show=showResult, opacity=opacity)
 
     @staticmethod
-    def runCore(inputs, model: str, state: dict) -> None:
+    def runCore(inputs, model: str, device: str, state: dict) -> None:
         """Worker-thread body: the core assessment only (no MRML access); results and errors go into state."""
         from CTQualityAssessmentLib.pipeline import assess
 
@@ -340,7 +342,9 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
                 raise CancelledError()
 
         try:
-            state["result"] = assess(inputs.volume, inputs.reference, inputs.rois, model=model, progress=progress)
+            state["result"] = assess(
+                inputs.volume, inputs.reference, inputs.rois, model=model, device=device, progress=progress
+            )
         except Exception as error:  # handed to the main thread, which shows it
             state["error"] = error
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from CTQualityAssessmentLib.errors import exit_status
+from CTQualityAssessmentLib.errors import InputError, exit_status
 
 from . import __version__
 
@@ -47,6 +47,52 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--pixel-mm", type=float, help="pixel size of .npy/.tif sources in mm (default: 0.74)")
     simulate.add_argument("--seed", type=int, help="base random seed (default: 0)")
     simulate.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
+    simulate.add_argument("--split", nargs="+", metavar="GROUP=SPLIT", dest="split_groups",
+                          help="put a patient/volume group in train, val or test (a volume's group is its file or "
+                          "folder name without .gz; Mayo pairs: the patient, e.g. L506); other groups by hash")
+    maps = commands.add_parser(
+        "maps",
+        help="train a quality-map network (one N2Q variant) on a simulated dataset",
+        description="Train one Noise2Quality variant on random patches of DATA's train split (flips, 90 degree "
+        "rotations), validating on its val split; writes checkpoints (safetensors + JSON card), the trainer state "
+        "and TensorBoard scalars (OUT/tensorboard) in OUT. --resume continues OUT's last checkpoint.",
+    )
+    maps.add_argument("--data", required=True, metavar="DIR", help="dataset folder from ctqa-train simulate")
+    maps.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (created)")
+    maps.add_argument("--variant", default="N2Q", help="AE, RED-CNN, U-Net, U-HPF, U-Con, U-SSL or N2Q (default)")
+    maps.add_argument("--steps", type=int, default=2000, help="optimizer steps (default: 2000)")
+    maps.add_argument("--batch", type=int, default=8, help="patches per step (default: 8)")
+    maps.add_argument("--patch", type=int, default=128, help="patch side in pixels (default: 128)")
+    maps.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: 2e-3)")
+    maps.add_argument("--alpha", type=float, default=0.1, help="weight of the dose loss terms (default: 0.1)")
+    maps.add_argument("--seed", type=int, default=0, help="seed of weights, patches and augmentation (default: 0)")
+    maps.add_argument("--checkpoint-every", type=int, default=500, metavar="N",
+                      help="steps between checkpoints and validations (default: 500)")
+    maps.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default: auto)")
+    maps.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    evaluate = commands.add_parser(
+        "evaluate-maps",
+        help="Noise2Quality Table 1 (SSIM / MSE / NRMSE of predicted vs true maps) for trained runs",
+        description="Evaluate each run's final checkpoint on DATA's held-out test split and on real Mayo "
+        "quarter/full-dose pairs; check that the predicted map's mean rises with simulated dose. Writes Markdown "
+        "(.md) or JSON (.json) by the suffix of --out.",
+    )
+    evaluate.add_argument("--data", required=True, metavar="DIR", help="dataset folder from ctqa-train simulate")
+    evaluate.add_argument("--runs", required=True, nargs="+", metavar="RUN_DIR", help="run folders of ctqa-train maps")
+    evaluate.add_argument("--mayo", metavar="DIR", help="folder of Mayo pairs <case>_input.npy / <case>_target.npy")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    evaluate.add_argument("--out", required=True, metavar="FILE", help="report to write (.md or .json)")
+    export = commands.add_parser(
+        "export",
+        help="bundle a run's final checkpoint as a named model (weights, cards, manifest with sha256)",
+        description="Write NAME.safetensors, NAME.json, NAME.md and the manifest entry into the models folder.",
+    )
+    export.add_argument("run", metavar="RUN_DIR", help="run folder of ctqa-train maps")
+    export.add_argument("--name", required=True, help="model name, e.g. n2q_default")
+    export.add_argument("--models-dir", metavar="DIR",
+                        help="models folder (default: the module's CTQualityAssessment/Resources/Models)")
+    export.add_argument("--default", action="store_true", help="make it the manifest's default model")
+    export.add_argument("--reproduce", metavar="COMMAND", help="command that rebuilds the model, for the cards")
     return parser
 
 
@@ -63,19 +109,76 @@ def _labels(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: mean SSIM {float(label.mean()):.4f}")
 
 
+def _pairs(items: list[str], option: str) -> dict[str, str]:
+    """{KEY: VALUE} from KEY=VALUE items; InputError for an item without "="."""
+    pairs = {}
+    for item in items:
+        key, sep, value = item.rpartition("=")
+        if not sep or not key:
+            raise InputError(f"{option} expects KEY=VALUE items, got {item!r}")
+        pairs[key] = value
+    return pairs
+
+
 def _simulate(args: argparse.Namespace) -> None:
     from .datasets import build_dataset
 
     options = ("doses", "kernels", "views", "slices_per_volume", "electronic_noise", "seed", "pixel_mm", "device")
     given = {name: getattr(args, name) for name in options if getattr(args, name) is not None}
+    if args.split_groups:
+        given["split_groups"] = _pairs(args.split_groups, "--split")
     manifest = build_dataset(args.input, args.out, **given)
     print(f"wrote {args.out}: {len(manifest['sources'])} sources, manifest {args.out}/manifest.json")
+
+
+def _maps(args: argparse.Namespace) -> None:
+    from .trainer import Trainer, TrainSettings
+
+    settings = TrainSettings(data=args.data, variant=args.variant, steps=args.steps, batch=args.batch,
+                             patch=args.patch, lr=args.lr, alpha=args.alpha, seed=args.seed,
+                             checkpoint_every=args.checkpoint_every)
+    trainer = Trainer(settings, args.out, device=args.device)
+    if args.resume:
+        trainer.resume()
+    card = trainer.run()
+    metrics = ", ".join(f"{key} {value:.4f}" for key, value in card["metrics"].items())
+    print(f"wrote {args.out}/model.safetensors after {trainer.step} steps ({trainer.elapsed_s / 60:.1f} min); "
+          f"val: {metrics or 'no val split'}")
+
+
+def _evaluate_maps(args: argparse.Namespace) -> None:
+    import json
+    import shlex
+
+    from .evaluate import evaluate_runs, markdown
+
+    if not args.out.endswith((".md", ".json")):
+        raise InputError(f"{args.out}: --out must end in .md or .json")
+    results = evaluate_runs(args.data, args.runs, args.mayo, args.device)
+    command = shlex.join(["ctqa-train", *args.argv])
+    with open(args.out, "w", encoding="utf-8") as out:
+        if args.out.endswith(".json"):
+            out.write(json.dumps({"command": command, **results}, indent=2) + "\n")
+        else:
+            out.write(markdown(results, command))
+    print(f"wrote {args.out}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .export import export_run
+
+    given = {"models_dir": args.models_dir} if args.models_dir else {}
+    card = export_run(args.run, args.name, default=args.default, reproduce=args.reproduce, **given)
+    print(f"wrote {card} and its weights, Markdown card and manifest entry")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `ctqa-train`; returns the exit status (2 on bad input, with one line on stderr)."""
     args = _parser().parse_args(argv)
-    return exit_status("ctqa-train", lambda: {"labels": _labels, "simulate": _simulate}[args.command](args))
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"labels": _labels, "simulate": _simulate, "maps": _maps, "evaluate-maps": _evaluate_maps,
+                "export": _export}
+    return exit_status("ctqa-train", lambda: commands[args.command](args))
 
 
 if __name__ == "__main__":

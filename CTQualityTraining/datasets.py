@@ -10,7 +10,9 @@ radiologists' mean for LDCTIQAC2023); ``slice`` int16 (n,); ``pixel_mm`` float32
 Sources (readers): a volume file or DICOM folder (the core's read_volume); a folder of Mayo-style pairs
 ``<patient>_<n>_input.npy`` (quarter dose) / ``<patient>_<n>_target.npy`` (full dose) with value = (HU + 1024) /
 4096; the LDCTIQAC2023 layout ``image/NNNN.tif`` (float32 in [0, 1], LDCTIQAC_SCALING) + ``train.json``
-(file name -> mean radiologist score). Splits are drawn per patient (Mayo) or per volume, never per slice.
+(file name -> mean radiologist score). Splits are drawn per patient (Mayo) or per volume, never per slice: by a
+hash of the group name and the seed (``split_of``), or chosen explicitly per group (``split_groups``, for small
+collections where the hash might leave the test split empty).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ MAYO_PIXEL_MM = 0.74
 #: Simulation methods, value = index: projection domain, image domain (QD/FD pair), as acquired (no simulation).
 METHODS = ("projection", "image-domain", "acquired")
 SPLITS = (("train", 0.8), ("val", 0.1), ("test", 0.1))
+#: HU of the air added around non-square slices.
+AIR_PAD_HU = -1024.0
 
 
 @dataclass
@@ -135,9 +139,33 @@ def split_of(group: str, seed: int) -> str:
     return SPLITS[-1][0]
 
 
+def assign_splits(groups, seed: int, split_groups: dict[str, str] | None = None) -> dict[str, str]:
+    """{group: split}: split_groups' explicit choice (group -> "train"/"val"/"test") where given, else ``split_of``.
+
+    InputError for an unknown split name or a split_groups entry naming no group.
+    """
+    split_groups = dict(split_groups or {})
+    names = {name for name, _ in SPLITS}
+    for group, split in split_groups.items():
+        if split not in names:
+            raise InputError(f"split of group {group!r} must be one of {sorted(names)}, got {split!r}")
+        if group not in groups:
+            raise InputError(f"split given for group {group!r}, but no source has it (groups: {sorted(set(groups))})")
+    return {group: split_groups.get(group) or split_of(group, seed) for group in groups}
+
+
+def pad_to_square(hu: np.ndarray) -> np.ndarray:
+    """(z, y, x) slices padded with air (AIR_PAD_HU) on both sides of the shorter axis to square; the projection
+    simulation needs square slices."""
+    hu = np.asarray(hu)
+    side = max(hu.shape[-2:])
+    pads = [(0, 0)] * (hu.ndim - 2) + [((side - n) // 2, side - n - (side - n) // 2) for n in hu.shape[-2:]]
+    return np.pad(hu, pads, constant_values=AIR_PAD_HU) if any(any(p) for p in pads) else hu
+
+
 def _samples_of(data: dict, parameters: dict, seed: int) -> dict[str, np.ndarray]:
-    """Shard arrays for one loaded source (module docstring)."""
-    hu = check_ct_slices(data["hu"])
+    """Shard arrays for one loaded source (module docstring); non-square slices are padded to square."""
+    hu = check_ct_slices(pad_to_square(data["hu"]))
     pixel = float(data["pixel_mm"])
     if "score" in data:  # already low dose, scored by radiologists: stored as acquired
         n = hu.shape[0]
@@ -194,11 +222,13 @@ def build_dataset(
     pixel_mm: float | None = None,
     device: str = "cpu",
     progress: bool = True,
+    split_groups: dict[str, str] | None = None,
 ) -> dict:
     """Build (or resume) the dataset in out from the sources under paths; returns the manifest.
 
-    Source k is simulated with seed + k (k in sorted source order). Refuses a folder that holds a dataset built
-    with other parameters.
+    Source k is simulated with seed + k (k in sorted source order). split_groups: explicit split per group
+    (patient or volume; a volume's group is its file or folder name without .gz), the others by hash
+    (``assign_splits``). Refuses a folder that holds a dataset built with other parameters.
     """
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
@@ -212,6 +242,7 @@ def build_dataset(
         "seed": int(seed),
         "pixel_mm": pixel_mm,
         "device": device,
+        "split_groups": dict(sorted((split_groups or {}).items())),
     }
     manifest_path = folder / "manifest.json"
     if manifest_path.is_file():
@@ -219,6 +250,7 @@ def build_dataset(
         if previous != parameters:
             raise InputError(f"{folder}: holds a dataset built with other parameters; choose a new folder")
     sources = sorted(find_sources(paths, pixel_mm), key=lambda s: s.id)
+    splits = assign_splits([s.group for s in sources], seed, split_groups)
     (folder / "shards").mkdir(parents=True, exist_ok=True)
     manifest = {
         "format": "ctqa-simulated-slices/1",
@@ -229,7 +261,7 @@ def build_dataset(
                 "group": s.group,
                 "kind": s.kind,
                 "path": s.path,
-                "split": split_of(s.group, seed),
+                "split": splits[s.group],
                 "seed": seed + k,
                 "shard": f"shards/{s.id}.npz",
             }

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from CTQualityAssessmentLib import checkpoints
+from CTQualityAssessmentLib import checkpoints, models
 from CTQualityAssessmentLib.errors import InputError
 from CTQualityAssessmentLib.inference import (
     Cancelled,
@@ -164,8 +164,8 @@ def no_pickle(monkeypatch):
 @pytest.fixture
 def no_bundled_models(monkeypatch, tmp_path):
     """Point the bundled-model folder at an empty one."""
-    monkeypatch.setattr(checkpoints, "MODELS_DIR", tmp_path / "Models")
-    monkeypatch.setattr(checkpoints, "MANIFEST", tmp_path / "Models" / "manifest.json")
+    monkeypatch.setattr(models, "MODELS_DIR", tmp_path / "Models")
+    monkeypatch.setattr(models, "MANIFEST", tmp_path / "Models" / "manifest.json")
 
 
 def test_save_then_load_gives_identical_outputs(model, tmp_path, no_pickle, no_bundled_models):
@@ -220,27 +220,27 @@ def test_card_that_does_not_fit_the_weights(model, tmp_path, no_bundled_models):
 
 def test_bundled_models_and_manifest_sha256(model, tmp_path, monkeypatch, no_pickle):
     models_dir = tmp_path / "Models"
-    monkeypatch.setattr(checkpoints, "MODELS_DIR", models_dir)
-    monkeypatch.setattr(checkpoints, "MANIFEST", models_dir / "manifest.json")
-    assert checkpoints.bundled_models() == {}
+    monkeypatch.setattr(models, "MODELS_DIR", models_dir)
+    monkeypatch.setattr(models, "MANIFEST", models_dir / "manifest.json")
+    assert models.bundled_models() == {}
     with pytest.raises(InputError, match="no such bundled model"):
-        checkpoints.resolve("default")
+        models.resolve("default")
     card_path = checkpoints.save(model, SMALL, {}, models_dir / "n2q-small")
     sha256 = json.loads(card_path.read_text())["weights_sha256"]
     entry = {"weights": "n2q-small.safetensors", "card": "n2q-small.json", "sha256": sha256}
     manifest = {"default": "n2q-small", "models": {"n2q-small": entry}}
     (models_dir / "manifest.json").write_text(json.dumps(manifest))
-    assert checkpoints.bundled_models() == {"n2q-small": card_path}
-    assert checkpoints.resolve("default") == card_path == checkpoints.resolve("n2q-small")
-    assert checkpoints.resolve(models_dir / "n2q-small.safetensors") == card_path
-    checkpoints.load(checkpoints.resolve("default"))
+    assert models.bundled_models() == {"n2q-small": card_path}
+    assert models.resolve("default") == card_path == models.resolve("n2q-small")
+    assert models.resolve(models_dir / "n2q-small.safetensors") == card_path
+    checkpoints.load(models.resolve("default"))
     manifest["models"]["n2q-small"]["sha256"] = "0" * 64
     (models_dir / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InputError, match=r"n2q-small\.safetensors: sha256 .* does not match manifest\.json"):
         checkpoints.load(card_path)
     (models_dir / "manifest.json").write_text(json.dumps({"models": {"x": {"card": "x.json"}}}))
     with pytest.raises(InputError, match="manifest.json: model manifest needs"):
-        checkpoints.bundled_models()
+        models.bundled_models()
 
 
 def test_core_imports_without_torch():

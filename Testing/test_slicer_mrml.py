@@ -18,6 +18,7 @@ from CTQualityAssessmentLib import mrml  # noqa: E402
 from CTQualityAssessmentLib.aggregate import ROI_COLUMNS, SLICE_COLUMNS  # noqa: E402
 from CTQualityAssessmentLib.errors import InputError  # noqa: E402
 from CTQualityAssessmentLib.io import write_map  # noqa: E402
+from CTQualityAssessmentLib.models import default_learned_model  # noqa: E402
 from CTQualityAssessmentLib.pipeline import assess, check_model  # noqa: E402
 from CTQualityAssessmentLib.sample import make_sample  # noqa: E402
 from CTQualityAssessmentLib.volume import CTVolume  # noqa: E402
@@ -288,8 +289,9 @@ def test_rerun_replaces_own_nodes_and_leaves_user_nodes(headless, sample):
 
 def test_models_and_devices(headless, sample):
     ct = _volume_node(headless.scene, sample.low_dose)
-    assert check_model("default") == check_model("physics") == "physics"
-    with pytest.raises(InputError, match="checkpoint files cannot be loaded yet"):
+    assert check_model("physics") == "physics"
+    assert check_model("default") == (default_learned_model() or "physics")
+    with pytest.raises(InputError, match="no such model card"):
         mrml.process(ct, model="/models/my_n2q.safetensors")
     with pytest.raises(InputError, match="unknown model"):
         mrml.process(ct, model="n2q-large")

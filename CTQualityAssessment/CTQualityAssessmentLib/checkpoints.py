@@ -9,8 +9,7 @@ Model card (JSON object)::
      "training": {...}, "metrics": {...},          # free-form, from the trainer
      "weights_sha256": "<hex digest of X.safetensors>"}
 
-Bundled models live in ``CTQualityAssessment/Resources/Models/`` with ``manifest.json``:
-``{"default": NAME (optional), "models": {NAME: {"weights": FILE, "card": FILE, "sha256": HEX}}}``.
+Bundled models and their manifest: models.py.
 """
 
 from __future__ import annotations
@@ -24,15 +23,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 
+from . import models
 from .errors import InputError
+from .models import checkpoint_files, read_json
 from .networks import DOSE_LEVELS, HPF_SCALE, HPF_SIGMA_PX, QualityNet, QualityNetConfig, build_network
 from .ssim import SSIM_WINDOW_HU
 
 FORMAT_VERSION = 1
-MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
-MANIFEST = MODELS_DIR / "manifest.json"
-#: Name that resolves to the manifest's "default" entry.
-DEFAULT_MODEL = "default"
 
 NORMALISATION = (
     "CT channel: HU clipped to window_hu and scaled to [0, 1]; "
@@ -54,20 +51,13 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _files(path: str | Path) -> tuple[Path, Path]:
-    """(card, weights) for X, X.json or X.safetensors."""
-    path = Path(path)
-    base = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
-    return base.with_name(base.name + ".json"), base.with_name(base.name + ".safetensors")
-
-
 def save(model: QualityNet, config: QualityNetConfig, card: dict, path_without_extension: str | Path) -> Path:
     """Write ``X.safetensors`` (the state dict) and the model card ``X.json``; returns the card's path.
 
     card supplies the free-form parts ("training", "metrics", and any other keys such as "name" or
     "description"); architecture, input, dose levels, format version and the weights' sha256 are filled in here.
     """
-    card_path, weights_path = _files(path_without_extension)
+    card_path, weights_path = checkpoint_files(path_without_extension)
     card_path.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(weights_path), metadata={"format": "pt"})
@@ -83,64 +73,13 @@ def save(model: QualityNet, config: QualityNetConfig, card: dict, path_without_e
     return card_path
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: {what} not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: cannot read {what}: {str(error).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: {what} is not a JSON object")
-    return data
-
-
-def _read_manifest() -> dict | None:
-    if not MANIFEST.is_file():
-        return None
-    manifest = _read_json(MANIFEST, "model manifest")
-    models = manifest.get("models")
-    if not isinstance(models, dict) or not all(
-        isinstance(entry, dict) and {"weights", "card", "sha256"} <= set(entry) for entry in models.values()
-    ):
-        raise InputError(f'{MANIFEST}: model manifest needs "models": {{name: {{weights, card, sha256}}}}')
-    return manifest
-
-
-def bundled_models() -> dict[str, Path]:
-    """Bundled models from the manifest: {name: path of its model card}; empty when there is no manifest."""
-    manifest = _read_manifest()
-    if manifest is None:
-        return {}
-    return {name: MODELS_DIR / entry["card"] for name, entry in manifest["models"].items()}
-
-
-def resolve(model_name_or_path: str | Path) -> Path:
-    """Model card path of a bundled model's name ("default" = the manifest's default) or of a checkpoint path.
-
-    A path may be X, X.json or X.safetensors. InputError when it is neither a bundled model nor an existing card.
-    """
-    name = str(model_name_or_path)
-    manifest = _read_manifest()
-    models = bundled_models()
-    if name == DEFAULT_MODEL and manifest is not None and manifest.get("default") in models:
-        return models[manifest["default"]]
-    if name in models:
-        return models[name]
-    card_path, _ = _files(model_name_or_path)
-    if card_path.is_file():
-        return card_path
-    available = ", ".join(sorted(models)) or "none installed"
-    raise InputError(f"{name}: no such model card ({card_path}) and no such bundled model (bundled: {available})")
-
-
 def _bundled_sha256(weights_path: Path) -> str | None:
     """The manifest's sha256 for weights_path when it is a bundled model's weights file."""
-    manifest = _read_manifest()
+    manifest = models.read_manifest()
     if manifest is None:
         return None
     for entry in manifest["models"].values():
-        if (MODELS_DIR / entry["weights"]).resolve() == weights_path.resolve():
+        if (models.MODELS_DIR / entry["weights"]).resolve() == weights_path.resolve():
             return str(entry["sha256"]).lower()
     return None
 
@@ -152,8 +91,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[QualityN
     safetensors only. InputError (one line naming the file) for a missing file, a bad card, a sha256 mismatch or
     weights that do not fit the card's architecture.
     """
-    card_path, weights_path = _files(path)
-    card = _read_json(card_path, "model card")
+    card_path, weights_path = checkpoint_files(path)
+    card = read_json(card_path, "model card")
     if card.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{card_path}: unsupported model card format_version {card.get('format_version')!r}")
     try:
@@ -179,7 +118,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[QualityN
     if not isinstance(card.get("weights_sha256"), str):
         raise InputError(f"{card_path}: model card has no weights_sha256")
     digest = _sha256(data)
-    for source, expected in ((card_path, card["weights_sha256"]), (MANIFEST, _bundled_sha256(weights_path))):
+    for source, expected in ((card_path, card["weights_sha256"]), (models.MANIFEST, _bundled_sha256(weights_path))):
         if expected is not None and digest != expected.lower():
             raise InputError(
                 f"{weights_path}: sha256 {digest[:12]}... does not match {source.name} ({str(expected)[:12]}...): "

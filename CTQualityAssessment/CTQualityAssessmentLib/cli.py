@@ -58,7 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     assess.add_argument("--series", metavar="UID", help="SeriesInstanceUID to read when INPUT holds several series")
     assess.add_argument(
-        "--model", default="default", metavar="NAME|PATH", help="quality model: default (= physics for now) or physics"
+        "--model",
+        default="default",
+        metavar="NAME|PATH",
+        help="quality model: default (the bundled learned model, physics when none is installed), physics "
+        "(noise-based, no training), a bundled model's name, or a checkpoint (X.json / X.safetensors)",
     )
     assess.add_argument(
         "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where learned models run (default: auto)"
@@ -108,18 +112,22 @@ def _assess(args: argparse.Namespace) -> None:
     rois = load_rois(args.roi, volume, args.roi_names) if args.roi else None
     bar = _ProgressBar(enabled=not args.quiet)
     try:
-        assessment = assess(volume, reference, rois, model=model, window_mm=args.window_mm, progress=bar)
+        assessment = assess(
+            volume, reference, rois, model=model, window_mm=args.window_mm, device=args.device, progress=bar
+        )
         bar(1.0, "writing outputs")
         paths = write_outputs(assessment, out)
     finally:
         bar.close()
     summary = assessment.summary
-    score, gnl = summary["global_quality_score"], summary["gnl_hu"]
-    print(
-        f"{Path(args.input).name}: global quality {score:.3f}" if score is not None else "no body found",
+    score, gnl, dose = summary["global_quality_score"], summary["gnl_hu"], summary.get("dose_estimate")
+    figures = [
+        f"global quality {score:.3f}" if score is not None else "no body found",
         f"GNL {gnl:.1f} HU" if gnl is not None else "GNL n/a (no soft tissue)",
-        sep=", ",
-    )
+    ]
+    if dose is not None:
+        figures.append(f"dose about {100 * dose['dose_fraction']:.0f} % of full dose")
+    print(f"{Path(args.input).name} ({summary['model']}, {summary['device']}): " + ", ".join(figures))
     print(f"wrote {len(paths)} files to {out}")
 
 

@@ -22,7 +22,8 @@ import numpy as np
 from .aggregate import ROI_COLUMNS, SLICE_COLUMNS
 from .colors import QUALITY_COLOR_ANCHORS
 from .errors import InputError
-from .pipeline import DEFAULT_MODEL, Assessment, assess, check_model
+from .models import DEFAULT_MODEL
+from .pipeline import Assessment, assess, check_model
 from .rois import Roi, roi_from_mask
 from .slabs import ProgressCallback
 from .volume import CTVolume
@@ -356,7 +357,9 @@ def process(
         raise InputError(f"{device}: unknown device; choose one of {', '.join(DEVICES)}")
     inputs = inputs_from_nodes(volume_node, segmentation_node, reference_volume_node)
     options = {} if window_mm is None else {"window_mm": window_mm}
-    assessment = assess(inputs.volume, inputs.reference, inputs.rois, model=model, progress=progress, **options)
+    assessment = assess(
+        inputs.volume, inputs.reference, inputs.rois, model=model, device=device, progress=progress, **options
+    )
     outputs = outputs_to_scene(assessment, volume_node, segmentation_node)
     if show:
         show_overlay(outputs.quality_map, volume_node, opacity)

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,17 +14,25 @@ import numpy as np
 
 from . import __version__
 from .aggregate import ROI_COLUMNS, SLICE_COLUMNS, region_statistics, roi_table, slice_table
+from . import models
 from .errors import InputError
 from .io import write_map
+from .models import DEFAULT_MODEL, PHYSICS_MODEL
 from .noise import DEFAULT_WINDOW_MM, NOISE_SD50_HU, NoiseAnalysis, analyse_noise
 from .rois import Roi
 from .slabs import ProgressCallback
 from .ssim import SSIM_WINDOW_HU, ssim_map
 from .volume import CTVolume
 
-#: Models the assessment can run; learned models join this list when their weights are bundled.
-AVAILABLE_MODELS = ("physics",)
-DEFAULT_MODEL = "physics"
+
+PHYSICS_QUALITY_DEFINITION = (
+    f"1 / (1 + (noise_sd / {NOISE_SD50_HU:g} HU)^2): expected SSIM of flat tissue against its noise-free self on the "
+    f"{SSIM_WINDOW_HU[0]:g}..{SSIM_WINDOW_HU[1]:g} HU window; NaN outside the body"
+)
+LEARNED_QUALITY_DEFINITION = (
+    "predicted SSIM against the unseen full-dose image (Noise2Quality settings, "
+    f"{SSIM_WINDOW_HU[0]:g}..{SSIM_WINDOW_HU[1]:g} HU window); NaN outside the body"
+)
 
 OUTPUT_FILES = {
     "quality_map": "quality_map.nrrd",
@@ -50,6 +59,28 @@ class Assessment:
     summary: dict
 
 
+@dataclass
+class LearnedRun:
+    """What a learned model added: its card, where it ran, and its dose estimate (None without a dose head)."""
+
+    card: dict
+    device: str
+    precision: str
+    fallback: str | None
+    dose: dict | None
+
+
+def _learned_quality(volume: CTVolume, model: str, device: str, progress, cancel) -> tuple[np.ndarray, LearnedRun]:
+    """Predicted SSIM map (float32 (z, y, x)) of a learned model; torch is imported only here."""
+    from .checkpoints import load
+    from .inference import predict_volume, volume_dose_estimate
+
+    network, card = load(models.resolve(model))
+    prediction = predict_volume(network, volume.hu, device=device, progress=progress, cancel=cancel)
+    run = LearnedRun(card, prediction.device_used, prediction.precision, prediction.fallback, volume_dose_estimate(prediction))
+    return prediction.quality, run
+
+
 def check_output_folder(path: str | os.PathLike) -> Path:
     """The output folder, refused when it is an existing file (nothing is written before this check)."""
     folder = Path(path)
@@ -59,24 +90,25 @@ def check_output_folder(path: str | os.PathLike) -> Path:
 
 
 def check_model(model: str | None) -> str:
-    """The model to run for a user's choice: "default" (or nothing) is DEFAULT_MODEL; anything unknown is refused."""
-    if model in (None, "", "default"):
-        return DEFAULT_MODEL
-    if model in AVAILABLE_MODELS:
+    """What to run for a user's model choice: "physics", a bundled model's name, or a checkpoint card path.
+
+    "default" (or nothing) is the bundled default learned model, or the physics model when none is bundled.
+    InputError for an unknown name or a checkpoint path without its model card.
+    """
+    if model in (None, "", DEFAULT_MODEL):
+        return models.default_learned_model() or PHYSICS_MODEL
+    if model == PHYSICS_MODEL or model in models.bundled_models():
         return model
     if os.path.splitext(model)[1] or os.sep in model:
-        raise InputError(
-            f"{model}: checkpoint files cannot be loaded yet (no learned model is available in this version); "
-            f"choose one of: {', '.join(AVAILABLE_MODELS)}"
-        )
-    raise InputError(f"{model}: unknown model; available: {', '.join(AVAILABLE_MODELS)}")
+        return str(models.resolve(model))
+    raise InputError(f"{model}: unknown model; available: {', '.join(models.available_models())} or a checkpoint file")
 
 
 def _finite_or_none(value: float) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def _summary(volume: CTVolume, model: str, noise: NoiseAnalysis, quality: np.ndarray, reference_ssim, window_mm) -> dict:
+def _summary(volume, model, noise: NoiseAnalysis, quality, reference_ssim, window_mm, learned: LearnedRun | None) -> dict:
     body = noise.body_mask
     overall = region_statistics(quality[body], noise.noise_sd[body], volume.hu[body]) if body.any() else {}
     summary = {
@@ -84,8 +116,7 @@ def _summary(volume: CTVolume, model: str, noise: NoiseAnalysis, quality: np.nda
         "input": volume.source,
         "shape_zyx": list(volume.shape),
         "spacing_mm_xyz": list(volume.spacing),
-        "model": model,
-        "device": "cpu",
+        "model": model if learned is None else learned.card.get("name", model),
         "global_quality_score": _finite_or_none(overall.get("quality_mean", math.nan)),
         "quality_median": _finite_or_none(overall.get("quality_median", math.nan)),
         "quality_p10": _finite_or_none(overall.get("quality_p10", math.nan)),
@@ -97,13 +128,16 @@ def _summary(volume: CTVolume, model: str, noise: NoiseAnalysis, quality: np.nda
         "body_voxels": int(body.sum()),
         "noise_window_mm": window_mm,
         "noise_window_voxels_yx": list(noise.window_voxels),
-        "quality_definition": (
-            f"1 / (1 + (noise_sd / {NOISE_SD50_HU:g} HU)^2): expected SSIM of flat tissue against its noise-free "
-            f"self on the {SSIM_WINDOW_HU[0]:g}..{SSIM_WINDOW_HU[1]:g} HU window; NaN outside the body"
-        ),
+        "quality_definition": PHYSICS_QUALITY_DEFINITION if learned is None else LEARNED_QUALITY_DEFINITION,
         "snr_definition": "(soft-tissue mean HU + 1000) / GNL",
         "cnr_definition": "(soft-tissue mean HU - fat mean HU) / GNL",
     }
+    if learned is None:
+        summary["device"] = "cpu"
+    else:
+        summary.update(
+            device=learned.device, precision=learned.precision, device_fallback=learned.fallback, dose_estimate=learned.dose
+        )
     if reference_ssim is not None:
         summary["reference_ssim_mean_body"] = _finite_or_none(float(reference_ssim[body].mean(dtype=np.float64)))
         summary["reference_ssim_mean"] = float(reference_ssim.mean(dtype=np.float64))
@@ -123,11 +157,18 @@ def assess(
     volume: CTVolume,
     reference: CTVolume | None = None,
     rois: list[Roi] | None = None,
-    model: str = DEFAULT_MODEL,
+    model: str | None = DEFAULT_MODEL,
     window_mm: float = DEFAULT_WINDOW_MM,
+    device: str = "auto",
     progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
 ) -> Assessment:
-    """Assess one CT volume: quality and noise maps, optional reference SSIM map, per-slice and per-ROI tables."""
+    """Assess one CT volume: quality and noise maps, optional reference SSIM map, per-slice and per-ROI tables.
+
+    model: see check_model; a learned model's map replaces the physics quality map (the noise map, GNL and body
+    mask always come from the physics pass). device: where a learned model runs ("auto", "cpu", "cuda").
+    cancel: stops a learned model between batches (inference.Cancelled).
+    """
     model = check_model(model)
     if reference is not None:
         check_reference(volume, reference)
@@ -135,15 +176,19 @@ def assess(
     def stage(low: float, high: float) -> ProgressCallback | None:
         return None if progress is None else (lambda fraction, message: progress(low + (high - low) * fraction, message))
 
-    has_reference = reference is not None
-    noise = analyse_noise(volume, window_mm, progress=stage(0.0, 0.6 if has_reference else 0.9))
-    reference_ssim = ssim_map(volume.hu, reference.hu, progress=stage(0.6, 0.9)) if has_reference else None
-    quality = noise.quality
+    learned_model = model != PHYSICS_MODEL
+    physics_end = 0.3 if learned_model else (0.6 if reference is not None else 0.9)
+    noise = analyse_noise(volume, window_mm, progress=stage(0.0, physics_end))
+    quality, learned = noise.quality, None
+    if learned_model:
+        quality, learned = _learned_quality(volume, model, device, stage(physics_end, 0.75), cancel)
+        quality[~noise.body_mask] = np.nan
+    reference_ssim = ssim_map(volume.hu, reference.hu, progress=stage(0.75 if learned_model else 0.6, 0.9)) if reference is not None else None
     slices = slice_table(volume, quality, noise.noise_sd)
     roi_rows = roi_table(volume, quality, noise.noise_sd, rois) if rois is not None else None
     if progress is not None:
         progress(1.0, "tables")
-    summary = _summary(volume, model, noise, quality, reference_ssim, window_mm)
+    summary = _summary(volume, model, noise, quality, reference_ssim, window_mm, learned)
     return Assessment(volume, model, quality, noise, reference_ssim, slices, roi_rows, summary)
 
 

@@ -1,0 +1,96 @@
+"""Export of a trained run as a bundled model (``ctqa-train export``): weights, card, manifest entry, Markdown card.
+
+Writes into the models folder (default ``checkpoints.MODELS_DIR``): ``NAME.safetensors`` + ``NAME.json`` (via
+``checkpoints.save``, so the card's sha256 is recomputed), ``NAME.md`` (a readable model card made from the JSON
+card) and the entry {"weights", "card", "sha256"} in ``manifest.json`` (other entries kept; "default" set on request).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from CTQualityAssessmentLib import checkpoints
+from CTQualityAssessmentLib.errors import InputError
+
+from .trainer import MODEL
+
+
+def _markdown(name: str, card: dict, size_bytes: int) -> str:
+    """A human-readable model card from the JSON card."""
+    t, metrics = card["training"], card.get("metrics", {})
+    parameters = t.get("dataset_parameters", {})
+    sources = "\n".join(f"  - `{s['id']}` ({s['kind']}, group `{s['group']}`): {s['split']}"
+                        for s in t.get("dataset_sources", []))
+    reproduce = card.get("reproduce")
+    lines = [
+        f"# Model card: {name}",
+        "",
+        f"Noise2Quality-style quality network, variant **{t.get('variant')}**: from one CT slice it predicts the "
+        "per-pixel SSIM against the unseen full-dose image (N2Q SSIM settings, HU window "
+        f"{card['input']['window_hu']}) and, with a dose head, the dose fraction (classes {card['dose_levels']}).",
+        "",
+        f"- Architecture: `{json.dumps(card['architecture'])}`",
+        f"- Input: {card['input']['normalisation']}",
+        f"- Weights: `{name}.safetensors`, {size_bytes / 1e6:.2f} MB, sha256 `{card['weights_sha256']}`",
+        "",
+        "## Training",
+        "",
+        "- Data: real anatomy only, low dose and kernels simulated in the projection domain "
+        "(`ctqa-train simulate`); dataset manifest sha256 "
+        f"`{t.get('dataset_manifest_sha256')}`. Sources and their splits:",
+        sources,
+        f"- Simulation: doses {parameters.get('doses')}, kernels {parameters.get('kernels')}, "
+        f"{parameters.get('views')} views, {parameters.get('slices_per_volume')} slices per volume, electronic "
+        f"noise {parameters.get('electronic_noise')}, seed {parameters.get('seed')}.",
+        f"- Optimisation: {t.get('step')} steps of {t.get('batch')} random {t.get('patch')}² patches (flips, "
+        f"90° rotations), {t.get('optimizer')}, peak lr {t.get('lr')}, loss MSE(map) + {t.get('alpha')} · "
+        f"(CE(dose class) + MSE(ln dose)), seed {t.get('seed')}.",
+        f"- Hardware: {t.get('hardware')}, {t.get('precision')}, torch {t.get('torch_version')}; "
+        f"training time {t.get('wall_time_s', 0) / 60:.1f} min.",
+        "",
+        "## Validation (val split, whole slices)",
+        "",
+        "".join(f"- {key}: {value:.4f}\n" for key, value in metrics.items()) or "- none (no val split)\n",
+        "## Limits",
+        "",
+        "Trained on a handful of patients (the sources above) with simulated noise; the evaluation against held-out "
+        "patients and real Mayo quarter-dose pairs is in `docs/n2q_evaluation.md`. A quality map, not a diagnosis.",
+    ]
+    if reproduce:
+        lines += ["", "## Reproduce", "", "From the repository root, with the project's venv active:", "",
+                  f"    {reproduce}"]
+    return "\n".join(lines) + "\n"
+
+
+def export_run(
+    run_dir: str | Path,
+    name: str,
+    models_dir: str | Path = checkpoints.MODELS_DIR,
+    default: bool = False,
+    reproduce: str | None = None,
+) -> Path:
+    """Export RUN_DIR's final checkpoint as bundled model name into models_dir; returns the JSON card's path.
+
+    reproduce: the command that rebuilds this model, recorded in both cards.
+    """
+    if not name or "/" in name or name.startswith("."):
+        raise InputError(f"model name must be a plain file name, got {name!r}")
+    models_dir = Path(models_dir)
+    model, card = checkpoints.load(Path(run_dir) / MODEL)
+    card = {key: value for key, value in card.items() if key in ("training", "metrics", "description")}
+    card["name"] = name
+    if reproduce:
+        card["reproduce"] = reproduce
+    card_path = checkpoints.save(model, model.config, card, models_dir / name)
+    full_card = json.loads(card_path.read_text(encoding="utf-8"))
+    weights = models_dir / f"{name}.safetensors"
+    (models_dir / f"{name}.md").write_text(_markdown(name, full_card, weights.stat().st_size), encoding="utf-8")
+    manifest_path = models_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {"models": {}}
+    manifest["models"][name] = {"weights": weights.name, "card": card_path.name,
+                                "sha256": full_card["weights_sha256"]}
+    if default:
+        manifest["default"] = name
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return card_path

@@ -1,0 +1,304 @@
+"""Training of the quality-map networks (``ctqa-train maps``): random patches, validation, checkpoints, resume.
+
+A run folder RUN_DIR holds:
+- ``run.json``: the settings of the run (variant, steps, batch, patch, lr, alpha, seed, dataset and its manifest
+  sha256); a resumed run must use the same settings (the device may differ).
+- ``model.safetensors`` + ``model.json``: the latest checkpoint (``checkpoints.save``; the card's "training" holds the
+  settings, step, wall time and hardware, "metrics" the latest validation metrics).
+- ``trainer_state.safetensors`` + ``trainer_state.json``: optimizer tensors and the torch RNG state (safetensors),
+  step, optimizer scalars and the numpy generator state (JSON); no pickle anywhere.
+- ``tensorboard/``: scalars: train/<loss term> (mean over the last ``LOG_EVERY`` steps), train/lr, val/<metric>.
+
+Batches: ``batch`` patches of ``patch`` x ``patch`` pixels from the train split, each from a random sample (simulated
+slice), cropped at a random position (retried up to ``BODY_TRIES`` times until at least ``BODY_MIN_FRACTION`` of the
+patch is body), randomly rotated by k x 90 deg and flipped. Slices smaller than the patch are padded with air
+(-1024 HU; label 1, as SSIM is 1 between two equal flat images). Schedule: AdamW, linear warm-up over
+``WARMUP_STEPS``, then cosine decay to ``FINAL_LR_FRACTION`` of lr at ``steps``. Mixed precision (autocast) on CUDA
+only; the map sigmoid and the loss stay float32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from CTQualityAssessmentLib import checkpoints
+from CTQualityAssessmentLib.errors import InputError
+from CTQualityAssessmentLib.inference import resolve_device
+from CTQualityAssessmentLib.networks import VARIANTS, build_network, loss_terms, network_input
+
+from .evaluate import evaluate_split, load_split
+
+AIR_HU = -1024
+BODY_HU = -500.0
+BODY_MIN_FRACTION = 0.1
+BODY_TRIES = 10
+WARMUP_STEPS = 100
+FINAL_LR_FRACTION = 0.05
+WEIGHT_DECAY = 1e-4
+LOG_EVERY = 20
+MODEL = "model"
+STATE = "trainer_state"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Settings of one run; all of them but device must match when a run is resumed.
+
+    steps: optimizer steps; batch: patches per step; patch: patch side in pixels (a multiple of the network's
+    required multiple); lr: peak learning rate; alpha: weight of the dose terms in the loss; checkpoint_every:
+    steps between checkpoints and validations.
+    """
+
+    data: str
+    variant: str = "N2Q"
+    steps: int = 2000
+    batch: int = 8
+    patch: int = 128
+    lr: float = 2e-3
+    alpha: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 500
+
+    def check(self) -> None:
+        """InputError for an unknown variant or a non-positive or misfitting size."""
+        if self.variant not in VARIANTS:
+            raise InputError(f"unknown variant {self.variant!r}; choose from {', '.join(VARIANTS)}")
+        multiple = VARIANTS[self.variant].required_multiple
+        if self.patch < multiple or self.patch % multiple:
+            raise InputError(f"--patch must be a positive multiple of {multiple} for {self.variant}, got {self.patch}")
+        if min(self.steps, self.batch, self.checkpoint_every) < 1 or self.lr <= 0 or self.alpha < 0:
+            raise InputError("--steps, --batch and --checkpoint-every must be >= 1, --lr > 0 and --alpha >= 0")
+
+
+def manifest_sha256(data: str | Path) -> str:
+    """sha256 of a dataset's manifest.json (identifies the dataset a model was trained on)."""
+    path = Path(data) / "manifest.json"
+    if not path.is_file():
+        raise InputError(f"{data}: not a dataset folder (no manifest.json); build one with ctqa-train simulate")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class PatchSampler:
+    """Random augmented training patches from the samples of one split, in memory (see module docstring)."""
+
+    def __init__(self, split: dict[str, list], patch: int, generator: np.random.Generator):
+        self.split, self.patch, self.rng = split, patch, generator
+
+    def _crop(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        hu, ssim, p = self.split["hu"][index], self.split["ssim"][index], self.patch
+        pad = ((0, max(0, p - hu.shape[0])), (0, max(0, p - hu.shape[1])))
+        if any(after for _, after in pad):
+            hu = np.pad(hu, pad, constant_values=AIR_HU)
+            ssim = np.pad(ssim, pad, constant_values=1.0)
+        for _ in range(BODY_TRIES):
+            y = int(self.rng.integers(0, hu.shape[0] - p + 1))
+            x = int(self.rng.integers(0, hu.shape[1] - p + 1))
+            crop = hu[y : y + p, x : x + p]
+            if (crop > BODY_HU).mean() >= BODY_MIN_FRACTION:
+                break
+        return crop, ssim[y : y + p, x : x + p]
+
+    def batch(self, size: int) -> dict[str, torch.Tensor]:
+        """{"hu": (B, 1, P, P) float32 HU, "ssim": (B, 1, P, P) float32, "dose_class": (B,) int64, "log_dose": (B,)}."""
+        indices = self.rng.integers(0, len(self.split["hu"]), size)
+        hu, ssim = [], []
+        for index in indices:
+            crop, label = self._crop(int(index))
+            k, flip = int(self.rng.integers(0, 4)), bool(self.rng.integers(0, 2))
+            crop, label = np.rot90(crop, k), np.rot90(label, k)
+            if flip:
+                crop, label = crop[:, ::-1], label[:, ::-1]
+            hu.append(crop.astype(np.float32))
+            ssim.append(label.astype(np.float32))
+        dose = np.asarray(self.split["dose"], np.float32)[indices]
+        return {
+            "hu": torch.from_numpy(np.stack(hu))[:, None],
+            "ssim": torch.from_numpy(np.stack(ssim))[:, None],
+            "dose_class": torch.from_numpy(np.asarray(self.split["dose_class"], np.int64)[indices]),
+            "log_dose": torch.from_numpy(np.log(dose)),
+        }
+
+
+def learning_rate(step: int, settings: TrainSettings) -> float:
+    """Learning rate of optimizer step step (0-based): linear warm-up, then cosine to FINAL_LR_FRACTION * lr."""
+    warmup = min(WARMUP_STEPS, max(1, settings.steps // 10))
+    if step < warmup:
+        return settings.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, settings.steps - warmup)
+    return settings.lr * (FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors "state.<param index>.<key>", JSON-able rest: param_groups and non-tensor state values)."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], rest: dict) -> None:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = value
+    for name, value in rest["scalars"].items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
+
+
+def hardware(device: torch.device) -> str:
+    """One line naming the device the run trains on (CPU model and threads, or the CUDA GPU)."""
+    if device.type == "cuda":
+        return f"CUDA {torch.cuda.get_device_name(device)}"
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+
+
+class Trainer:
+    """One training run of one variant in run_dir; ``run()`` trains (or resumes) to settings.steps."""
+
+    def __init__(self, settings: TrainSettings, run_dir: str | Path, device: str = "auto", progress: bool = True):
+        settings.check()
+        self.settings, self.run_dir, self.progress = settings, Path(run_dir), progress
+        self.device = resolve_device(device)
+        self.config = VARIANTS[settings.variant]
+        self.dataset_sha256 = manifest_sha256(settings.data)
+        self.train = load_split(settings.data, "train")
+        self.val = load_split(settings.data, "val")
+        if not self.train["hu"]:
+            raise InputError(f"{settings.data}: the train split has no simulated samples")
+        torch.manual_seed(settings.seed)
+        self.model = build_network(self.config).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.lr, weight_decay=WEIGHT_DECAY)
+        self.rng = np.random.default_rng(settings.seed)
+        self.sampler = PatchSampler(self.train, settings.patch, self.rng)
+        self.step, self.elapsed_s, self.metrics = 0, 0.0, {}
+        dtype = None
+        if self.device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.autocast_dtype = dtype
+        self.scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+
+    def _run_record(self) -> dict:
+        return {**asdict(self.settings), "dataset_manifest_sha256": self.dataset_sha256}
+
+    def resume(self) -> None:
+        """Load the last checkpoint and trainer state of run_dir; InputError when absent or settings differ."""
+        record_path = self.run_dir / "run.json"
+        if not (self.run_dir / f"{STATE}.json").is_file() or not record_path.is_file():
+            raise InputError(f"{self.run_dir}: nothing to resume (no {STATE}.json); start without --resume")
+        saved = json.loads(record_path.read_text(encoding="utf-8"))
+        changed = sorted(k for k, v in self._run_record().items() if saved.get(k) != v)
+        if changed:
+            raise InputError(f"{self.run_dir}: cannot resume with other settings ({', '.join(changed)} differ)")
+        model, card = checkpoints.load(self.run_dir / MODEL)
+        self.model.load_state_dict(model.state_dict())
+        state = json.loads((self.run_dir / f"{STATE}.json").read_text(encoding="utf-8"))
+        tensors = load_file(str(self.run_dir / f"{STATE}.safetensors"))
+        torch.set_rng_state(tensors.pop("torch_rng"))
+        _restore_optimizer(self.optimizer, {k: v.to(self.device) for k, v in tensors.items()}, state["optimizer"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        self.step, self.elapsed_s, self.metrics = state["step"], state["elapsed_s"], card.get("metrics", {})
+
+    def card(self) -> dict:
+        """The free-form part of the model card: training settings and provenance, latest validation metrics."""
+        dataset = json.loads((Path(self.settings.data) / "manifest.json").read_text(encoding="utf-8"))
+        training = {
+            **self._run_record(),
+            "dataset_parameters": dataset["parameters"],
+            "dataset_sources": [{k: s[k] for k in ("id", "group", "kind", "split")} for s in dataset["sources"]],
+            "step": self.step,
+            "wall_time_s": round(self.elapsed_s, 1),
+            "hardware": hardware(self.device),
+            "precision": str(self.autocast_dtype).removeprefix("torch.") if self.autocast_dtype else "float32",
+            "torch_version": torch.__version__,
+            "optimizer": f"AdamW (weight decay {WEIGHT_DECAY}), warm-up {WARMUP_STEPS} steps, cosine decay",
+        }
+        return {"name": self.run_dir.name, "training": training, "metrics": self.metrics}
+
+    def save(self) -> None:
+        """Write the checkpoint (model + card) and the trainer state; each file replaced whole."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "run.json").write_text(json.dumps(self._run_record(), indent=2) + "\n", encoding="utf-8")
+        checkpoints.save(self.model, self.config, self.card(), self.run_dir / MODEL)
+        tensors, rest = _optimizer_tensors(self.optimizer)
+        tensors["torch_rng"] = torch.get_rng_state()
+        save_file(tensors, str(self.run_dir / f"{STATE}.safetensors"))
+        state = {"step": self.step, "elapsed_s": self.elapsed_s, "optimizer": rest,
+                 "numpy_rng": self.rng.bit_generator.state}
+        (self.run_dir / f"{STATE}.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+
+    def validate(self) -> dict[str, float]:
+        """Metrics of the current model on the val split (``evaluate.evaluate_split``); {} when it is empty."""
+        if not self.val["hu"]:
+            return {}
+        self.model.eval()
+        metrics = evaluate_split(self.model, self.val, device=self.device)
+        self.model.train()
+        return metrics
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step on one batch; returns the loss terms as floats."""
+        batch = {k: v.to(self.device) for k, v in self.sampler.batch(self.settings.batch).items()}
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.step, self.settings)
+        x = network_input(batch["hu"], self.config.inputs)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            outputs = self.model(x)
+        dose = (batch["dose_class"], batch["log_dose"]) if self.config.dose_head else (None, None)
+        terms = loss_terms(outputs, batch["ssim"], *dose, alpha=self.settings.alpha)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms["total"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    def run(self, stop_at: int | None = None) -> dict:
+        """Train from the current step to settings.steps (or stop_at, for tests), validating and checkpointing
+        every checkpoint_every steps and at the end; returns the final model card's free-form part."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        end = min(self.settings.steps, stop_at or self.settings.steps)
+        writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step)
+        self.model.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(total=end, initial=self.step, desc=f"train {self.settings.variant}", unit="step",
+                   disable=not self.progress)
+        start = time.perf_counter() - self.elapsed_s
+        while self.step < end:
+            terms = self.train_step()
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value
+            bar.update(1)
+            if self.step % LOG_EVERY == 0:
+                for key, value in sums.items():
+                    writer.add_scalar(f"train/{key}", value / LOG_EVERY, self.step)
+                writer.add_scalar("train/lr", learning_rate(self.step - 1, self.settings), self.step)
+                bar.set_postfix(loss=f"{sums['total'] / LOG_EVERY:.4f}")
+                sums = {}
+            if self.step % self.settings.checkpoint_every == 0 or self.step == end:
+                self.elapsed_s = time.perf_counter() - start
+                self.metrics = self.validate()
+                for key, value in self.metrics.items():
+                    writer.add_scalar(f"val/{key}", value, self.step)
+                self.save()
+        bar.close()
+        writer.close()
+        return self.card()
