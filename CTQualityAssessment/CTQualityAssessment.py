@@ -55,6 +55,41 @@ def ensure_dependencies() -> None:
         ) from error
 
 
+#: Packages learned models need beyond PyTorch (which comes from the SlicerPyTorch extension).
+LEARNED_REQUIREMENTS = ("monai>=1.3", "safetensors>=0.4")
+
+
+def ensure_learned_dependencies() -> None:
+    """PyTorch through the SlicerPyTorch extension (it picks the build for this machine's GPU/CPU), then MONAI and
+    safetensors with pip, leaving torch, numpy and SimpleITK alone. RuntimeError with a readable message on failure.
+    """
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        try:
+            import PyTorchUtils
+        except ImportError as error:
+            raise RuntimeError(
+                _("Learned quality models need PyTorch: install the PyTorch extension from the Extensions Manager, "
+                  "restart Slicer and try again, or choose the physics model.")
+            ) from error
+        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True, torchVersionRequirement=">=2.3") is None:
+            raise RuntimeError(_("PyTorch was not installed; choose the physics model or install PyTorch.")) from None
+    try:
+        import slicer.pydeps as pydeps
+        from packaging.requirements import Requirement
+
+        requirements = [Requirement(r) for r in LEARNED_REQUIREMENTS]
+        if not pydeps.pip_check(requirements):
+            skip = [*SLICER_OWNED_PACKAGES, "torch"]
+            pydeps.pip_ensure(requirements, skip_packages=skip, requester="CTQualityAssessment")
+    except Exception as error:  # pip, network or a declined confirmation: all end in the same message
+        raise RuntimeError(
+            _("Could not install {packages} for learned models: {error}").format(
+                packages=", ".join(LEARNED_REQUIREMENTS), error=error)
+        ) from error
+
+
 def _models() -> list[str]:
     """Model selector entries: the models the core has, then the checkpoint-file entry."""
     try:
@@ -254,6 +289,8 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 
         parameters = self._parameterNode
         model = check_model(self._selectedModel())
+        if model != "physics":
+            ensure_learned_dependencies()
         inputs = inputs_from_nodes(parameters.inputVolume, parameters.segmentation, parameters.referenceVolume)
         state = {"fraction": 0.0, "message": _("starting"), "cancel": False, "result": None, "error": None,
                  "inputVolume": parameters.inputVolume, "segmentation": parameters.segmentation}
@@ -323,8 +360,12 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
                 device="auto", showResult=True, opacity=0.5):
         """Assess inputVolumeNode on the calling thread; returns the output nodes (CTQualityAssessmentLib.mrml)."""
         from CTQualityAssessmentLib import mrml
+        from CTQualityAssessmentLib.pipeline import check_model
 
         ensure_dependencies()
+        if check_model(model) != "physics":
+            ensure_learned_dependencies()
+
         def progress(fraction, message):
             logging.info(f"CTQualityAssessment: {message} {100 * fraction:.0f}%")
 
