@@ -113,13 +113,13 @@ def test_progress_per_batch_and_cancel(model, volume):
 
 
 def test_devices():
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == (torch.device("cpu"), None)
+    assert resolve_device("auto")[0].type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(InputError, match="unknown device"):
         resolve_device("abacus")
     if not torch.cuda.is_available():
-        with pytest.raises(InputError, match="CUDA is not available"):
-            resolve_device("cuda")
+        device, reason = resolve_device("cuda")
+        assert device == torch.device("cpu") and "CUDA is not available" in reason
 
 
 def test_volume_dose_estimate_averages_body_slices():

@@ -128,6 +128,8 @@ def _assess(args: argparse.Namespace) -> None:
     if dose is not None:
         figures.append(f"dose about {100 * dose['dose_fraction']:.0f} % of full dose")
     print(f"{Path(args.input).name} ({summary['model']}, {summary['device']}): " + ", ".join(figures))
+    if summary.get("device_fallback"):
+        print(f"ctqa: warning: {summary['device_fallback']}", file=sys.stderr)
     print(f"wrote {len(paths)} files to {out}")
 
 

@@ -53,17 +53,22 @@ class Prediction:
     fallback: str | None = None
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """torch.device for "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"; InputError if absent."""
+def resolve_device(device: str | torch.device = "auto") -> tuple[torch.device, str | None]:
+    """(torch.device, fallback reason or None) for "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
+
+    CUDA asked for on a machine without it falls back to the CPU with the reason; InputError for an unknown device.
+    """
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu"), None
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise InputError(f"unknown device {device!r}: {error}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available (use --device cpu or auto)")
-    return resolved
+        reason = f"device {device!r} requested but CUDA is not available: ran on the CPU"
+        logger.warning(reason)
+        return torch.device("cpu"), reason
+    return resolved, None
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -116,7 +121,7 @@ def predict_volume(
         raise ValueError(f"hu must be (z, y, x), got shape {hu.shape}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = resolve_device(device)
+    device, fallback = resolve_device(device)
     net = fuse_for_inference(model).to(device=device, memory_format=torch.channels_last)
     depth = hu.shape[0]
     quality = np.empty(hu.shape, dtype=np.float32)
@@ -126,7 +131,6 @@ def predict_volume(
     body = np.empty(depth, dtype=bool)
     body_pixels = BODY_MIN_FRACTION * math.prod(hu.shape[1:])
     precision = str(_autocast_dtype(device) or torch.float32).removeprefix("torch.")
-    fallback = None
     start = 0
     while start < depth:
         if cancel is not None and cancel.is_set():
