@@ -262,8 +262,14 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui.gnlValueLabel.text = text("gnl_hu", "{:.1f} HU")
         self.ui.snrValueLabel.text = text("snr", "{:.1f}")
         self.ui.cnrValueLabel.text = text("cnr", "{:.1f}")
-        # dose estimation needs a learned model; the physics model has none
-        self.ui.doseValueLabel.text = text("dose_estimate", "{}") if "dose_estimate" in summary else _("n/a (physics)")
+        dose = summary.get("dose_estimate")
+        if dose:  # from a learned model's dose head; the physics model has none
+            self.ui.doseValueLabel.text = _("about {fraction:.0f} % of full dose (class {level:.0f} %)").format(
+                fraction=100 * dose["dose_fraction"], level=100 * dose["dose_level"])
+        else:
+            self.ui.doseValueLabel.text = _("n/a (needs a learned model)") if summary else "-"
+        if summary.get("device_fallback"):
+            slicer.util.showStatusMessage(summary["device_fallback"], 5000)
 
     def onOpacityChanged(self, value: float) -> None:
         from CTQualityAssessmentLib.mrml import set_overlay_opacity
