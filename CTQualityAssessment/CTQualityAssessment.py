@@ -49,9 +49,10 @@ def ensure_dependencies() -> None:
             pydeps.pip_ensure(requirements, skip_packages=list(SLICER_OWNED_PACKAGES), requester="CTQualityAssessment")
     except Exception as error:  # pip, network or a declined confirmation: all end in the same message
         raise RuntimeError(
-            _("Could not install the Python packages CTQualityAssessment needs ({packages}): {error}. "
-              "Install them from the Python console with slicer.util.pip_install, or check the network.").format(
-                packages=", ".join(REQUIREMENTS), error=error)
+            _(
+                "Could not install the Python packages CTQualityAssessment needs ({packages}): {error}. "
+                "Install them from the Python console with slicer.util.pip_install, or check the network."
+            ).format(packages=", ".join(REQUIREMENTS), error=error)
         ) from error
 
 
@@ -70,8 +71,10 @@ def ensure_learned_dependencies() -> None:
             import PyTorchUtils
         except ImportError as error:
             raise RuntimeError(
-                _("Learned quality models need PyTorch: install the PyTorch extension from the Extensions Manager, "
-                  "restart Slicer and try again, or choose the physics model.")
+                _(
+                    "Learned quality models need PyTorch: install the PyTorch extension from the Extensions Manager, "
+                    "restart Slicer and try again, or choose the physics model."
+                )
             ) from error
         if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True, torchVersionRequirement=">=2.3") is None:
             raise RuntimeError(_("PyTorch was not installed; choose the physics model or install PyTorch.")) from None
@@ -86,7 +89,8 @@ def ensure_learned_dependencies() -> None:
     except Exception as error:  # pip, network or a declined confirmation: all end in the same message
         raise RuntimeError(
             _("Could not install {packages} for learned models: {error}").format(
-                packages=", ".join(LEARNED_REQUIREMENTS), error=error)
+                packages=", ".join(LEARNED_REQUIREMENTS), error=error
+            )
         ) from error
 
 
@@ -265,7 +269,8 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         dose = summary.get("dose_estimate")
         if dose:  # from a learned model's dose head; the physics model has none
             self.ui.doseValueLabel.text = _("about {fraction:.0f} % of full dose (class {level:.0f} %)").format(
-                fraction=100 * dose["dose_fraction"], level=100 * dose["dose_level"])
+                fraction=100 * dose["dose_fraction"], level=100 * dose["dose_level"]
+            )
         else:
             self.ui.doseValueLabel.text = _("n/a (needs a learned model)") if summary else "-"
         if summary.get("device_fallback"):
@@ -298,8 +303,15 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if model != "physics":
             ensure_learned_dependencies()
         inputs = inputs_from_nodes(parameters.inputVolume, parameters.segmentation, parameters.referenceVolume)
-        state = {"fraction": 0.0, "message": _("starting"), "cancel": False, "result": None, "error": None,
-                 "inputVolume": parameters.inputVolume, "segmentation": parameters.segmentation}
+        state = {
+            "fraction": 0.0,
+            "message": _("starting"),
+            "cancel": False,
+            "result": None,
+            "error": None,
+            "inputVolume": parameters.inputVolume,
+            "segmentation": parameters.segmentation,
+        }
         thread = threading.Thread(
             target=self.logic.runCore, args=(inputs, model, parameters.device, state), daemon=True
         )
@@ -362,8 +374,16 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return CTQualityAssessmentParameterNode(super().getParameterNode())
 
-    def process(self, inputVolumeNode, segmentationNode=None, model="default", referenceVolumeNode=None,
-                device="auto", showResult=True, opacity=0.5):
+    def process(
+        self,
+        inputVolumeNode,
+        segmentationNode=None,
+        model="default",
+        referenceVolumeNode=None,
+        device="auto",
+        showResult=True,
+        opacity=0.5,
+    ):
         """Assess inputVolumeNode on the calling thread; returns the output nodes (CTQualityAssessmentLib.mrml)."""
         from CTQualityAssessmentLib import mrml
         from CTQualityAssessmentLib.pipeline import check_model
@@ -375,8 +395,16 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
         def progress(fraction, message):
             logging.info(f"CTQualityAssessment: {message} {100 * fraction:.0f}%")
 
-        return mrml.process(inputVolumeNode, segmentationNode, model, referenceVolumeNode, device=device,
-                            progress=progress, show=showResult, opacity=opacity)
+        return mrml.process(
+            inputVolumeNode,
+            segmentationNode,
+            model,
+            referenceVolumeNode,
+            device=device,
+            progress=progress,
+            show=showResult,
+            opacity=opacity,
+        )
 
     @staticmethod
     def runCore(inputs, model: str, device: str, state: dict) -> None:

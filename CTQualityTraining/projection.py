@@ -166,7 +166,11 @@ class ParallelBeam:
             y = (centre - s * sin + u * cos) * (2.0 / (n - 1)) - 1.0
             grid = torch.stack(torch.broadcast_tensors(x, y), dim=-1)
             rotated = torch.nn.functional.grid_sample(
-                channels.expand(grid.shape[0], -1, -1, -1), grid, mode="bilinear", padding_mode="zeros", align_corners=True
+                channels.expand(grid.shape[0], -1, -1, -1),
+                grid,
+                mode="bilinear",
+                padding_mode="zeros",
+                align_corners=True,
             )
             out.append(rotated.sum(dim=2))  # (chunk, b, n): sum along the ray
         return torch.cat(out, dim=0).transpose(0, 1).contiguous()

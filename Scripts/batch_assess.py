@@ -80,7 +80,10 @@ def main(argv: list[str]) -> int:
             print(f"{path}: failed: {error}", file=sys.stderr)
             continue
         score, gnl = summary["global_quality_score"], summary["gnl_hu"]
-        print(f"{path}: quality {score if score is None else round(score, 3)}, GNL {gnl if gnl is None else round(gnl, 1)} HU")
+        print(
+            f"{path}: quality {score if score is None else round(score, 3)}, "
+            f"GNL {gnl if gnl is None else round(gnl, 1)} HU"
+        )
     print(f"{len(paths) - failed} of {len(paths)} inputs assessed; results in {out}")
     return 1 if failed else 0
 

@@ -21,10 +21,11 @@ from vtk.util.numpy_support import vtk_to_numpy
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "Testing"))  # the headless scene helper the MRML tests use
 
+from slicer_scene import make_headless_scene  # noqa: E402
+
 from CTQualityAssessmentLib import mrml  # noqa: E402
 from CTQualityAssessmentLib.colors import QUALITY_COLOR_ANCHORS  # noqa: E402
 from CTQualityAssessmentLib.sample import SPACING, make_sample  # noqa: E402
-from slicer_scene import make_headless_scene  # noqa: E402
 
 PIXEL_MM = 0.75  # size of one rendered pixel
 
@@ -60,7 +61,10 @@ def main(output: Path) -> None:
     figure = Figure(figsize=(7.0, 7.6), dpi=110, layout="constrained")
     grid = figure.add_gridspec(2, 1, height_ratios=(depth, 2.0 * height))
     for row, (image, title) in enumerate(
-        ((axial, "axial (Red view), middle slice: dose 55 %"), (coronal, "coronal (Green view): dose 10 % at the top (superior) to 100 % at the bottom"))
+        (
+            (axial, "axial (Red view), middle slice: dose 55 %"),
+            (coronal, "coronal (Green view): dose 10 % at the top (superior) to 100 % at the bottom"),
+        )
     ):
         axes = figure.add_subplot(grid[row])
         axes.imshow(image[..., :3])

@@ -3,8 +3,8 @@
 Real Slicer creates these in its application start-up; here: a vtkMRMLScene, a vtkSlicerApplicationLogic with its
 colour logic (default colour nodes), the Volumes and Segmentations module logics registered with SetModuleLogic,
 one vtkMRMLSliceLogic per slice view (Red axial, Yellow sagittal, Green coronal; the orientation presets are
-added to the scene's default slice node first), which creates the slice and slice composite nodes, and a data I/O manager with
-a cache folder (reading a .mrb needs it).
+added to the scene's default slice node first), which creates the slice and slice composite nodes, and a data
+I/O manager with a cache folder (reading a .mrb needs it).
 """
 
 from __future__ import annotations

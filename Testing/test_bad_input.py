@@ -132,8 +132,13 @@ def case_rgb_png(tmp, valid):
 
 def case_rgb_dicom(tmp, valid):
     ds = ct_small(
-        SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0,
-        BitsAllocated=8, BitsStored=8, HighBit=7, PixelRepresentation=0,
+        SamplesPerPixel=3,
+        PhotometricInterpretation="RGB",
+        PlanarConfiguration=0,
+        BitsAllocated=8,
+        BitsStored=8,
+        HighBit=7,
+        PixelRepresentation=0,
     )
     ds.PixelData = np.random.default_rng(2).integers(0, 256, (ds.Rows, ds.Columns, 3), dtype=np.uint8).tobytes()
     path = tmp / "rgb.dcm"

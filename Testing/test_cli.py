@@ -71,7 +71,12 @@ def test_tables_and_summary(outputs):
 
 def test_training_labels_command(sample_files, tmp_path, capsys):
     out = tmp_path / "label.nrrd"
-    argv = ["labels", str(sample_files / "sample_ct.nrrd"), "--reference", str(sample_files / "sample_reference_ct.nrrd")]
+    argv = [
+        "labels",
+        str(sample_files / "sample_ct.nrrd"),
+        "--reference",
+        str(sample_files / "sample_reference_ct.nrrd"),
+    ]
     assert train_main([*argv, "--out", str(out)]) == 0
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     np.testing.assert_allclose(label[0], 1.0, atol=1e-6)  # the first slice is at full dose
@@ -91,10 +96,10 @@ def test_help_explains_outputs(capsys):
 def test_learned_model_checkpoint_end_to_end(sample_files, tmp_path):
     """`--model CHECKPOINT`: the learned map replaces the physics one; the summary carries the dose estimate."""
     import torch
+    from small_models import SMALL
 
     from CTQualityAssessmentLib import checkpoints
     from CTQualityAssessmentLib.networks import build_network
-    from small_models import SMALL
 
     torch.manual_seed(0)
     card = checkpoints.save(build_network(SMALL).eval(), SMALL, {"name": "tiny-untrained"}, tmp_path / "tiny")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from small_models import SMALL
 
 from CTQualityAssessmentLib import checkpoints, models
 from CTQualityAssessmentLib.errors import InputError
@@ -22,10 +23,7 @@ from CTQualityAssessmentLib.inference import (
     resolve_device,
     volume_dose_estimate,
 )
-from CTQualityAssessmentLib.networks import DOSE_LEVELS, VARIANTS, QualityNetConfig, build_network, network_input
-from small_models import SMALL
-
-
+from CTQualityAssessmentLib.networks import DOSE_LEVELS, VARIANTS, build_network, network_input
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -53,8 +52,9 @@ def test_nrrd_round_trip_is_exact(tmp_path, direction):
         assert back.direction == volume.direction
     else:
         np.testing.assert_allclose(back.direction, volume.direction, rtol=0, atol=4 * np.finfo(float).eps)
-        np.testing.assert_allclose(np.reshape(back.direction, (3, 3)) @ np.reshape(back.direction, (3, 3)).T,
-                                   np.eye(3), atol=1e-15)
+        np.testing.assert_allclose(
+            np.reshape(back.direction, (3, 3)) @ np.reshape(back.direction, (3, 3)).T, np.eye(3), atol=1e-15
+        )
 
 
 @pytest.mark.parametrize("extension", [".nii.gz", ".nii"])
@@ -190,8 +190,18 @@ def test_real_jpeg2000_dicom_series_and_its_segmentation(shared_data):
 # --- (e) ROIs: a folder of masks, a labelmap with a Slicer colour table, empty masks ---------------------------------
 
 #: TotalSegmentator label values of the masks in example_seg_fast/ (as found in example_seg_fast.nii.gz)
-FAST_LABELS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "gallbladder", 5: "liver", 6: "stomach",
-               7: "pancreas", 31: "vertebrae_L1", 52: "aorta", 51: "heart"}
+FAST_LABELS = {
+    1: "spleen",
+    2: "kidney_right",
+    3: "kidney_left",
+    4: "gallbladder",
+    5: "liver",
+    6: "stomach",
+    7: "pancreas",
+    31: "vertebrae_L1",
+    52: "aorta",
+    51: "heart",
+}
 
 
 def test_rois_from_a_real_mask_folder_and_a_named_labelmap(shared_data, tmp_path):

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from small_models import SMALL
 
 from CTQualityAssessmentLib.networks import (
     DEFAULT_CONFIG,
@@ -23,9 +24,6 @@ from CTQualityAssessmentLib.networks import (
     network_input,
 )
 from CTQualityAssessmentLib.ssim import scale_to_unit
-from small_models import SMALL
-
-
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -60,7 +60,12 @@ def test_inserted_noise_sd(slice_index):
 def test_labels():
     sample = make_sample()
     assert sample.label_names == {
-        1: "liver", 2: "spleen", 3: "kidney_right", 4: "kidney_left", 5: "aorta", 6: "vertebra"
+        1: "liver",
+        2: "spleen",
+        3: "kidney_right",
+        4: "kidney_left",
+        5: "aorta",
+        6: "vertebra",
     }
     assert set(np.unique(sample.labels)) == {0, *sample.label_names}
     for value in sample.label_names:

@@ -21,7 +21,10 @@ def ldctiqac(tmp_path, shared_data):
     folder = tmp_path / "ldctiqac"
     (folder / "image").mkdir(parents=True)
     for k, case in enumerate((18, 86)):
-        tifffile.imwrite(folder / "image" / f"000{k}.tif", np.load(shared_data / "mayo_pairs" / f"L506_{case}_input.npy").astype(np.float32))
+        tifffile.imwrite(
+            folder / "image" / f"000{k}.tif",
+            np.load(shared_data / "mayo_pairs" / f"L506_{case}_input.npy").astype(np.float32),
+        )
     (folder / "train.json").write_text(json.dumps({"0000.tif": 1.8, "0001.tif": 2.6}), encoding="utf-8")
     return folder
 

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 pytest.importorskip("slicer_core", reason="slicer-core wheel not installed (pip install slicer-core)")
 
 import slicer  # noqa: E402
+from slicer_scene import make_headless_scene  # noqa: E402
 from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 
 from CTQualityAssessmentLib import mrml  # noqa: E402
@@ -22,7 +23,6 @@ from CTQualityAssessmentLib.models import default_learned_model  # noqa: E402
 from CTQualityAssessmentLib.pipeline import assess, check_model  # noqa: E402
 from CTQualityAssessmentLib.sample import make_sample  # noqa: E402
 from CTQualityAssessmentLib.volume import CTVolume  # noqa: E402
-from slicer_scene import make_headless_scene  # noqa: E402
 
 TOTALSEG = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg"
 
@@ -71,7 +71,9 @@ def _table_columns(table_node) -> dict[str, list]:
 
 def _role_count(scene, role) -> int:
     nodes = scene.GetNodes()
-    return sum(nodes.GetItemAsObject(i).GetAttribute(mrml.ROLE_ATTRIBUTE) == role for i in range(nodes.GetNumberOfItems()))
+    return sum(
+        nodes.GetItemAsObject(i).GetAttribute(mrml.ROLE_ATTRIBUTE) == role for i in range(nodes.GetNumberOfItems())
+    )
 
 
 def test_geometry_matches_slicer_reading_the_same_file(headless, tmp_path):
@@ -245,7 +247,9 @@ def test_scene_written_to_mrb_reads_back_the_same_map(headless, sample, tmp_path
     restored = make_headless_scene(str(tmp_path / "cache2")).scene
     assert restored.ReadFromMRB(str(bundle))
     quality = restored.GetFirstNodeByName("sample CT quality map")
-    np.testing.assert_array_equal(slicer.util.arrayFromVolume(quality), slicer.util.arrayFromVolume(outputs.quality_map))
+    np.testing.assert_array_equal(
+        slicer.util.arrayFromVolume(quality), slicer.util.arrayFromVolume(outputs.quality_map)
+    )
     np.testing.assert_allclose(_ijk_to_ras(quality), _ijk_to_ras(ct))
     assert quality.GetAttribute(mrml.ROLE_ATTRIBUTE) == mrml.QUALITY_MAP
     restored_ct = restored.GetFirstNodeByName("sample CT")

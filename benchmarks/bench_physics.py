@@ -87,8 +87,10 @@ def main() -> None:
 
     skimage_s, expected = timed(skimage_volume)
     difference = float(np.abs(ours - expected).max())
-    print(f"  scikit-image slice by slice: {skimage_s:.2f} s -> {skimage_s / cold:.1f}x (cold) / "
-          f"{skimage_s / warm:.1f}x (warm) faster (goal >= 3x)")
+    print(
+        f"  scikit-image slice by slice: {skimage_s:.2f} s -> {skimage_s / cold:.1f}x (cold) / "
+        f"{skimage_s / warm:.1f}x (warm) faster (goal >= 3x)"
+    )
     print(f"  max |difference| {difference:.2e} (goal <= 1e-4)")
 
 

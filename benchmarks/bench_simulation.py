@@ -51,8 +51,10 @@ def main() -> None:
     args = parser.parse_args()
     hu, pixel, what = test_slices(args.slices)
     common = dict(hu=hu, pixel_mm=pixel, kernels=(args.kernel,), views=args.views, device=args.device)
-    print(f"{what}: {args.slices} x 512^2, {args.views} views, kernel {args.kernel}, {args.device}, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"{what}: {args.slices} x 512^2, {args.views} views, kernel {args.kernel}, {args.device}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     timed(doses=(0.5,), **common)  # warm-up
     print(f"{'dose':>6} {'single: slices/s':>18}")
     for dose in DEFAULT_DOSES[1:]:

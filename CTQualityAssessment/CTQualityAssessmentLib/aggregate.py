@@ -56,7 +56,9 @@ def roi_table(volume: CTVolume, quality: np.ndarray, noise_sd: np.ndarray, rois:
             row["status"] = "empty"
             row.update(region_statistics(np.empty(0), np.empty(0), np.empty(0)))
         else:
-            stats = region_statistics(quality[roi.box][roi.mask], noise_sd[roi.box][roi.mask], volume.hu[roi.box][roi.mask])
+            stats = region_statistics(
+                quality[roi.box][roi.mask], noise_sd[roi.box][roi.mask], volume.hu[roi.box][roi.mask]
+            )
             row["status"] = "ok" if math.isfinite(stats["quality_mean"]) else "outside body"
             row.update(stats)
         rows.append(row)

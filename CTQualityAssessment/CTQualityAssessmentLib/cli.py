@@ -68,13 +68,18 @@ def _parser() -> argparse.ArgumentParser:
         "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where learned models run (default: auto)"
     )
     assess.add_argument(
-        "--window-mm", type=float, default=DEFAULT_WINDOW_MM, help=f"noise window size in mm (default {DEFAULT_WINDOW_MM:g})"
+        "--window-mm",
+        type=float,
+        default=DEFAULT_WINDOW_MM,
+        help=f"noise window size in mm (default {DEFAULT_WINDOW_MM:g})",
     )
     assess.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sample = commands.add_parser(
-        "sample", help="write the bundled synthetic sample CT", description="Write the synthetic demo CT, its "
-        "full-dose reference and an organ labelmap (made offline by this project's code) into DIR."
+        "sample",
+        help="write the bundled synthetic sample CT",
+        description="Write the synthetic demo CT, its "
+        "full-dose reference and an organ labelmap (made offline by this project's code) into DIR.",
     )
     sample.add_argument("out", metavar="DIR", help="folder to write into (created if missing)")
     return parser

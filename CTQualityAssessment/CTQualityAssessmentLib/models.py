@@ -90,5 +90,3 @@ def resolve(model_name_or_path: str | Path) -> Path:
         return card_path
     available = ", ".join(sorted(models)) or "none installed"
     raise InputError(f"{name}: no such model card ({card_path}) and no such bundled model (bundled: {available})")
-
-

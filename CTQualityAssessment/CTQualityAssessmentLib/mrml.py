@@ -22,7 +22,6 @@ import numpy as np
 from .aggregate import ROI_COLUMNS, SLICE_COLUMNS
 from .colors import QUALITY_COLOR_ANCHORS
 from .errors import InputError
-from .models import DEFAULT_MODEL
 from .pipeline import Assessment, assess, check_model
 from .rois import Roi, roi_from_mask
 from .slabs import ProgressCallback
@@ -132,7 +131,9 @@ def rois_from_segmentation(segmentation_node, volume_node) -> list[Roi]:
                 segmentation_node, [segment_id], labelmap, volume_node
             )
             if not exported:
-                raise InputError(f"{segmentation_node.GetName()}: cannot export segment {segment_id} to the volume grid")
+                raise InputError(
+                    f"{segmentation_node.GetName()}: cannot export segment {segment_id} to the volume grid"
+                )
             mask = slicer.util.arrayFromVolume(labelmap) > 0
             rois.append(roi_from_mask(mask, index + 1, segmentation.GetNthSegment(index).GetName()))
     finally:
@@ -289,7 +290,9 @@ def outputs_to_scene(assessment: Assessment, volume_node, segmentation_node=None
     base = volume_node.GetName()
     color_table = quality_color_table(scene)
 
-    quality = _map_node(scene, existing, QUALITY_MAP, f"{base} quality map", assessment.quality, assessment, volume_node)
+    quality = _map_node(
+        scene, existing, QUALITY_MAP, f"{base} quality map", assessment.quality, assessment, volume_node
+    )
     _show_as_quality(quality, color_table)
     quality.SetAttribute(SUMMARY_ATTRIBUTE, json.dumps(assessment.summary))
     noise_sd = assessment.noise.noise_sd
@@ -298,7 +301,13 @@ def outputs_to_scene(assessment: Assessment, volume_node, segmentation_node=None
     reference = None
     if assessment.reference_ssim is not None:
         reference = _map_node(
-            scene, existing, REFERENCE_SSIM_MAP, f"{base} reference SSIM", assessment.reference_ssim, assessment, volume_node
+            scene,
+            existing,
+            REFERENCE_SSIM_MAP,
+            f"{base} reference SSIM",
+            assessment.reference_ssim,
+            assessment,
+            volume_node,
         )
         _show_as_quality(reference, color_table)
 

@@ -124,7 +124,9 @@ def _window_stats(sum_hu: np.ndarray, sum_sq: np.ndarray, cell_voxels: int) -> _
     window_voxels = 4 * cell_voxels
     window_sum = _sum_2x2(sum_hu)
     window_ss = np.maximum(_sum_2x2(sum_sq) - window_sum * window_sum / window_voxels, 0.0)
-    return _WindowStats((window_sum / window_voxels).astype(np.float32), (window_ss / (window_voxels - 1)).astype(np.float32))
+    return _WindowStats(
+        (window_sum / window_voxels).astype(np.float32), (window_ss / (window_voxels - 1)).astype(np.float32)
+    )
 
 
 def _away_from_structure(noise_only: np.ndarray) -> np.ndarray:
@@ -290,7 +292,8 @@ def analyse_noise(
     ny, nx = height // cy, width // cx
     if ny < 2 or nx < 2:
         raise InputError(
-            f"{volume.source}: slice of {height}x{width} voxels is smaller than one {2 * cy}x{2 * cx}-voxel noise window"
+            f"{volume.source}: slice of {height}x{width} voxels is smaller than one "
+            f"{2 * cy}x{2 * cx}-voxel noise window"
         )
     cell_mean = np.empty((depth, ny, nx), dtype=np.float32)
     window_mean = np.empty((depth, ny - 1, nx - 1), dtype=np.float32)
@@ -324,4 +327,6 @@ def analyse_noise(
     run_over_slabs(write_maps, depth, progress, (0.5, 1.0), "noise and quality maps")
     snr = (soft_mean + 1000.0) / gnl if gnl > 0 else math.nan
     cnr = (soft_mean - fat_mean) / gnl if gnl > 0 else math.nan
-    return NoiseAnalysis(noise_sd, quality, np.sqrt(slice_variance), gnl, snr, cnr, soft_mean, fat_mean, (2 * cy, 2 * cx))
+    return NoiseAnalysis(
+        noise_sd, quality, np.sqrt(slice_variance), gnl, snr, cnr, soft_mean, fat_mean, (2 * cy, 2 * cx)
+    )

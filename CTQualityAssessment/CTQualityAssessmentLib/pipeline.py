@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, models
 from .aggregate import ROI_COLUMNS, SLICE_COLUMNS, region_statistics, roi_table, slice_table
-from . import models
 from .errors import InputError
 from .io import write_map
 from .models import DEFAULT_MODEL, PHYSICS_MODEL
@@ -23,7 +22,6 @@ from .rois import Roi
 from .slabs import ProgressCallback
 from .ssim import SSIM_WINDOW_HU, ssim_map
 from .volume import CTVolume
-
 
 PHYSICS_QUALITY_DEFINITION = (
     f"1 / (1 + (noise_sd / {NOISE_SD50_HU:g} HU)^2): expected SSIM of flat tissue against its noise-free self on the "
@@ -77,7 +75,9 @@ def _learned_quality(volume: CTVolume, model: str, device: str, progress, cancel
 
     network, card = load(models.resolve(model))
     prediction = predict_volume(network, volume.hu, device=device, progress=progress, cancel=cancel)
-    run = LearnedRun(card, prediction.device_used, prediction.precision, prediction.fallback, volume_dose_estimate(prediction))
+    run = LearnedRun(
+        card, prediction.device_used, prediction.precision, prediction.fallback, volume_dose_estimate(prediction)
+    )
     return prediction.quality, run
 
 
@@ -108,7 +108,9 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def _summary(volume, model, noise: NoiseAnalysis, quality, reference_ssim, window_mm, learned: LearnedRun | None) -> dict:
+def _summary(
+    volume, model, noise: NoiseAnalysis, quality, reference_ssim, window_mm, learned: LearnedRun | None
+) -> dict:
     body = noise.body_mask
     overall = region_statistics(quality[body], noise.noise_sd[body], volume.hu[body]) if body.any() else {}
     summary = {
@@ -136,7 +138,10 @@ def _summary(volume, model, noise: NoiseAnalysis, quality, reference_ssim, windo
         summary["device"] = "cpu"
     else:
         summary.update(
-            device=learned.device, precision=learned.precision, device_fallback=learned.fallback, dose_estimate=learned.dose
+            device=learned.device,
+            precision=learned.precision,
+            device_fallback=learned.fallback,
+            dose_estimate=learned.dose,
         )
     if reference_ssim is not None:
         summary["reference_ssim_mean_body"] = _finite_or_none(float(reference_ssim[body].mean(dtype=np.float64)))
@@ -174,7 +179,9 @@ def assess(
         check_reference(volume, reference)
 
     def stage(low: float, high: float) -> ProgressCallback | None:
-        return None if progress is None else (lambda fraction, message: progress(low + (high - low) * fraction, message))
+        return (
+            None if progress is None else (lambda fraction, message: progress(low + (high - low) * fraction, message))
+        )
 
     learned_model = model != PHYSICS_MODEL
     physics_end = 0.3 if learned_model else (0.6 if reference is not None else 0.9)
@@ -183,7 +190,9 @@ def assess(
     if learned_model:
         quality, learned = _learned_quality(volume, model, device, stage(physics_end, 0.75), cancel)
         quality[~noise.body_mask] = np.nan
-    reference_ssim = ssim_map(volume.hu, reference.hu, progress=stage(0.75 if learned_model else 0.6, 0.9)) if reference is not None else None
+    reference_ssim = None
+    if reference is not None:
+        reference_ssim = ssim_map(volume.hu, reference.hu, progress=stage(0.75 if learned_model else 0.6, 0.9))
     slices = slice_table(volume, quality, noise.noise_sd)
     roi_rows = roi_table(volume, quality, noise.noise_sd, rois) if rois is not None else None
     if progress is not None:

@@ -73,7 +73,9 @@ def save_preview(assessment: Assessment, path: str | Path) -> None:
     plot = figure.add_subplot(grid[1, :])
     indices = np.arange(len(slice_quality))
     plot.plot(indices, slice_quality, color="tab:blue", label="mean")
-    plot.plot(indices, [row["quality_p10"] for row in assessment.slices], color="tab:orange", lw=1, label="10th percentile")
+    plot.plot(
+        indices, [row["quality_p10"] for row in assessment.slices], color="tab:orange", lw=1, label="10th percentile"
+    )
     for index in shown:
         plot.axvline(index, color="0.6", lw=0.8, ls=":")
     plot.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -84,7 +86,8 @@ def save_preview(assessment: Assessment, path: str | Path) -> None:
     plot.legend(loc="lower left", fontsize=8, ncols=2)
     gnl = assessment.summary.get("gnl_hu")
     figure.suptitle(
-        f"{Path(volume.source).name}: global quality {assessment.summary.get('global_quality_score') or float('nan'):.2f}"
+        f"{Path(volume.source).name}: global quality "
+        f"{assessment.summary.get('global_quality_score') or float('nan'):.2f}"
         + (f", GNL {gnl:.1f} HU" if gnl is not None else "")
         + f"  ({assessment.model})",
         fontsize=10,

@@ -83,7 +83,9 @@ def _stem(path: Path) -> str:
 def _physical_bounds(size, spacing, origin, direction) -> tuple[np.ndarray, np.ndarray]:
     """Axis-aligned physical bounding box (mm) of an image grid, voxel edges included."""
     direction = np.asarray(direction, dtype=float).reshape(3, 3)
-    corners = np.array([[i, j, k] for i in (-0.5, size[0] - 0.5) for j in (-0.5, size[1] - 0.5) for k in (-0.5, size[2] - 0.5)])
+    corners = np.array(
+        [[i, j, k] for i in (-0.5, size[0] - 0.5) for j in (-0.5, size[1] - 0.5) for k in (-0.5, size[2] - 0.5)]
+    )
     points = np.asarray(origin) + (corners * np.asarray(spacing)) @ direction.T
     return points.min(axis=0), points.max(axis=0)
 
