@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="steps between checkpoints and validations (default: 500)")
     maps.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default: auto)")
     maps.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    maps.add_argument("--noise-gain", type=float, nargs=2, default=(1.0, 1.0), metavar=("LOW", "HIGH"),
+                      help="scale the inserted noise by a log-uniform gain in [LOW, HIGH], label and dose recomputed "
+                      "(default: 1 1 = off)")
+    maps.add_argument("--threads", type=int, metavar="N",
+                      help="CPU threads for torch (default: torch's choice; 1 avoids thrashing on a shared CPU)")
     evaluate = commands.add_parser(
         "evaluate-maps",
         help="Noise2Quality Table 1 (SSIM / MSE / NRMSE of predicted vs true maps) for trained runs",
@@ -134,9 +139,13 @@ def _simulate(args: argparse.Namespace) -> None:
 def _maps(args: argparse.Namespace) -> None:
     from .trainer import Trainer, TrainSettings
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     settings = TrainSettings(data=args.data, variant=args.variant, steps=args.steps, batch=args.batch,
                              patch=args.patch, lr=args.lr, alpha=args.alpha, seed=args.seed,
-                             checkpoint_every=args.checkpoint_every)
+                             checkpoint_every=args.checkpoint_every, noise_gain=tuple(args.noise_gain))
     trainer = Trainer(settings, args.out, device=args.device)
     if args.resume:
         trainer.resume()

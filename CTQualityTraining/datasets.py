@@ -269,7 +269,8 @@ def build_dataset(
         ],
     }
     manifest_path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    for source, entry in tqdm(list(zip(sources, manifest["sources"])), desc="simulate", unit="volume", disable=not progress):
+    pending = list(zip(sources, manifest["sources"]))
+    for source, entry in tqdm(pending, desc="simulate", unit="volume", disable=not progress):
         shard = folder / entry["shard"]
         if shard.is_file():
             continue  # finished before an interruption

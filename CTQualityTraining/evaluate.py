@@ -33,7 +33,7 @@ from .labels import DOSE_CLASSES
 #: Published N2Q Table 1 (in-domain, N2Q variant): SSIM and NRMSE between predicted and true maps.
 N2Q_PUBLISHED = {"ssim": 0.7664, "nrmse": 0.2437}
 METRICS = ("ssim", "mse", "nrmse")
-SPLIT_KEYS = ("hu", "ssim", "dose", "dose_class", "kernel_class", "method", "slice")
+SPLIT_KEYS = ("hu", "reference", "ssim", "dose", "dose_class", "kernel_class", "method", "slice")
 
 
 def map_metrics(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
@@ -47,8 +47,8 @@ def map_metrics(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
 def load_split(data: str | Path, split: str) -> dict[str, list]:
     """Simulated samples (with SSIM labels) of one split of a dataset: {key: list over samples}.
 
-    Keys: "hu" int16 (y, x) HU, "ssim" float16 (y, x), "dose", "dose_class", "kernel_class", "method", "slice"
-    (per sample) and "source" (source id).
+    Keys: "hu" int16 (y, x) HU, "reference" int16 (y, x) HU (full dose), "ssim" float16 (y, x), "dose",
+    "dose_class", "kernel_class", "method", "slice" (per sample) and "source" (source id).
     """
     data = Path(data)
     try:
@@ -109,12 +109,13 @@ def evaluate_split(model: QualityNet, split: dict[str, list], device="cpu") -> d
 def dose_response(maps: list[np.ndarray], split: dict[str, list]) -> dict:
     """Mean predicted and true map per simulated dose over a split's slices; "monotonic": the predicted mean rises
     strictly with dose, "monotonic_fraction": the share of (source, slice, kernel, method) series that do so."""
-    doses = sorted({float(d) for d in split["dose"]})
+    dose_of = [round(float(d), 6) for d in split["dose"]]  # float32 in the shards
+    doses = sorted(set(dose_of))
     predicted = {d: [] for d in doses}
     true = {d: [] for d in doses}
     series: dict[tuple, dict[float, float]] = {}
     for index, quality in enumerate(maps):
-        dose = float(split["dose"][index])
+        dose = dose_of[index]
         predicted[dose].append(float(quality.mean()))
         true[dose].append(float(np.asarray(split["ssim"][index], np.float32).mean()))
         key = tuple(int(split[k][index]) for k in ("slice", "kernel_class", "method")) + (split["source"][index],)
@@ -162,14 +163,16 @@ def evaluate_mayo(model: QualityNet, pairs: dict, device="cpu") -> dict[str, dic
 def evaluate_runs(data: str | Path, runs, mayo: str | Path | None = None, device="cpu") -> dict:
     """Evaluate each run's final checkpoint (RUN_DIR/model) on the test split of data and on the Mayo pairs.
 
-    Returns {"dataset", "test_samples", "variants": {name: {"run", "steps", "test": metrics, "dose_response",
-    "mayo": {case: metrics}}}}; name is the run's variant (its run folder name when two runs share one).
+    Returns {"dataset", "test_samples", "test_sources", "variants": {name: {"run", "steps", "wall_time_s",
+    "test": metrics, "dose_response", "mayo": {case: metrics}}}}; name is the run's variant (its run folder name
+    when two runs share one).
     """
     test = load_split(data, "test")
     if not test["hu"]:
         raise InputError(f"{data}: the test split has no simulated samples")
     pairs = mayo_pairs(mayo) if mayo else {}
-    results = {"dataset": str(data), "test_samples": len(test["hu"]), "variants": {}}
+    results = {"dataset": str(data), "test_samples": len(test["hu"]), "test_sources": sorted(set(test["source"])),
+               "variants": {}}
     for run in map(Path, runs):
         model, card = checkpoints.load(run / "model")
         variant = card["training"].get("variant", run.name)
@@ -206,6 +209,8 @@ def markdown(results: dict, command: str) -> str:
         "",
         f"## Held-out simulated test split ({results['test_samples']} slices; patients never used in training)",
         "",
+        f"Dataset `{results['dataset']}`, test sources: " + ", ".join(f"`{s}`" for s in results["test_sources"]) + ".",
+        "",
         "| variant | steps | train time (s) | SSIM ↑ | MSE ↓ | NRMSE ↓ | dose class accuracy |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -221,8 +226,8 @@ def markdown(results: dict, command: str) -> str:
                   "True map = SSIM map of the real quarter dose against the full dose; the prediction sees the "
                   "quarter dose only. Also: mean of the predicted map on the full-dose slice (ideally ≈ 1) and the "
                   "dose head's estimate for the quarter dose (ideally 0.25).", "",
-                  "| variant | case | SSIM ↑ | MSE ↓ | NRMSE ↓ | mean true | mean predicted | mean predicted, full dose "
-                  "| estimated dose |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| variant | case | SSIM ↑ | MSE ↓ | NRMSE ↓ | mean true | mean predicted "
+                  "| mean predicted, full dose | estimated dose |", "|---|---|---|---|---|---|---|---|---|"]
         for name, v in variants.items():
             for case in cases:
                 m = v["mayo"][case]

@@ -1,6 +1,6 @@
 """Export of a trained run as a bundled model (``ctqa-train export``): weights, card, manifest entry, Markdown card.
 
-Writes into the models folder (default ``checkpoints.MODELS_DIR``): ``NAME.safetensors`` + ``NAME.json`` (via
+Writes into the models folder (default ``models.MODELS_DIR``): ``NAME.safetensors`` + ``NAME.json`` (via
 ``checkpoints.save``, so the card's sha256 is recomputed), ``NAME.md`` (a readable model card made from the JSON
 card) and the entry {"weights", "card", "sha256"} in ``manifest.json`` (other entries kept; "default" set on request).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from CTQualityAssessmentLib import checkpoints
+from CTQualityAssessmentLib import checkpoints, models
 from CTQualityAssessmentLib.errors import InputError
 
 from .trainer import MODEL
@@ -44,8 +44,9 @@ def _markdown(name: str, card: dict, size_bytes: int) -> str:
         f"{parameters.get('views')} views, {parameters.get('slices_per_volume')} slices per volume, electronic "
         f"noise {parameters.get('electronic_noise')}, seed {parameters.get('seed')}.",
         f"- Optimisation: {t.get('step')} steps of {t.get('batch')} random {t.get('patch')}² patches (flips, "
-        f"90° rotations), {t.get('optimizer')}, peak lr {t.get('lr')}, loss MSE(map) + {t.get('alpha')} · "
-        f"(CE(dose class) + MSE(ln dose)), seed {t.get('seed')}.",
+        f"90° rotations), noise-gain augmentation {t.get('noise_gain')} ([1, 1] = off), {t.get('optimizer')}, "
+        f"peak lr {t.get('lr')}, loss MSE(map) + {t.get('alpha')} · (CE(dose class) + MSE(ln dose)), "
+        f"seed {t.get('seed')}.",
         f"- Hardware: {t.get('hardware')}, {t.get('precision')}, torch {t.get('torch_version')}; "
         f"training time {t.get('wall_time_s', 0) / 60:.1f} min.",
         "",
@@ -66,7 +67,7 @@ def _markdown(name: str, card: dict, size_bytes: int) -> str:
 def export_run(
     run_dir: str | Path,
     name: str,
-    models_dir: str | Path = checkpoints.MODELS_DIR,
+    models_dir: str | Path = models.MODELS_DIR,
     default: bool = False,
     reproduce: str | None = None,
 ) -> Path:

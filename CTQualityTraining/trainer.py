@@ -9,10 +9,15 @@ A run folder RUN_DIR holds:
   step, optimizer scalars and the numpy generator state (JSON); no pickle anywhere.
 - ``tensorboard/``: scalars: train/<loss term> (mean over the last ``LOG_EVERY`` steps), train/lr, val/<metric>.
 
-Batches: ``batch`` patches of ``patch`` x ``patch`` pixels from the train split, each from a random sample (simulated
-slice), cropped at a random position (retried up to ``BODY_TRIES`` times until at least ``BODY_MIN_FRACTION`` of the
+Batches: ``batch`` patches of ``patch`` x ``patch`` pixels from the train split, each from a random sample
+(simulated slice; drawn with probability proportional to its pixel count, so every pixel is equally likely),
+cropped at a random position (retried up to ``BODY_TRIES`` times until at least ``BODY_MIN_FRACTION`` of the
 patch is body), randomly rotated by k x 90 deg and flipped. Slices smaller than the patch are padded with air
-(-1024 HU; label 1, as SSIM is 1 between two equal flat images). Schedule: AdamW, linear warm-up over
+(-1024 HU; label 1, as SSIM is 1 between two equal flat images). Optional noise-gain augmentation
+(``noise_gain`` = (low, high)): the inserted noise (image - full-dose reference) is scaled by g, log-uniform in
+[low, high], which is the same acquisition at dose d' = 1 / (1 + g^2 (1/d - 1)) (extra variance grows as 1/d - 1);
+the SSIM label is recomputed on the patch (with a 5-pixel margin, reflected at the slice border like the stored
+labels, numpy "symmetric" = OpenCV BORDER_REFLECT) and the dose targets follow d'. Schedule: AdamW, linear warm-up over
 ``WARMUP_STEPS``, then cosine decay to ``FINAL_LR_FRACTION`` of lr at ``steps``. Mixed precision (autocast) on CUDA
 only; the map sigmoid and the loss stay float32.
 """
@@ -35,7 +40,8 @@ from tqdm import tqdm
 from CTQualityAssessmentLib import checkpoints
 from CTQualityAssessmentLib.errors import InputError
 from CTQualityAssessmentLib.inference import resolve_device
-from CTQualityAssessmentLib.networks import VARIANTS, build_network, loss_terms, network_input
+from CTQualityAssessmentLib.networks import VARIANTS, build_network, loss_terms, nearest_dose_class, network_input
+from CTQualityAssessmentLib.ssim import ssim_map
 
 from .evaluate import evaluate_split, load_split
 
@@ -44,6 +50,8 @@ BODY_HU = -500.0
 BODY_MIN_FRACTION = 0.1
 BODY_TRIES = 10
 WARMUP_STEPS = 100
+#: Pixels of context around a patch when its SSIM label is recomputed (the 11 x 11 SSIM window's radius).
+LABEL_MARGIN = 5
 FINAL_LR_FRACTION = 0.05
 WEIGHT_DECAY = 1e-4
 LOG_EVERY = 20
@@ -57,7 +65,7 @@ class TrainSettings:
 
     steps: optimizer steps; batch: patches per step; patch: patch side in pixels (a multiple of the network's
     required multiple); lr: peak learning rate; alpha: weight of the dose terms in the loss; checkpoint_every:
-    steps between checkpoints and validations.
+    steps between checkpoints and validations; noise_gain: range of the noise-gain augmentation ((1, 1) = off).
     """
 
     data: str
@@ -69,6 +77,7 @@ class TrainSettings:
     alpha: float = 0.1
     seed: int = 0
     checkpoint_every: int = 500
+    noise_gain: tuple[float, float] = (1.0, 1.0)
 
     def check(self) -> None:
         """InputError for an unknown variant or a non-positive or misfitting size."""
@@ -77,6 +86,8 @@ class TrainSettings:
         multiple = VARIANTS[self.variant].required_multiple
         if self.patch < multiple or self.patch % multiple:
             raise InputError(f"--patch must be a positive multiple of {multiple} for {self.variant}, got {self.patch}")
+        if not 0 < self.noise_gain[0] <= self.noise_gain[1]:
+            raise InputError(f"--noise-gain needs 0 < LOW <= HIGH, got {self.noise_gain}")
         if min(self.steps, self.batch, self.checkpoint_every) < 1 or self.lr <= 0 or self.alpha < 0:
             raise InputError("--steps, --batch and --checkpoint-every must be >= 1, --lr > 0 and --alpha >= 0")
 
@@ -92,14 +103,20 @@ def manifest_sha256(data: str | Path) -> str:
 class PatchSampler:
     """Random augmented training patches from the samples of one split, in memory (see module docstring)."""
 
-    def __init__(self, split: dict[str, list], patch: int, generator: np.random.Generator):
-        self.split, self.patch, self.rng = split, patch, generator
+    def __init__(self, split: dict[str, list], patch: int, generator: np.random.Generator,
+                 noise_gain: tuple[float, float] = (1.0, 1.0)):
+        self.split, self.patch, self.rng, self.noise_gain = split, patch, generator, tuple(noise_gain)
+        areas = np.array([hu.size for hu in split["hu"]], np.float64)
+        self.weights = areas / areas.sum()
 
-    def _crop(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _crop(self, index: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """(HU patch, SSIM label patch, dose fraction) of one sample, noise-gain augmented when enabled."""
         hu, ssim, p = self.split["hu"][index], self.split["ssim"][index], self.patch
+        reference, dose = self.split["reference"][index], float(self.split["dose"][index])
         pad = ((0, max(0, p - hu.shape[0])), (0, max(0, p - hu.shape[1])))
         if any(after for _, after in pad):
             hu = np.pad(hu, pad, constant_values=AIR_HU)
+            reference = np.pad(reference, pad, constant_values=AIR_HU)
             ssim = np.pad(ssim, pad, constant_values=1.0)
         for _ in range(BODY_TRIES):
             y = int(self.rng.integers(0, hu.shape[0] - p + 1))
@@ -107,26 +124,35 @@ class PatchSampler:
             crop = hu[y : y + p, x : x + p]
             if (crop > BODY_HU).mean() >= BODY_MIN_FRACTION:
                 break
-        return crop, ssim[y : y + p, x : x + p]
+        low, high = self.noise_gain
+        if (low, high) == (1.0, 1.0) or dose >= 1.0:
+            return crop, ssim[y : y + p, x : x + p], dose
+        gain = float(np.exp(self.rng.uniform(np.log(low), np.log(high))))
+        m = LABEL_MARGIN
+        window = (slice(y, y + p + 2 * m), slice(x, x + p + 2 * m))
+        ref = np.pad(reference.astype(np.float32), m, mode="symmetric")[window]
+        noisy = ref + gain * (np.pad(hu.astype(np.float32), m, mode="symmetric")[window] - ref)
+        label = ssim_map(noisy[None], ref[None])[0, m:-m, m:-m]
+        return noisy[m:-m, m:-m], label, 1.0 / (1.0 + gain**2 * (1.0 / dose - 1.0))
 
     def batch(self, size: int) -> dict[str, torch.Tensor]:
         """{"hu": (B, 1, P, P) float32 HU, "ssim": (B, 1, P, P) float32, "dose_class": (B,) int64, "log_dose": (B,)}."""
-        indices = self.rng.integers(0, len(self.split["hu"]), size)
-        hu, ssim = [], []
+        indices = self.rng.choice(len(self.weights), size, p=self.weights)
+        hu, ssim, dose = [], [], []
         for index in indices:
-            crop, label = self._crop(int(index))
+            crop, label, fraction = self._crop(int(index))
+            dose.append(fraction)
             k, flip = int(self.rng.integers(0, 4)), bool(self.rng.integers(0, 2))
             crop, label = np.rot90(crop, k), np.rot90(label, k)
             if flip:
                 crop, label = crop[:, ::-1], label[:, ::-1]
             hu.append(crop.astype(np.float32))
             ssim.append(label.astype(np.float32))
-        dose = np.asarray(self.split["dose"], np.float32)[indices]
         return {
             "hu": torch.from_numpy(np.stack(hu))[:, None],
             "ssim": torch.from_numpy(np.stack(ssim))[:, None],
-            "dose_class": torch.from_numpy(np.asarray(self.split["dose_class"], np.int64)[indices]),
-            "log_dose": torch.from_numpy(np.log(dose)),
+            "dose_class": torch.tensor([nearest_dose_class(d) for d in dose], dtype=torch.int64),
+            "log_dose": torch.from_numpy(np.log(np.asarray(dose, np.float32))),
         }
 
 
@@ -167,7 +193,13 @@ def hardware(device: torch.device) -> str:
     """One line naming the device the run trains on (CPU model and threads, or the CUDA GPU)."""
     if device.type == "cuda":
         return f"CUDA {torch.cuda.get_device_name(device)}"
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("model name")]
+        name = f"{models[0]} ({len(models)} logical cores)" if models else name
+    return f"CPU {name}, {torch.get_num_threads()} torch threads"
 
 
 class Trainer:
@@ -176,7 +208,7 @@ class Trainer:
     def __init__(self, settings: TrainSettings, run_dir: str | Path, device: str = "auto", progress: bool = True):
         settings.check()
         self.settings, self.run_dir, self.progress = settings, Path(run_dir), progress
-        self.device = resolve_device(device)
+        self.device, _ = resolve_device(device)  # a CUDA request without CUDA trains on the CPU
         self.config = VARIANTS[settings.variant]
         self.dataset_sha256 = manifest_sha256(settings.data)
         self.train = load_split(settings.data, "train")
@@ -187,7 +219,7 @@ class Trainer:
         self.model = build_network(self.config).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.lr, weight_decay=WEIGHT_DECAY)
         self.rng = np.random.default_rng(settings.seed)
-        self.sampler = PatchSampler(self.train, settings.patch, self.rng)
+        self.sampler = PatchSampler(self.train, settings.patch, self.rng, settings.noise_gain)
         self.step, self.elapsed_s, self.metrics = 0, 0.0, {}
         dtype = None
         if self.device.type == "cuda":
@@ -196,7 +228,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
     def _run_record(self) -> dict:
-        return {**asdict(self.settings), "dataset_manifest_sha256": self.dataset_sha256}
+        record = {**asdict(self.settings), "dataset_manifest_sha256": self.dataset_sha256}
+        return json.loads(json.dumps(record))  # as stored in run.json (tuples become lists)
 
     def resume(self) -> None:
         """Load the last checkpoint and trainer state of run_dir; InputError when absent or settings differ."""

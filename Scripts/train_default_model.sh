@@ -17,5 +17,5 @@ ctqa-train simulate --out "$WORK/dataset" \
     --doses 1 0.75 0.5 0.25 0.1 0.05 --kernels native sharp smooth --views 720 --slices-per-volume 20 --seed 0 \
     --split example_ct_dicom=train example_ct.nii=train "$VAL=val" "$TEST=test"
 ctqa-train maps --data "$WORK/dataset" --out "$WORK/runs/n2q_default" --variant N2Q \
-    --steps 6000 --batch 16 --patch 128 --seed 0 --checkpoint-every 1000 --threads 1 --device cpu
+    --steps 6000 --batch 16 --patch 128 --seed 0 --checkpoint-every 1000 --noise-gain 0.5 2 --threads 1 --device cpu
 ctqa-train export "$WORK/runs/n2q_default" --name n2q_default --default --reproduce "Scripts/train_default_model.sh"

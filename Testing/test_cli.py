@@ -26,6 +26,7 @@ def outputs(sample_files, tmp_path_factory):
         "assess", str(sample_files / "sample_ct.nrrd"), "--out", str(out), "--quiet",
         "--reference", str(sample_files / "sample_reference_ct.nrrd"),
         "--roi", str(sample_files / "sample_labels.nrrd"), "--roi-names", str(sample_files / "sample_labels.txt"),
+        "--model", "physics",
     ]  # fmt: skip
     assert main(argv) == 0
     return out
@@ -67,6 +68,17 @@ def test_tables_and_summary(outputs):
     assert 0.0 < summary["global_quality_score"] < 1.0
     assert summary["gnl_hu"] > 10.0  # the sample's noise is at least its full-dose 10 HU
     assert 0.0 < summary["reference_ssim_mean_body"] < 1.0
+
+
+def test_default_model_follows_the_sample_dose(sample_files, tmp_path):
+    """The default model (the bundled learned one when installed): per-slice quality ranks with the dose."""
+    from scipy.stats import spearmanr
+
+    out = tmp_path / "default"
+    assert main(["assess", str(sample_files / "sample_ct.nrrd"), "--out", str(out), "--quiet"]) == 0
+    with (out / "slices.csv").open() as handle:
+        quality = [float(row["quality_mean"]) for row in csv.DictReader(handle)]
+    assert spearmanr(quality, make_sample().dose_fraction).statistic > 0.9
 
 
 def test_training_labels_command(sample_files, tmp_path, capsys):
