@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# torch is not needed yet; when it is, this pins the CPU build that is available offline (DESIGN.md).
+# Pins torch to the CPU build that is on disk on the development machines (DESIGN.md, environment facts).
 PIP_CONSTRAINTS := constraints.txt
 
 $(BIN)/ctqa: pyproject.toml $(PIP_CONSTRAINTS)
@@ -24,6 +24,8 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_physics.py
+	$(BIN)/python benchmarks/bench_inference.py
+	$(BIN)/python benchmarks/bench_simulation.py
 
 clean:
 	rm -rf sample_data demo_output
