@@ -9,8 +9,9 @@ radiologists' mean for LDCTIQAC2023); ``slice`` int16 (n,); ``pixel_mm`` float32
 
 Sources (readers): a volume file or DICOM folder (the core's read_volume); a folder of Mayo-style pairs
 ``<patient>_<n>_input.npy`` (quarter dose) / ``<patient>_<n>_target.npy`` (full dose) with value = (HU + 1024) /
-4096; the LDCTIQAC2023 layout ``image/NNNN.tif`` (float32 in [0, 1], LDCTIQAC_SCALING) + ``train.json``
-(file name -> mean radiologist score). Splits are drawn per patient (Mayo) or per volume, never per slice: by a
+4096; a Mayo-style DICOM patient folder with one ``*full*`` and one ``*quarter*`` series subfolder (.IMA/.dcm);
+the LDCTIQAC2023 layout ``image/NNNN.tif`` (float32 in [0, 1], LDCTIQAC_SCALING) + ``train.json`` (file name ->
+mean radiologist score). Splits are drawn per patient (Mayo) or per volume, never per slice: by a
 hash of the group name and the seed (``split_of``), or chosen explicitly per group (``split_groups``, for small
 collections where the hash might leave the test split empty).
 """
@@ -91,6 +92,26 @@ def _mayo_sources(folder: Path, pixel_mm: float | None) -> list[Source]:
     return sources
 
 
+def _dicom_pair_folders(folder: Path) -> tuple[Path, Path] | None:
+    """(full-dose, quarter-dose) subfolders of a Mayo-style DICOM patient folder (e.g. full_3mm/, quarter_3mm/)."""
+    subfolders = [p for p in folder.iterdir() if p.is_dir()]
+    full = [p for p in subfolders if "full" in p.name.lower()]
+    quarter = [p for p in subfolders if "quarter" in p.name.lower()]
+    return (full[0], quarter[0]) if len(full) == 1 and len(quarter) == 1 else None
+
+
+def _dicom_pair_source(folder: Path, full_folder: Path, quarter_folder: Path) -> Source:
+    """A patient folder with full- and quarter-dose DICOM series (.IMA/.dcm) of the same slices."""
+
+    def load() -> dict:
+        full, quarter = read_volume(full_folder), read_volume(quarter_folder)
+        if full.shape != quarter.shape or not np.allclose(full.origin, quarter.origin, atol=1e-3):
+            raise InputError(f"{quarter_folder}: quarter-dose series is not on the grid of {full_folder}")
+        return {"hu": full.hu, "quarter": quarter.hu, "pixel_mm": full.spacing[0]}
+
+    return Source(folder.name, folder.name, "dicom-pair", str(folder), load)
+
+
 def _ldctiqac_sources(folder: Path, pixel_mm: float | None) -> list[Source]:
     scores = json.loads((folder / "train.json").read_text(encoding="utf-8"))
     sources = []
@@ -120,6 +141,8 @@ def find_sources(paths, pixel_mm: float | None = None) -> list[Source]:
             sources += _ldctiqac_sources(entry, pixel_mm)
         elif entry.is_dir() and any(entry.glob("*_target.npy")):
             sources += _mayo_sources(entry, pixel_mm)
+        elif entry.is_dir() and (pair := _dicom_pair_folders(entry)) is not None:
+            sources.append(_dicom_pair_source(entry, *pair))
         else:
             sources.append(_volume_source(entry))
     ids = [s.id for s in sources]

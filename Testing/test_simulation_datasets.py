@@ -79,3 +79,41 @@ def test_simulate_refuses_bad_input(tmp_path, capsys):
     assert main(["simulate", "--input", str(flat), "--out", str(tmp_path / "out")]) == 2
     last_line = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
     assert last_line.startswith("ctqa-train: error: ") and "flat.npy" in last_line
+
+
+def _write_dicom_series(folder, hu: np.ndarray, series_uid: str) -> None:
+    """A CT DICOM series of (z, y, x) HU slices (int16, intercept -1024) built on pydicom's CT_small.dcm."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    folder.mkdir(parents=True)
+    for index, image in enumerate(hu):
+        dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        dataset.Rows, dataset.Columns = image.shape
+        dataset.SeriesInstanceUID = series_uid
+        dataset.SOPInstanceUID = f"{series_uid}.{index + 1}"
+        dataset.InstanceNumber = index + 1
+        dataset.ImagePositionPatient = [0.0, 0.0, 3.0 * index]
+        dataset.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        dataset.RescaleSlope, dataset.RescaleIntercept = 1, -1024
+        dataset.PixelData = (image + 1024).astype(np.int16).tobytes()
+        dataset.save_as(folder / f"IM{index:04d}.IMA", enforce_file_format=True)
+
+
+def test_mayo_style_dicom_pair_folder_is_one_paired_source(tmp_path):
+    """A patient folder with full_3mm/ and quarter_3mm/ DICOM series reads as a full/quarter-dose pair."""
+    from CTQualityTraining.datasets import find_sources
+
+    rng = np.random.default_rng(0)
+    full = np.full((2, 64, 64), -1000.0)
+    full[:, 8:56, 8:56] = 40.0
+    quarter = np.round(full + rng.normal(0.0, 20.0, full.shape))
+    patient = tmp_path / "L999"
+    _write_dicom_series(patient / "full_3mm", full, "1.2.3.1")
+    _write_dicom_series(patient / "quarter_3mm", quarter, "1.2.3.2")
+    (source,) = find_sources([patient])
+    assert (source.id, source.group, source.kind) == ("L999", "L999", "dicom-pair")
+    data = source.load()
+    np.testing.assert_array_equal(data["hu"], full)
+    np.testing.assert_array_equal(data["quarter"], quarter)
+    assert data["pixel_mm"] == pytest.approx(0.661468)
