@@ -36,20 +36,38 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--input", required=True, nargs="+", metavar="PATH", help="sources (see above)")
     simulate.add_argument("--out", required=True, metavar="DIR", help="dataset folder (created)")
     # Defaults live in datasets.build_dataset (options left out are not passed), so --help needs no torch import.
-    simulate.add_argument("--doses", type=float, nargs="+", metavar="D",
-                          help="dose fractions in (0, 1] (default: 1 0.75 0.5 0.25 0.1 0.05)")
+    simulate.add_argument(
+        "--doses",
+        type=float,
+        nargs="+",
+        metavar="D",
+        help="dose fractions in (0, 1] (default: 1 0.75 0.5 0.25 0.1 0.05)",
+    )
     simulate.add_argument("--kernels", nargs="+", metavar="K", help="native, sharp, smooth (default: all three)")
-    simulate.add_argument("--views", type=int, help="projection angles over 180 deg (default: 720); fewer gives "
-                          "sparse-view streaks with the sharp/smooth kernels")
+    simulate.add_argument(
+        "--views",
+        type=int,
+        help="projection angles over 180 deg (default: 720); fewer gives "
+        "sparse-view streaks with the sharp/smooth kernels",
+    )
     simulate.add_argument("--slices-per-volume", type=int, metavar="N", help="evenly spaced slices (default: 8)")
-    simulate.add_argument("--electronic-noise", type=float, metavar="COUNTS",
-                          help="SD of detector electronic noise in counts per bin and view (default: 0)")
+    simulate.add_argument(
+        "--electronic-noise",
+        type=float,
+        metavar="COUNTS",
+        help="SD of detector electronic noise in counts per bin and view (default: 0)",
+    )
     simulate.add_argument("--pixel-mm", type=float, help="pixel size of .npy/.tif sources in mm (default: 0.74)")
     simulate.add_argument("--seed", type=int, help="base random seed (default: 0)")
     simulate.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
-    simulate.add_argument("--split", nargs="+", metavar="GROUP=SPLIT", dest="split_groups",
-                          help="put a patient/volume group in train, val or test (a volume's group is its file or "
-                          "folder name without .gz; Mayo pairs: the patient, e.g. L506); other groups by hash")
+    simulate.add_argument(
+        "--split",
+        nargs="+",
+        metavar="GROUP=SPLIT",
+        dest="split_groups",
+        help="put a patient/volume group in train, val or test (a volume's group is its file or "
+        "folder name without .gz; Mayo pairs: the patient, e.g. L506); other groups by hash",
+    )
     maps = commands.add_parser(
         "maps",
         help="train a quality-map network (one N2Q variant) on a simulated dataset",
@@ -66,15 +84,30 @@ def _parser() -> argparse.ArgumentParser:
     maps.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: 2e-3)")
     maps.add_argument("--alpha", type=float, default=0.1, help="weight of the dose loss terms (default: 0.1)")
     maps.add_argument("--seed", type=int, default=0, help="seed of weights, patches and augmentation (default: 0)")
-    maps.add_argument("--checkpoint-every", type=int, default=500, metavar="N",
-                      help="steps between checkpoints and validations (default: 500)")
+    maps.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=500,
+        metavar="N",
+        help="steps between checkpoints and validations (default: 500)",
+    )
     maps.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default: auto)")
     maps.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    maps.add_argument("--noise-gain", type=float, nargs=2, default=(1.0, 1.0), metavar=("LOW", "HIGH"),
-                      help="scale the inserted noise by a log-uniform gain in [LOW, HIGH], label and dose recomputed "
-                      "(default: 1 1 = off)")
-    maps.add_argument("--threads", type=int, metavar="N",
-                      help="CPU threads for torch (default: torch's choice; 1 avoids thrashing on a shared CPU)")
+    maps.add_argument(
+        "--noise-gain",
+        type=float,
+        nargs=2,
+        default=(1.0, 1.0),
+        metavar=("LOW", "HIGH"),
+        help="scale the inserted noise by a log-uniform gain in [LOW, HIGH], label and dose recomputed "
+        "(default: 1 1 = off)",
+    )
+    maps.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for torch (default: torch's choice; 1 avoids thrashing on a shared CPU)",
+    )
     evaluate = commands.add_parser(
         "evaluate-maps",
         help="Noise2Quality Table 1 (SSIM / MSE / NRMSE of predicted vs true maps) for trained runs",
@@ -94,8 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("run", metavar="RUN_DIR", help="run folder of ctqa-train maps")
     export.add_argument("--name", required=True, help="model name, e.g. n2q_default")
-    export.add_argument("--models-dir", metavar="DIR",
-                        help="models folder (default: the module's CTQualityAssessment/Resources/Models)")
+    export.add_argument(
+        "--models-dir", metavar="DIR", help="models folder (default: the module's CTQualityAssessment/Resources/Models)"
+    )
     export.add_argument("--default", action="store_true", help="make it the manifest's default model")
     export.add_argument("--reproduce", metavar="COMMAND", help="command that rebuilds the model, for the cards")
     return parser
@@ -143,16 +177,27 @@ def _maps(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    settings = TrainSettings(data=args.data, variant=args.variant, steps=args.steps, batch=args.batch,
-                             patch=args.patch, lr=args.lr, alpha=args.alpha, seed=args.seed,
-                             checkpoint_every=args.checkpoint_every, noise_gain=tuple(args.noise_gain))
+    settings = TrainSettings(
+        data=args.data,
+        variant=args.variant,
+        steps=args.steps,
+        batch=args.batch,
+        patch=args.patch,
+        lr=args.lr,
+        alpha=args.alpha,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        noise_gain=tuple(args.noise_gain),
+    )
     trainer = Trainer(settings, args.out, device=args.device)
     if args.resume:
         trainer.resume()
     card = trainer.run()
     metrics = ", ".join(f"{key} {value:.4f}" for key, value in card["metrics"].items())
-    print(f"wrote {args.out}/model.safetensors after {trainer.step} steps ({trainer.elapsed_s / 60:.1f} min); "
-          f"val: {metrics or 'no val split'}")
+    print(
+        f"wrote {args.out}/model.safetensors after {trainer.step} steps ({trainer.elapsed_s / 60:.1f} min); "
+        f"val: {metrics or 'no val split'}"
+    )
 
 
 def _evaluate_maps(args: argparse.Namespace) -> None:
@@ -185,8 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `ctqa-train`; returns the exit status (2 on bad input, with one line on stderr)."""
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"labels": _labels, "simulate": _simulate, "maps": _maps, "evaluate-maps": _evaluate_maps,
-                "export": _export}
+    commands = {
+        "labels": _labels,
+        "simulate": _simulate,
+        "maps": _maps,
+        "evaluate-maps": _evaluate_maps,
+        "export": _export,
+    }
     return exit_status("ctqa-train", lambda: commands[args.command](args))
 
 

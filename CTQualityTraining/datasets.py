@@ -207,15 +207,34 @@ def _samples_of(data: dict, parameters: dict, seed: int) -> dict[str, np.ndarray
     doses = parameters["doses"]
     parts = []  # (images (d, z, y, x), reference (z, y, x), dose list, kernel, method)
     sims = simulate(
-        hu[chosen], pixel, doses, parameters["kernels"], parameters["views"], parameters["electronic_noise"],
-        seed, parameters["device"],
+        hu[chosen],
+        pixel,
+        doses,
+        parameters["kernels"],
+        parameters["views"],
+        parameters["electronic_noise"],
+        seed,
+        parameters["device"],
     )
     parts += [(sim.hu, sim.reference, sim.doses, kernel, "projection") for kernel, sim in sims.items()]
     if "quarter" in data:
         pair = simulate_from_pair(hu[chosen], data["quarter"][chosen], doses)
         parts.append((pair, hu[chosen], doses, "native", "image-domain"))
-    arrays: dict[str, list] = {k: [] for k in ("hu", "reference", "ssim", "dose", "dose_class", "kernel_class",
-                                             "method", "score", "slice", "pixel_mm")}
+    arrays: dict[str, list] = {
+        k: []
+        for k in (
+            "hu",
+            "reference",
+            "ssim",
+            "dose",
+            "dose_class",
+            "kernel_class",
+            "method",
+            "score",
+            "slice",
+            "pixel_mm",
+        )
+    }
     for images, reference, part_doses, kernel, method in parts:
         for image, dose in zip(images, part_doses):
             ssim = ssim_labels(image, reference)

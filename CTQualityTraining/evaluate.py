@@ -152,8 +152,11 @@ def evaluate_mayo(model: QualityNet, pairs: dict, device="cpu") -> dict[str, dic
         true = ssim_map(quarter[None], full[None])[0]
         prediction = predict_volume(model, np.stack([quarter, full]), device=device)
         result = map_metrics(prediction.quality[0], true)
-        result.update(predicted_mean=float(prediction.quality[0].mean()), true_mean=float(true.mean()),
-                      full_dose_predicted_mean=float(prediction.quality[1].mean()))
+        result.update(
+            predicted_mean=float(prediction.quality[0].mean()),
+            true_mean=float(true.mean()),
+            full_dose_predicted_mean=float(prediction.quality[1].mean()),
+        )
         if prediction.log_dose is not None:
             result["estimated_dose_fraction"] = float(np.exp(prediction.log_dose[0]))
         results[case] = result
@@ -171,8 +174,12 @@ def evaluate_runs(data: str | Path, runs, mayo: str | Path | None = None, device
     if not test["hu"]:
         raise InputError(f"{data}: the test split has no simulated samples")
     pairs = mayo_pairs(mayo) if mayo else {}
-    results = {"dataset": str(data), "test_samples": len(test["hu"]), "test_sources": sorted(set(test["source"])),
-               "variants": {}}
+    results = {
+        "dataset": str(data),
+        "test_samples": len(test["hu"]),
+        "test_sources": sorted(set(test["source"])),
+        "variants": {},
+    }
     for run in map(Path, runs):
         model, card = checkpoints.load(run / "model")
         variant = card["training"].get("variant", run.name)
@@ -216,34 +223,53 @@ def markdown(results: dict, command: str) -> str:
     ]
     for name, v in variants.items():
         t = v["test"]
-        lines.append(f"| {name} | {v['steps']} | {_f(v['wall_time_s'], 0)} | {_f(t['ssim'])} | {_f(t['mse'], 5)} | "
-                     f"{_f(t['nrmse'])} | {_f(t.get('dose_accuracy'), 3)} |")
-    lines.append(f"| N2Q published (in-domain, its own data) | | | {N2Q_PUBLISHED['ssim']} | | "
-                 f"{N2Q_PUBLISHED['nrmse']} | |")
+        lines.append(
+            f"| {name} | {v['steps']} | {_f(v['wall_time_s'], 0)} | {_f(t['ssim'])} | {_f(t['mse'], 5)} | "
+            f"{_f(t['nrmse'])} | {_f(t.get('dose_accuracy'), 3)} |"
+        )
+    lines.append(
+        f"| N2Q published (in-domain, its own data) | | | {N2Q_PUBLISHED['ssim']} | | {N2Q_PUBLISHED['nrmse']} | |"
+    )
     cases = sorted({case for v in variants.values() for case in v["mayo"]})
     if cases:
-        lines += ["", "## Real Mayo quarter-dose / full-dose pairs (never used in training)", "",
-                  "True map = SSIM map of the real quarter dose against the full dose; the prediction sees the "
-                  "quarter dose only. Also: mean of the predicted map on the full-dose slice (ideally ≈ 1) and the "
-                  "dose head's estimate for the quarter dose (ideally 0.25).", "",
-                  "| variant | case | SSIM ↑ | MSE ↓ | NRMSE ↓ | mean true | mean predicted "
-                  "| mean predicted, full dose | estimated dose |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Real Mayo quarter-dose / full-dose pairs (never used in training)",
+            "",
+            "True map = SSIM map of the real quarter dose against the full dose; the prediction sees the "
+            "quarter dose only. Also: mean of the predicted map on the full-dose slice (ideally ≈ 1) and the "
+            "dose head's estimate for the quarter dose (ideally 0.25).",
+            "",
+            "| variant | case | SSIM ↑ | MSE ↓ | NRMSE ↓ | mean true | mean predicted "
+            "| mean predicted, full dose | estimated dose |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, v in variants.items():
             for case in cases:
                 m = v["mayo"][case]
-                lines.append(f"| {name} | {case} | {_f(m['ssim'])} | {_f(m['mse'], 5)} | {_f(m['nrmse'])} | "
-                             f"{_f(m['true_mean'])} | {_f(m['predicted_mean'])} | "
-                             f"{_f(m['full_dose_predicted_mean'])} | {_f(m.get('estimated_dose_fraction'), 3)} |")
+                lines.append(
+                    f"| {name} | {case} | {_f(m['ssim'])} | {_f(m['mse'], 5)} | {_f(m['nrmse'])} | "
+                    f"{_f(m['true_mean'])} | {_f(m['predicted_mean'])} | "
+                    f"{_f(m['full_dose_predicted_mean'])} | {_f(m.get('estimated_dose_fraction'), 3)} |"
+                )
     doses = next(iter(variants.values()))["dose_response"]["doses"]
-    lines += ["", "## Dose response on the test split", "",
-              "Mean predicted map per simulated dose (true mean in the last row); monotonic = the mean rises "
-              "strictly with dose; series = share of single (slice, kernel) series that rise strictly.", "",
-              "| variant | " + " | ".join(f"{d:g}" for d in doses) + " | monotonic | series |",
-              "|---|" + "---|" * len(doses) + "---|---|"]
+    lines += [
+        "",
+        "## Dose response on the test split",
+        "",
+        "Mean predicted map per simulated dose (true mean in the last row); monotonic = the mean rises "
+        "strictly with dose; series = share of single (slice, kernel) series that rise strictly.",
+        "",
+        "| variant | " + " | ".join(f"{d:g}" for d in doses) + " | monotonic | series |",
+        "|---|" + "---|" * len(doses) + "---|---|",
+    ]
     for name, v in variants.items():
         r = v["dose_response"]
-        lines.append(f"| {name} | " + " | ".join(_f(x) for x in r["predicted_mean"]) +
-                     f" | {'yes' if r['monotonic'] else 'no'} | {_f(r['monotonic_fraction'], 2)} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(_f(x) for x in r["predicted_mean"])
+            + f" | {'yes' if r['monotonic'] else 'no'} | {_f(r['monotonic_fraction'], 2)} |"
+        )
     r = next(iter(variants.values()))["dose_response"]
     lines.append("| true map | " + " | ".join(_f(x) for x in r["true_mean"]) + " | | |")
     return "\n".join(lines) + "\n"

@@ -20,8 +20,9 @@ def _markdown(name: str, card: dict, size_bytes: int) -> str:
     """A human-readable model card from the JSON card."""
     t, metrics = card["training"], card.get("metrics", {})
     parameters = t.get("dataset_parameters", {})
-    sources = "\n".join(f"  - `{s['id']}` ({s['kind']}, group `{s['group']}`): {s['split']}"
-                        for s in t.get("dataset_sources", []))
+    sources = "\n".join(
+        f"  - `{s['id']}` ({s['kind']}, group `{s['group']}`): {s['split']}" for s in t.get("dataset_sources", [])
+    )
     reproduce = card.get("reproduce")
     lines = [
         f"# Model card: {name}",
@@ -59,8 +60,14 @@ def _markdown(name: str, card: dict, size_bytes: int) -> str:
         "patients and real Mayo quarter-dose pairs is in `docs/n2q_evaluation.md`. A quality map, not a diagnosis.",
     ]
     if reproduce:
-        lines += ["", "## Reproduce", "", "From the repository root, with the project's venv active:", "",
-                  f"    {reproduce}"]
+        lines += [
+            "",
+            "## Reproduce",
+            "",
+            "From the repository root, with the project's venv active:",
+            "",
+            f"    {reproduce}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -89,8 +96,7 @@ def export_run(
     (models_dir / f"{name}.md").write_text(_markdown(name, full_card, weights.stat().st_size), encoding="utf-8")
     manifest_path = models_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {"models": {}}
-    manifest["models"][name] = {"weights": weights.name, "card": card_path.name,
-                                "sha256": full_card["weights_sha256"]}
+    manifest["models"][name] = {"weights": weights.name, "card": card_path.name, "sha256": full_card["weights_sha256"]}
     if default:
         manifest["default"] = name
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -103,8 +103,13 @@ def manifest_sha256(data: str | Path) -> str:
 class PatchSampler:
     """Random augmented training patches from the samples of one split, in memory (see module docstring)."""
 
-    def __init__(self, split: dict[str, list], patch: int, generator: np.random.Generator,
-                 noise_gain: tuple[float, float] = (1.0, 1.0)):
+    def __init__(
+        self,
+        split: dict[str, list],
+        patch: int,
+        generator: np.random.Generator,
+        noise_gain: tuple[float, float] = (1.0, 1.0),
+    ):
         self.split, self.patch, self.rng, self.noise_gain = split, patch, generator, tuple(noise_gain)
         areas = np.array([hu.size for hu in split["hu"]], np.float64)
         self.weights = areas / areas.sum()
@@ -196,8 +201,9 @@ def hardware(device: torch.device) -> str:
     name = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                  if line.startswith("model name")]
+        models = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
         name = f"{models[0]} ({len(models)} logical cores)" if models else name
     return f"CPU {name}, {torch.get_num_threads()} torch threads"
 
@@ -273,8 +279,12 @@ class Trainer:
         tensors, rest = _optimizer_tensors(self.optimizer)
         tensors["torch_rng"] = torch.get_rng_state()
         save_file(tensors, str(self.run_dir / f"{STATE}.safetensors"))
-        state = {"step": self.step, "elapsed_s": self.elapsed_s, "optimizer": rest,
-                 "numpy_rng": self.rng.bit_generator.state}
+        state = {
+            "step": self.step,
+            "elapsed_s": self.elapsed_s,
+            "optimizer": rest,
+            "numpy_rng": self.rng.bit_generator.state,
+        }
         (self.run_dir / f"{STATE}.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
 
     def validate(self) -> dict[str, float]:
@@ -312,8 +322,9 @@ class Trainer:
         writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step)
         self.model.train()
         sums: dict[str, float] = {}
-        bar = tqdm(total=end, initial=self.step, desc=f"train {self.settings.variant}", unit="step",
-                   disable=not self.progress)
+        bar = tqdm(
+            total=end, initial=self.step, desc=f"train {self.settings.variant}", unit="step", disable=not self.progress
+        )
         start = time.perf_counter() - self.elapsed_s
         while self.step < end:
             terms = self.train_step()

@@ -38,8 +38,16 @@ def dataset(tmp_path_factory, torch_single_thread):
         image.SetSpacing((3.0, 3.0, 2.5))
         sitk.WriteImage(image, str(folder / f"{name}.nrrd"))
         paths.append(folder / f"{name}.nrrd")
-    build_dataset(paths, folder / "data", doses=(1, 0.25, 0.05), kernels=("native",), views=90, slices_per_volume=2,
-                  split_groups={"a.nrrd": "train", "b.nrrd": "val", "c.nrrd": "test"}, progress=False)
+    build_dataset(
+        paths,
+        folder / "data",
+        doses=(1, 0.25, 0.05),
+        kernels=("native",),
+        views=90,
+        slices_per_volume=2,
+        split_groups={"a.nrrd": "train", "b.nrrd": "val", "c.nrrd": "test"},
+        progress=False,
+    )
     return folder / "data"
 
 
@@ -47,8 +55,23 @@ def dataset(tmp_path_factory, torch_single_thread):
 def run(dataset, tmp_path_factory):
     """A finished tiny N2Q run through the command line."""
     out = tmp_path_factory.mktemp("run") / "n2q"
-    args = ["maps", "--data", str(dataset), "--out", str(out), "--steps", "24", "--batch", "4", "--patch", "64",
-            "--checkpoint-every", "12", "--device", "cpu"]
+    args = [
+        "maps",
+        "--data",
+        str(dataset),
+        "--out",
+        str(out),
+        "--steps",
+        "24",
+        "--batch",
+        "4",
+        "--patch",
+        "64",
+        "--checkpoint-every",
+        "12",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     return out
 
@@ -111,14 +134,37 @@ def test_resume_continues_with_identical_state(dataset, tmp_path):
     for name, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
     other = TrainSettings(str(dataset), **{**TINY, "lr": 1e-3})
-    assert main(["maps", "--data", str(dataset), "--out", str(tmp_path / "resumed"), "--steps", "24", "--batch", "4",
-                 "--patch", "64", "--lr", str(other.lr), "--resume"]) == 2
+    assert (
+        main(
+            [
+                "maps",
+                "--data",
+                str(dataset),
+                "--out",
+                str(tmp_path / "resumed"),
+                "--steps",
+                "24",
+                "--batch",
+                "4",
+                "--patch",
+                "64",
+                "--lr",
+                str(other.lr),
+                "--resume",
+            ]
+        )
+        == 2
+    )
 
 
 def test_export_manifest_verifies_and_loads(run, tmp_path):
     models = tmp_path / "models"
-    assert main(["export", str(run), "--name", "tiny", "--models-dir", str(models), "--default",
-                 "--reproduce", "make tiny"]) == 0
+    assert (
+        main(
+            ["export", str(run), "--name", "tiny", "--models-dir", str(models), "--default", "--reproduce", "make tiny"]
+        )
+        == 0
+    )
     manifest = json.loads((models / "manifest.json").read_text())
     assert manifest["default"] == "tiny"
     entry = manifest["models"]["tiny"]
@@ -126,16 +172,33 @@ def test_export_manifest_verifies_and_loads(run, tmp_path):
     model, card = checkpoints.load(models / entry["card"])
     original, _ = checkpoints.load(run / "model")
     hu = np.full((1, 64, 64), 40.0, np.float32)
-    assert np.array_equal(predict_volume(model, hu, device="cpu").quality,
-                          predict_volume(original, hu, device="cpu").quality)
+    assert np.array_equal(
+        predict_volume(model, hu, device="cpu").quality, predict_volume(original, hu, device="cpu").quality
+    )
     assert card["training"]["variant"] == "N2Q" and card["reproduce"] == "make tiny"
     assert "make tiny" in (models / "tiny.md").read_text()
 
 
 def test_evaluate_maps_writes_the_table(dataset, run, tmp_path, shared_data):
     out = tmp_path / "table.md"
-    assert main(["evaluate-maps", "--data", str(dataset), "--runs", str(run), "--mayo",
-                 str(shared_data / "mayo_pairs"), "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate-maps",
+                "--data",
+                str(dataset),
+                "--runs",
+                str(run),
+                "--mayo",
+                str(shared_data / "mayo_pairs"),
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = out.read_text()
     assert "| N2Q | 24 |" in text and "L506_86" in text and "ctqa-train evaluate-maps" in text
     report = tmp_path / "table.json"
@@ -155,8 +218,12 @@ def test_map_metrics_definitions():
 def test_bundled_model_map_falls_with_dose_on_held_out_real_slices(shared_data, torch_single_thread):
     """Mayo L506 full-dose slices (never trained on) with projection-domain noise at falling doses."""
     model, _ = checkpoints.load(models.resolve("default"))
-    full = np.stack([scaled_to_hu(np.load(shared_data / "mayo_pairs" / f"L506_{case}_target.npy"), MAYO_NPY_SCALING)
-                     for case in (18, 86)])
+    full = np.stack(
+        [
+            scaled_to_hu(np.load(shared_data / "mayo_pairs" / f"L506_{case}_target.npy"), MAYO_NPY_SCALING)
+            for case in (18, 86)
+        ]
+    )
     doses = (1.0, 0.5, 0.25, 0.1, 0.05)
     noisy = simulate(full, 0.74, doses, views=360, seed=0)["native"].hu  # (dose, z, y, x)
     means = [predict_volume(model, images, device="cpu").quality.mean(axis=(1, 2)) for images in noisy]
