@@ -51,28 +51,16 @@ def dataset(tmp_path_factory, torch_single_thread):
     return folder / "data"
 
 
+def _maps_args(dataset, out, *extra: str) -> list[str]:
+    """`ctqa-train maps` arguments of the tiny runs: 24 steps of 4 patches of 64^2."""
+    return ["maps", "--data", str(dataset), "--out", str(out), "--steps", "24", "--batch", "4", "--patch", "64", *extra]
+
+
 @pytest.fixture(scope="module")
 def run(dataset, tmp_path_factory):
     """A finished tiny N2Q run through the command line."""
     out = tmp_path_factory.mktemp("run") / "n2q"
-    args = [
-        "maps",
-        "--data",
-        str(dataset),
-        "--out",
-        str(out),
-        "--steps",
-        "24",
-        "--batch",
-        "4",
-        "--patch",
-        "64",
-        "--checkpoint-every",
-        "12",
-        "--device",
-        "cpu",
-    ]
-    assert main(args) == 0
+    assert main(_maps_args(dataset, out, "--checkpoint-every", "12", "--device", "cpu")) == 0
     return out
 
 
@@ -134,27 +122,7 @@ def test_resume_continues_with_identical_state(dataset, tmp_path):
     for name, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
     other = TrainSettings(str(dataset), **{**TINY, "lr": 1e-3})
-    assert (
-        main(
-            [
-                "maps",
-                "--data",
-                str(dataset),
-                "--out",
-                str(tmp_path / "resumed"),
-                "--steps",
-                "24",
-                "--batch",
-                "4",
-                "--patch",
-                "64",
-                "--lr",
-                str(other.lr),
-                "--resume",
-            ]
-        )
-        == 2
-    )
+    assert main(_maps_args(dataset, tmp_path / "resumed", "--lr", str(other.lr), "--resume")) == 2
 
 
 def test_export_manifest_verifies_and_loads(run, tmp_path):
