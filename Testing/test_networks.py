@@ -18,7 +18,6 @@ from CTQualityAssessmentLib.networks import (
     QualityNetConfig,
     build_network,
     fuse_for_inference,
-    loss,
     loss_terms,
     nearest_dose_class,
     network_input,
@@ -128,11 +127,11 @@ def test_loss_terms():
     no_head = build_network(VARIANTS["U-Net"])
     out = no_head(network_input(hu, "ct"))
     assert set(loss_terms(out, target)) == {"total", "map_mse"}
-    torch.testing.assert_close(loss(out, target), torch.mean((out.quality - target) ** 2))
+    torch.testing.assert_close(loss_terms(out, target)["total"], torch.mean((out.quality - target) ** 2))
     with_head = build_network(SMALL)
     out = with_head(network_input(hu, SMALL.inputs))
     with pytest.raises(ValueError, match="dose head"):
-        loss(out, target)
+        loss_terms(out, target)
     terms = loss_terms(out, target, classes, log_dose, alpha=0.5)
     torch.testing.assert_close(terms["total"], terms["map_mse"] + 0.5 * (terms["dose_ce"] + terms["log_dose_mse"]))
 
@@ -154,7 +153,8 @@ def test_tiny_training_run_lowers_the_loss():
         model.eval()
         with torch.no_grad():
             hu, target, classes, log_dose = held_out
-            value = float(loss(model(network_input(hu, SMALL.inputs)), target, classes, log_dose, alpha=0.1))
+            outputs = model(network_input(hu, SMALL.inputs))
+            value = float(loss_terms(outputs, target, classes, log_dose, alpha=0.1)["total"])
         model.train()
         return value
 
@@ -162,7 +162,7 @@ def test_tiny_training_run_lowers_the_loss():
     for _ in range(40):
         hu, target, classes, log_dose = noisy_flat_slices(generator, 8)
         optimiser.zero_grad()
-        loss(model(network_input(hu, SMALL.inputs)), target, classes, log_dose, alpha=0.1).backward()
+        loss_terms(model(network_input(hu, SMALL.inputs)), target, classes, log_dose, alpha=0.1)["total"].backward()
         optimiser.step()
     after = held_out_loss()
     assert math.isfinite(after) and after < 0.5 * before, (before, after)

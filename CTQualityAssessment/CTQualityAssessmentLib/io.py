@@ -30,7 +30,6 @@ class DicomSeries:
 
     uid: str
     modality: str
-    description: str = ""
     files: list[str] = field(default_factory=list)
     sizes: set[tuple[int, int]] = field(default_factory=set)
     #: (position along the slice normal in mm or None, instance number, file) used for ordering
@@ -92,7 +91,7 @@ def find_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
             uid = str(header.get("SeriesInstanceUID", ""))
             entry = series.setdefault(
                 uid,
-                DicomSeries(uid, str(header.get("Modality", "")).upper(), str(header.get("SeriesDescription", ""))),
+                DicomSeries(uid, str(header.get("Modality", "")).upper()),
             )
             entry.files.append(path)
             entry.sizes.add((int(header.get("Rows", 0)), int(header.get("Columns", 0))))

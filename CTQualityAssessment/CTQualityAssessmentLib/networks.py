@@ -321,13 +321,3 @@ def loss_terms(
         terms["total"] = terms["map_mse"] + alpha * (terms["dose_ce"] + terms["log_dose_mse"])
     return terms
 
-
-def loss(
-    outputs: QualityOutput,
-    target_map: torch.Tensor,
-    dose_class: torch.Tensor | None = None,
-    log_dose: torch.Tensor | None = None,
-    alpha: float = 0.1,
-) -> torch.Tensor:
-    """Scalar training loss MSE(map) + alpha * (CE(dose) + MSE(ln dose)); see ``loss_terms`` for shapes."""
-    return loss_terms(outputs, target_map, dose_class, log_dose, alpha)["total"]

@@ -37,17 +37,9 @@ class CTVolume:
         """Array shape (z, y, x)."""
         return self.hu.shape
 
-    @property
-    def spacing_zyx(self) -> tuple[float, float, float]:
-        """Voxel size in mm in array order (z, y, x)."""
-        return self.spacing[::-1]
-
     def slice_positions_mm(self) -> np.ndarray:
         """Physical z (mm, LPS) of each slice centre, shape (z,)."""
         direction = np.asarray(self.direction).reshape(3, 3)
         k = np.arange(self.shape[0])
         return self.origin[2] + direction[2, 2] * self.spacing[2] * k
 
-    def with_array(self, array: np.ndarray) -> "CTVolume":
-        """A volume on the same grid holding another (z, y, x) array."""
-        return CTVolume(array, self.spacing, self.origin, self.direction, self.source)
