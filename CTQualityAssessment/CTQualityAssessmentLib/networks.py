@@ -320,4 +320,3 @@ def loss_terms(
         terms["log_dose_mse"] = F.mse_loss(outputs.log_dose.float(), log_dose.float())
         terms["total"] = terms["map_mse"] + alpha * (terms["dose_ce"] + terms["log_dose_mse"])
     return terms
-

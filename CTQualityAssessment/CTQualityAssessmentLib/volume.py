@@ -42,4 +42,3 @@ class CTVolume:
         direction = np.asarray(self.direction).reshape(3, 3)
         k = np.arange(self.shape[0])
         return self.origin[2] + direction[2, 2] * self.spacing[2] * k
-
