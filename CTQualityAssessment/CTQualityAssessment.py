@@ -28,7 +28,14 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 #: Packages the core needs beyond what Slicer bundles; numpy and SimpleITK are Slicer's own and are never replaced.
-REQUIREMENTS = ("scipy>=1.10", "pydicom>=2.4", "opencv-python-headless>=4.8")
+REQUIREMENTS = (
+    "scipy>=1.10",
+    "pydicom>=2.4",
+    "opencv-python-headless>=4.8",
+    "nibabel>=5.0",
+    "tifffile>=2023.1",
+    "tqdm>=4.60",
+)
 SLICER_OWNED_PACKAGES = ("numpy", "SimpleITK")
 CHECKPOINT_CHOICE = "user checkpoint file"
 SAMPLE_NAME = "CTQualityAssessmentSample"
@@ -97,10 +104,10 @@ def ensure_learned_dependencies() -> None:
 def _models() -> list[str]:
     """Model selector entries: the models the core has, then the checkpoint-file entry."""
     try:
-        from CTQualityAssessmentLib.models import available_models
+        from ctqa.models.registry import available_models
     except ImportError:  # dependencies not installed yet: the selector still shows the built-in choices
         return ["default", "physics", CHECKPOINT_CHOICE]
-    return [*available_models(), CHECKPOINT_CHOICE]
+    return [*available_models("quality_map"), CHECKPOINT_CHOICE]
 
 
 #
@@ -141,7 +148,7 @@ def registerSampleData():
 def loadSample(*_args):
     """Write the synthetic low-dose CT (dose falls from 100 % to 10 % along z) into the cache folder and load it."""
     ensure_dependencies()
-    from CTQualityAssessmentLib.sample import write_sample
+    from ctqa.sample import write_sample
 
     folder = Path(slicer.app.cachePath) / SAMPLE_NAME
     paths = write_sample(folder)
@@ -266,15 +273,16 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui.gnlValueLabel.text = text("gnl_hu", "{:.1f} HU")
         self.ui.snrValueLabel.text = text("snr", "{:.1f}")
         self.ui.cnrValueLabel.text = text("cnr", "{:.1f}")
-        dose = summary.get("dose_estimate")
-        if dose:  # from a learned model's dose head; the physics model has none
-            self.ui.doseValueLabel.text = _("about {fraction:.0f} % of full dose (class {level:.0f} %)").format(
-                fraction=100 * dose["dose_fraction"], level=100 * dose["dose_level"]
+        noiseLevel = summary.get("learned_noise_level")
+        if noiseLevel:  # a learned model's dose head, read as a relative noise level (never as a dose)
+            self.ui.doseValueLabel.text = _("{ratio:.1f}x the noise of the training full-dose images").format(
+                ratio=noiseLevel["relative_noise"]
             )
         else:
             self.ui.doseValueLabel.text = _("n/a (needs a learned model)") if summary else "-"
-        if summary.get("device_fallback"):
-            slicer.util.showStatusMessage(summary["device_fallback"], 5000)
+        fallback = summary.get("settings", {}).get("device_fallback")
+        if fallback:
+            slicer.util.showStatusMessage(fallback, 5000)
 
     def onOpacityChanged(self, value: float) -> None:
         from CTQualityAssessmentLib.mrml import set_overlay_opacity
@@ -295,12 +303,12 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 
     def _start(self) -> None:
         """Read the nodes (main thread), then run the core in a worker thread polled by a timer."""
+        from ctqa.pipeline import resolve_model
         from CTQualityAssessmentLib.mrml import inputs_from_nodes
-        from CTQualityAssessmentLib.pipeline import check_model
 
         parameters = self._parameterNode
-        model = check_model(self._selectedModel())
-        if model != "physics":
+        model = resolve_model(self._selectedModel())
+        if model.is_learned:
             ensure_learned_dependencies()
         inputs = inputs_from_nodes(parameters.inputVolume, parameters.segmentation, parameters.referenceVolume)
         state = {
@@ -385,11 +393,11 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
         opacity=0.5,
     ):
         """Assess inputVolumeNode on the calling thread; returns the output nodes (CTQualityAssessmentLib.mrml)."""
+        from ctqa.pipeline import resolve_model
         from CTQualityAssessmentLib import mrml
-        from CTQualityAssessmentLib.pipeline import check_model
 
         ensure_dependencies()
-        if check_model(model) != "physics":
+        if resolve_model(model).is_learned:
             ensure_learned_dependencies()
 
         def progress(fraction, message):
@@ -409,7 +417,7 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def runCore(inputs, model: str, device: str, state: dict) -> None:
         """Worker-thread body: the core assessment only (no MRML access); results and errors go into state."""
-        from CTQualityAssessmentLib.pipeline import assess
+        from ctqa.pipeline import assess
 
         def progress(fraction, message):
             state["fraction"], state["message"] = fraction, message
@@ -455,7 +463,7 @@ class CTQualityAssessmentTest(ScriptedLoadableModuleTest):
     def test_process_sample(self):
         import numpy as np
 
-        from CTQualityAssessmentLib.sample import write_sample
+        from ctqa.sample import write_sample
 
         self.delayDisplay("Generating the sample")
         paths = write_sample(Path(slicer.app.temporaryPath) / SAMPLE_NAME)
@@ -479,7 +487,7 @@ class CTQualityAssessmentTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Test passed")
 
     def test_checkpoint_file_is_refused(self):
-        from CTQualityAssessmentLib.errors import InputError
+        from ctqa.errors import InputError
 
         ct = slicer.util.getFirstNodeByClassByName("vtkMRMLScalarVolumeNode", "sample_ct")
         with self.assertRaises(InputError):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from CTQualityAssessmentLib.errors import InputError, exit_status
+from ctqa.errors import InputError, exit_status
 
 from . import __version__
 
@@ -136,14 +137,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _labels(args: argparse.Namespace) -> None:
-    from CTQualityAssessmentLib.io import read_volume, write_map
-    from CTQualityAssessmentLib.pipeline import check_reference
-    from CTQualityAssessmentLib.ssim import ssim_map
+    from ctqa.geometry import reference_on_grid
+    from ctqa.io import read_volume, write_map
+    from ctqa.physics.ssim import ssim_map
 
+    out = Path(args.out)
+    for role, path in (("INPUT", args.input), ("--reference", args.reference)):
+        if out.exists() and Path(path).exists() and out.resolve() == Path(path).resolve():
+            raise InputError(f"{args.out}: --out is the {role} file; it would be overwritten")
+    if out.is_dir():
+        raise InputError(f"{args.out}: --out is a folder; name the label file (.nrrd, .nii.gz, .mha)")
     volume = read_volume(args.input)
-    reference = read_volume(args.reference)
-    check_reference(volume, reference)
-    label = ssim_map(volume.hu, reference.hu)
+    reference = reference_on_grid(read_volume(args.reference), volume)
+    label = ssim_map(volume.hu, reference)
     write_map(label, volume, args.out)
     print(f"wrote {args.out}: mean SSIM {float(label.mean()):.4f}")
 

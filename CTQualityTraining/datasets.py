@@ -29,8 +29,8 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
-from CTQualityAssessmentLib.errors import InputError
-from CTQualityAssessmentLib.io import read_volume
+from ctqa.errors import InputError
+from ctqa.io import read_volume
 
 from .imagedomain import simulate_from_pair
 from .labels import dose_class, kernel_class, ssim_labels, surrogate_score

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from CTQualityAssessmentLib import checkpoints
-from CTQualityAssessmentLib.errors import InputError
-from CTQualityAssessmentLib.inference import predict_volume
-from CTQualityAssessmentLib.networks import QualityNet
-from CTQualityAssessmentLib.ssim import ssim_map
+from ctqa.errors import InputError
+from ctqa.models import checkpoints
+from ctqa.models.inference import predict_volume
+from ctqa.models.networks import QualityNet
+from ctqa.physics.ssim import ssim_map
 
 from .datasets import MAYO_NPY_SCALING, scaled_to_hu
 from .labels import DOSE_CLASSES

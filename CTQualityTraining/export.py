@@ -1,8 +1,9 @@
 """Export of a trained run as a bundled model (``ctqa-train export``): weights, card, manifest entry, Markdown card.
 
-Writes into the models folder (default ``models.MODELS_DIR``): ``NAME.safetensors`` + ``NAME.json`` (via
+Writes into the models folder (default ``registry.MODELS_DIR``): ``NAME.safetensors`` + ``NAME.json`` (via
 ``checkpoints.save``, so the card's sha256 is recomputed), ``NAME.md`` (a readable model card made from the JSON
-card) and the entry {"weights", "card", "sha256"} in ``manifest.json`` (other entries kept; "default" set on request).
+card) and the entry {"task", "weights", "card", "sha256"} in ``manifest.json`` (other entries kept; the task's default
+set on request).
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from CTQualityAssessmentLib import checkpoints, models
-from CTQualityAssessmentLib.errors import InputError
+from ctqa.errors import InputError
+from ctqa.models import checkpoints, registry
 
 from .trainer import MODEL
 
@@ -74,7 +75,7 @@ def _markdown(name: str, card: dict, size_bytes: int) -> str:
 def export_run(
     run_dir: str | Path,
     name: str,
-    models_dir: str | Path = models.MODELS_DIR,
+    models_dir: str | Path = registry.MODELS_DIR,
     default: bool = False,
     reproduce: str | None = None,
 ) -> Path:
@@ -95,9 +96,15 @@ def export_run(
     weights = models_dir / f"{name}.safetensors"
     (models_dir / f"{name}.md").write_text(_markdown(name, full_card, weights.stat().st_size), encoding="utf-8")
     manifest_path = models_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {"models": {}}
-    manifest["models"][name] = {"weights": weights.name, "card": card_path.name, "sha256": full_card["weights_sha256"]}
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+    manifest.setdefault("defaults", {})
+    manifest.setdefault("models", {})[name] = {
+        "task": full_card["task"],
+        "weights": weights.name,
+        "card": card_path.name,
+        "sha256": full_card["weights_sha256"],
+    }
     if default:
-        manifest["default"] = name
+        manifest["defaults"][full_card["task"]] = name
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return card_path

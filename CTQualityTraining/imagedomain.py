@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from CTQualityAssessmentLib.errors import InputError
+from ctqa.errors import InputError
 
 #: Dose fraction of the quarter-dose image of a pair.
 QUARTER_DOSE = 0.25

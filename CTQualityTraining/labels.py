@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from CTQualityAssessmentLib.ssim import ssim_map
+from ctqa.physics.ssim import ssim_map
 
 from .projection import KERNEL_NAMES
 

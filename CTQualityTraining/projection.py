@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from CTQualityAssessmentLib.errors import InputError
-from CTQualityAssessmentLib.noise import analyse_noise
-from CTQualityAssessmentLib.volume import CTVolume
+from ctqa.errors import InputError
+from ctqa.physics.noise import analyse_noise
+from ctqa.volume import CTVolume
 
 #: Linear attenuation of water at 70 keV in 1/mm (NIST XCOM mu/rho 0.1937 cm^2/g, log-log between 60 and 80 keV).
 MU_WATER_PER_MM = 0.01937

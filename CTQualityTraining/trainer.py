@@ -37,11 +37,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from CTQualityAssessmentLib import checkpoints
-from CTQualityAssessmentLib.errors import InputError
-from CTQualityAssessmentLib.inference import resolve_device
-from CTQualityAssessmentLib.networks import VARIANTS, build_network, loss_terms, nearest_dose_class, network_input
-from CTQualityAssessmentLib.ssim import ssim_map
+from ctqa.errors import InputError
+from ctqa.models import checkpoints
+from ctqa.models.inference import resolve_device
+from ctqa.models.networks import VARIANTS, build_network, loss_terms, nearest_dose_class, network_input
+from ctqa.physics.ssim import ssim_map
 
 from .evaluate import evaluate_split, load_split
 

@@ -63,8 +63,8 @@ def assess_file(logic, path: Path, out: Path, segmentation_dir: Path | None, mod
 
 
 def main(argv: list[str]) -> int:
+    from ctqa.errors import InputError
     from CTQualityAssessment import CTQualityAssessmentLogic
-    from CTQualityAssessmentLib.errors import InputError
 
     args = _arguments(argv)
     paths = [Path(p) for pattern in args.input for p in (sorted(glob.glob(pattern)) or [pattern])]

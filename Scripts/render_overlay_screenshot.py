@@ -20,12 +20,13 @@ from vtk.util.numpy_support import vtk_to_numpy
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "Testing"))  # the headless scene helper the MRML tests use
+sys.path.insert(0, str(ROOT / "CTQualityAssessment"))  # the Slicer glue, as Slicer puts it on sys.path
 
 from slicer_scene import make_headless_scene  # noqa: E402
 
+from ctqa.colors import QUALITY_COLOR_ANCHORS  # noqa: E402
+from ctqa.sample import SPACING, make_sample  # noqa: E402
 from CTQualityAssessmentLib import mrml  # noqa: E402
-from CTQualityAssessmentLib.colors import QUALITY_COLOR_ANCHORS  # noqa: E402
-from CTQualityAssessmentLib.sample import SPACING, make_sample  # noqa: E402
 
 PIXEL_MM = 0.75  # size of one rendered pixel
 

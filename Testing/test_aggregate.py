@@ -7,11 +7,12 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from CTQualityAssessmentLib.aggregate import SLICE_COLUMNS, roi_table, slice_table
-from CTQualityAssessmentLib.io import read_volume
-from CTQualityAssessmentLib.noise import analyse_noise
-from CTQualityAssessmentLib.rois import load_rois, rois_from_labels
-from CTQualityAssessmentLib.volume import CTVolume
+from ctqa.aggregate import body_statistics, region_statistics, roi_table, slice_table
+from ctqa.io import read_volume
+from ctqa.physics.noise import analyse_noise
+from ctqa.results import SLICE_COLUMNS, table_row
+from ctqa.rois import load_rois, rois_from_labels
+from ctqa.volume import CTVolume
 
 
 def _volume_and_maps():
@@ -27,7 +28,7 @@ def _volume_and_maps():
 
 def test_slice_table_rows_follow_geometry_and_match_numpy():
     volume, quality, noise = _volume_and_maps()
-    rows = slice_table(volume, quality, noise)
+    rows = [table_row(row) for row in slice_table(volume, quality, noise)]
     assert [row["slice"] for row in rows] == [0, 1, 2]
     assert [row["z_mm"] for row in rows] == [100.0, 97.5, 95.0]  # z axis points down: direction[8] = -1
     assert set(rows[0]) == set(SLICE_COLUMNS)
@@ -46,11 +47,28 @@ def test_roi_table_marks_empty_and_outside_body_rows():
     labels[:, 4:6, 4:6] = 1  # inside the body
     labels[:, 0, :] = 2  # outside the body (NaN quality)
     rows = roi_table(volume, quality, noise, rois_from_labels(labels, {1: "liver", 2: "table", 3: "spleen"}))
-    by_name = {row["name"]: row for row in rows}
+    by_name = {row.name: table_row(row) for row in rows}
     assert by_name["liver"]["status"] == "ok" and by_name["liver"]["voxels"] == 12
     assert by_name["liver"]["quality_mean"] == pytest.approx(quality[:, 4:6, 4:6].mean(), rel=1e-6)
-    assert by_name["table"]["status"] == "outside body" and math.isnan(by_name["table"]["quality_mean"])
+    assert by_name["table"]["status"] == "outside body" and by_name["table"]["quality_mean"] is None
     assert by_name["spleen"]["status"] == "empty" and by_name["spleen"]["voxels"] == 0
+
+
+def test_body_statistics_stream_slices_and_match_numpy():
+    rng = np.random.default_rng(1)
+    volume = CTVolume(rng.normal(40.0, 10.0, (4, 64, 64)), (0.5, 0.5, 2.5))
+    quality = rng.uniform(0.0, 1.0, volume.shape).astype(np.float32)
+    noise = rng.uniform(5.0, 30.0, volume.shape).astype(np.float32)
+    quality[:, :20] = noise[:, :20] = np.nan  # outside the body
+    streamed = body_statistics(volume, quality, noise)
+    inside = np.isfinite(quality)
+    direct = region_statistics(quality[inside], noise[inside], volume.hu[inside])
+    assert streamed.quality_mean == pytest.approx(direct.quality_mean, rel=1e-9)
+    assert streamed.hu_mean == pytest.approx(direct.hu_mean, rel=1e-9)
+    for name in ("quality_median", "quality_p10"):  # histogram of 1e-4 bins
+        assert getattr(streamed, name) == pytest.approx(getattr(direct, name), abs=2e-4)
+    assert streamed.noise_sd_hu == pytest.approx(direct.noise_sd_hu, abs=0.02)
+    assert math.isnan(body_statistics(volume, np.full_like(quality, np.nan), noise).quality_mean)
 
 
 def test_labelmap_on_a_coarser_grid_is_resampled(tmp_path):
@@ -71,7 +89,8 @@ def test_liver_row_on_real_ct(shared_data):
     volume = read_volume(shared_data / "totalseg" / "example_ct_sm.nii.gz")
     liver_file = shared_data / "totalseg" / "example_seg_fast" / "liver.nii.gz"
     analysis = analyse_noise(volume)
-    (row,) = roi_table(volume, analysis.quality, analysis.noise_sd, load_rois(liver_file, volume))
+    (row,) = roi_table(volume, analysis.physics_quality(), analysis.noise_sd, load_rois(liver_file, volume))
+    row = table_row(row)
     assert row["name"] == "liver" and row["status"] == "ok"
     assert 30.0 <= row["hu_mean"] <= 60.0
     liver = sitk.GetArrayFromImage(sitk.ReadImage(str(liver_file))) > 0

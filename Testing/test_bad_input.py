@@ -22,8 +22,8 @@ import SimpleITK as sitk
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from CTQualityAssessmentLib.cli import main
-from CTQualityAssessmentLib.io import read_volume
+from ctqa.cli import main
+from ctqa.io import read_volume
 
 CT_SMALL = get_testdata_file("CT_small.dcm")
 #: warnings Python hides by default outside __main__: a user at a shell would not see them

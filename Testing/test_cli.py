@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from CTQualityAssessmentLib.cli import main
-from CTQualityAssessmentLib.sample import make_sample
+from ctqa.cli import main
+from ctqa.sample import make_sample
 from CTQualityTraining.cli import main as train_main
 
 
@@ -64,7 +64,7 @@ def test_tables_and_summary(outputs):
     assert set(rois) == set(sample.label_names.values())
     assert int(rois["liver"]["voxels"]) == int((sample.labels == 1).sum())
     summary = json.loads((outputs / "summary.json").read_text())
-    assert summary["model"] == "physics"
+    assert summary["settings"]["model"] == "physics"
     assert 0.0 < summary["global_quality_score"] < 1.0
     assert summary["gnl_hu"] > 10.0  # the sample's noise is at least its full-dose 10 HU
     assert 0.0 < summary["reference_ssim_mean_body"] < 1.0
@@ -105,13 +105,14 @@ def test_help_explains_outputs(capsys):
         assert name in text
 
 
-def test_learned_model_checkpoint_end_to_end(sample_files, tmp_path):
-    """`--model CHECKPOINT`: the learned map replaces the physics one; the summary carries the dose estimate."""
+def test_learned_model_checkpoint_end_to_end(sample_files, tmp_path, capsys):
+    """`--model CHECKPOINT`: the learned map replaces the physics one; the summary carries the learned noise level,
+    never a dose fraction."""
     import torch
     from small_models import SMALL
 
-    from CTQualityAssessmentLib import checkpoints
-    from CTQualityAssessmentLib.networks import build_network
+    from ctqa.models import checkpoints
+    from ctqa.models.networks import build_network
 
     torch.manual_seed(0)
     card = checkpoints.save(build_network(SMALL).eval(), SMALL, {"name": "tiny-untrained"}, tmp_path / "tiny")
@@ -119,9 +120,11 @@ def test_learned_model_checkpoint_end_to_end(sample_files, tmp_path):
     argv = ["assess", str(sample_files / "sample_ct.nrrd"), "--out", str(out), "--quiet", "--model", str(card)]
     assert main([*argv, "--device", "cpu"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["model"] == "tiny-untrained" and summary["device"] == "cpu"
-    probabilities = summary["dose_estimate"]["dose_class_probabilities"]
-    assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    assert summary["settings"]["model"] == "tiny-untrained" and summary["settings"]["device"] == "cpu"
+    assert summary["learned_noise_level"]["relative_noise"] > 0 and "not a dose" in json.dumps(summary)
+    assert "dose_estimate" not in summary and "dose_fraction" not in json.dumps(summary)
+    printed = capsys.readouterr().out
+    assert "learned noise level" in printed and "% of full dose" not in printed
     quality = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "quality_map.nrrd")))
     noise = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "noise_map.nrrd")))
     np.testing.assert_array_equal(np.isnan(quality), np.isnan(noise))  # the same body mask

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -14,16 +12,16 @@ import torch
 import torch.nn.functional as F
 from small_models import SMALL
 
-from CTQualityAssessmentLib import checkpoints, models
-from CTQualityAssessmentLib.errors import InputError
-from CTQualityAssessmentLib.inference import (
+from ctqa.errors import InputError
+from ctqa.models import checkpoints, registry
+from ctqa.models.inference import (
     Cancelled,
     Prediction,
+    learned_noise_level,
     predict_volume,
     resolve_device,
-    volume_dose_estimate,
 )
-from CTQualityAssessmentLib.networks import DOSE_LEVELS, VARIANTS, build_network, network_input
+from ctqa.models.networks import DOSE_LEVELS, VARIANTS, build_network, network_input
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -85,7 +83,7 @@ def test_model_without_dose_head(volume):
     prediction = predict_volume(model, volume, batch_size=2, device="cpu")
     assert prediction.quality.shape == volume.shape
     assert prediction.dose_probabilities is None and prediction.log_dose is None
-    assert volume_dose_estimate(prediction) is None
+    assert learned_noise_level(prediction) is None
 
 
 def test_progress_per_batch_and_cancel(model, volume):
@@ -120,23 +118,17 @@ def test_devices():
         assert device == torch.device("cpu") and "CUDA is not available" in reason
 
 
-def test_volume_dose_estimate_averages_body_slices():
-    probabilities = np.zeros((4, len(DOSE_LEVELS)), dtype=np.float32)
-    probabilities[:, 2] = [1.0, 0.5, 0.0, 0.0]
-    probabilities[:, 3] = [0.0, 0.5, 1.0, 0.0]
-    probabilities[3, 5] = 1.0  # an air-only slice, left out
+def test_learned_noise_level_averages_body_slices():
+    probabilities = np.full((4, len(DOSE_LEVELS)), 1 / len(DOSE_LEVELS), dtype=np.float32)
     log_dose = np.log(np.array([0.2, 0.3, 0.45, 1.0], dtype=np.float32))
-    body = np.array([True, True, True, False])
+    body = np.array([True, True, True, False])  # the last slice is air only, left out
     prediction = Prediction(np.zeros((4, 2, 2), np.float32), probabilities, log_dose, body, "cpu")
-    estimate = volume_dose_estimate(prediction)
-    assert estimate["dose_class_probabilities"][0.25] == pytest.approx(0.5)
-    assert estimate["dose_class_probabilities"][0.50] == pytest.approx(0.5)
-    assert estimate["dose_class_probabilities"][1.00] == 0.0
-    assert estimate["dose_level"] in (0.25, 0.50) and estimate["slices_used"] == 3
-    assert estimate["dose_fraction"] == pytest.approx((0.2 * 0.3 * 0.45) ** (1 / 3), rel=1e-5)
-    json.dumps(estimate)  # goes into summary.json as it is
+    level = learned_noise_level(prediction)
+    # noise SD scales as 1/sqrt(dose): the geometric-mean dose-equivalent 0.2*0.3*0.45 gives its inverse square root
+    assert level.relative_noise == pytest.approx((0.2 * 0.3 * 0.45) ** (-1 / 6), rel=1e-5)
+    assert level.slices_used == 3 and "not a dose" in level.definition
     no_body = Prediction(prediction.quality, probabilities, log_dose, np.zeros(4, bool), "cpu")
-    assert volume_dose_estimate(no_body)["slices_used"] == 4
+    assert learned_noise_level(no_body).slices_used == 4
 
 
 def test_body_slices(model, volume):
@@ -162,8 +154,7 @@ def no_pickle(monkeypatch):
 @pytest.fixture
 def no_bundled_models(monkeypatch, tmp_path):
     """Point the bundled-model folder at an empty one."""
-    monkeypatch.setattr(models, "MODELS_DIR", tmp_path / "Models")
-    monkeypatch.setattr(models, "MANIFEST", tmp_path / "Models" / "manifest.json")
+    monkeypatch.setattr(registry, "MODELS_DIR", tmp_path / "Models")
 
 
 def test_save_then_load_gives_identical_outputs(model, tmp_path, no_pickle, no_bundled_models):
@@ -218,37 +209,29 @@ def test_card_that_does_not_fit_the_weights(model, tmp_path, no_bundled_models):
 
 def test_bundled_models_and_manifest_sha256(model, tmp_path, monkeypatch, no_pickle):
     models_dir = tmp_path / "Models"
-    monkeypatch.setattr(models, "MODELS_DIR", models_dir)
-    monkeypatch.setattr(models, "MANIFEST", models_dir / "manifest.json")
-    assert models.bundled_models() == {}
-    with pytest.raises(InputError, match="no such bundled model"):
-        models.resolve("default")
+    monkeypatch.setattr(registry, "MODELS_DIR", models_dir)
+    assert registry.bundled_models("quality_map") == {}
+    assert registry.resolve("quality_map", "default").name == "physics"  # nothing bundled: the built-in model
+    with pytest.raises(InputError, match="no global_score model is installed"):
+        registry.resolve("global_score", "default")
     card_path = checkpoints.save(model, SMALL, {}, models_dir / "n2q-small")
     sha256 = json.loads(card_path.read_text())["weights_sha256"]
-    entry = {"weights": "n2q-small.safetensors", "card": "n2q-small.json", "sha256": sha256}
-    manifest = {"default": "n2q-small", "models": {"n2q-small": entry}}
+    entry = {"task": "quality_map", "weights": "n2q-small.safetensors", "card": "n2q-small.json", "sha256": sha256}
+    manifest = {"defaults": {"quality_map": "n2q-small"}, "models": {"n2q-small": entry}}
     (models_dir / "manifest.json").write_text(json.dumps(manifest))
-    assert models.bundled_models() == {"n2q-small": card_path}
-    assert models.resolve("default") == card_path == models.resolve("n2q-small")
-    assert models.resolve(models_dir / "n2q-small.safetensors") == card_path
-    checkpoints.load(models.resolve("default"))
+    assert registry.bundled_models("quality_map") == {"n2q-small": card_path}
+    assert registry.bundled_models("denoise") == {}
+    spec = registry.resolve("quality_map", "default")
+    assert spec.card_path == card_path and spec.bundled and spec.is_learned
+    assert spec.task.score_range == (0.0, 1.0) and spec.task.higher_is_better
+    assert registry.resolve("quality_map", models_dir / "n2q-small.safetensors").card_path == card_path
+    with pytest.raises(InputError, match="a quality_map model, not a denoise model"):
+        registry.resolve("denoise", card_path)
+    checkpoints.load(spec.card_path)
     manifest["models"]["n2q-small"]["sha256"] = "0" * 64
     (models_dir / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InputError, match=r"n2q-small\.safetensors: sha256 .* does not match manifest\.json"):
         checkpoints.load(card_path)
     (models_dir / "manifest.json").write_text(json.dumps({"models": {"x": {"card": "x.json"}}}))
     with pytest.raises(InputError, match="manifest.json: model manifest needs"):
-        models.bundled_models()
-
-
-def test_core_imports_without_torch():
-    """Only networks, checkpoints and inference import torch: the physics path works without it."""
-    code = (
-        "import sys, importlib, pkgutil, CTQualityAssessmentLib as lib\n"
-        "learned = {'networks', 'checkpoints', 'inference', 'mrml'}\n"
-        "for info in pkgutil.iter_modules(lib.__path__):\n"
-        "    if info.name not in learned:\n"
-        "        importlib.import_module('CTQualityAssessmentLib.' + info.name)\n"
-        "assert 'torch' not in sys.modules, 'torch imported by the core'\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
+        registry.bundled_models("quality_map")

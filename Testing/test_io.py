@@ -12,10 +12,10 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from scipy.spatial.transform import Rotation
 
-from CTQualityAssessmentLib.io import read_volume, write_map
-from CTQualityAssessmentLib.rois import labels_on_volume_grid, load_rois
-from CTQualityAssessmentLib.sample import write_colour_table
-from CTQualityAssessmentLib.volume import CTVolume
+from ctqa.io import read_volume, write_map
+from ctqa.rois import labels_on_volume_grid, load_rois
+from ctqa.sample import write_colour_table
+from ctqa.volume import CTVolume
 
 CT_SMALL = get_testdata_file("CT_small.dcm")
 SPACING = (0.7, 0.8, 2.5)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from small_models import SMALL
 
-from CTQualityAssessmentLib.networks import (
+from ctqa.models.networks import (
     DEFAULT_CONFIG,
     DOSE_LEVELS,
     HPF_SCALE,
@@ -22,7 +22,7 @@ from CTQualityAssessmentLib.networks import (
     nearest_dose_class,
     network_input,
 )
-from CTQualityAssessmentLib.ssim import scale_to_unit
+from ctqa.physics.ssim import scale_to_unit
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

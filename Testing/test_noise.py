@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from CTQualityAssessmentLib.noise import analyse_noise, histogram_mode, quality_from_noise
-from CTQualityAssessmentLib.ssim import ssim_map
-from CTQualityAssessmentLib.volume import CTVolume
+from ctqa.physics.noise import analyse_noise, histogram_mode, quality_from_noise
+from ctqa.physics.ssim import ssim_map
+from ctqa.volume import CTVolume
 
 SPACING = (0.75, 0.75, 2.0)
 
@@ -66,8 +66,8 @@ def test_body_mask_keeps_inner_air_and_drops_outside_air():
     assert not mask[outside].any()
     inside = ndimage.binary_erosion(body, iterations=8)
     assert mask[inside].all()
-    assert np.isnan(analysis.quality[:, ~mask]).all() and np.isnan(analysis.noise_sd[:, ~mask]).all()
-    quality = analysis.quality[np.isfinite(analysis.quality)]
+    assert np.isnan(analysis.physics_quality()[:, ~mask]).all() and np.isnan(analysis.noise_sd[:, ~mask]).all()
+    quality = analysis.physics_quality()[np.isfinite(analysis.physics_quality())]
     assert quality.min() >= 0.0 and quality.max() <= 1.0
 
 
@@ -79,7 +79,7 @@ def test_quality_reads_as_the_reference_ssim_of_flat_tissue(sd):
     analysis = analyse_noise(CTVolume(noisy, SPACING))
     reference_ssim = ssim_map(noisy, clean)
     core = (slice(None), slice(16, -16), slice(16, -16))
-    assert np.nanmean(analysis.quality[core]) == pytest.approx(reference_ssim[core].mean(), abs=0.03)
+    assert np.nanmean(analysis.physics_quality()[core]) == pytest.approx(reference_ssim[core].mean(), abs=0.03)
 
 
 def test_quality_mapping_values():
@@ -93,7 +93,7 @@ def test_histogram_mode_finds_the_peak_not_the_tail():
 
 
 def test_slice_too_small_for_a_window_is_refused():
-    from CTQualityAssessmentLib.errors import InputError
+    from ctqa.errors import InputError
 
     with pytest.raises(InputError, match="smaller than one"):
         analyse_noise(CTVolume(np.zeros((1, 5, 5), np.float32), (1.0, 1.0, 1.0), source="tiny.nrrd"))

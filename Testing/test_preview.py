@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from CTQualityAssessmentLib.preview import representative_slices
+from ctqa.reports.preview import representative_slices
 
 
 def test_spans_worst_to_best():

@@ -5,8 +5,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from CTQualityAssessmentLib.errors import InputError
-from CTQualityAssessmentLib.sample import FULL_DOSE_NOISE_SD, make_phantom, make_sample, write_sample
+from ctqa.errors import InputError
+from ctqa.sample import FULL_DOSE_NOISE_SD, make_phantom, make_sample, write_sample
 
 
 def _flat_soft_tissue(slice_index):

@@ -11,8 +11,8 @@ import pytest
 import torch
 from skimage.transform import iradon, radon
 
-from CTQualityAssessmentLib.errors import InputError
-from CTQualityAssessmentLib.io import read_volume
+from ctqa.errors import InputError
+from ctqa.io import read_volume
 from CTQualityTraining.imagedomain import simulate_from_pair
 from CTQualityTraining.mtf import disk_mtf50, disk_phantom
 from CTQualityTraining.projection import (

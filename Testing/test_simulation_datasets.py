@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from CTQualityAssessmentLib.sample import write_sample
+from ctqa.sample import write_sample
 from CTQualityTraining.cli import main
 from CTQualityTraining.labels import DOSE_CLASSES, dose_class, kernel_class, surrogate_score
 

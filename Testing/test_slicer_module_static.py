@@ -77,8 +77,11 @@ def test_inputs_of_the_issue_are_bound(ui_widgets):
 
 def test_cmake_lists_every_lib_file_and_resource():
     cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
-    listed = set(re.findall(r"\$\{MODULE_NAME\}(Lib/\w+\.py|\.py)", cmake))
-    on_disk = {f"Lib/{p.name}" for p in (MODULE_DIR / "CTQualityAssessmentLib").glob("*.py")} | {".py"}
+    listed = set(re.findall(r"^\s+(\S+\.py)$", cmake, flags=re.MULTILINE))
+    on_disk = {"${MODULE_NAME}.py"} | {
+        f"${{MODULE_NAME}}Lib/{p.name}" for p in (MODULE_DIR / "CTQualityAssessmentLib").glob("*.py")
+    }
+    on_disk |= {str(p.relative_to(MODULE_DIR)) for p in (MODULE_DIR / "ctqa").rglob("*.py")}
     assert listed == on_disk
     for resource in re.findall(r"(Resources/\S+)", cmake):
         assert (MODULE_DIR / resource.replace("${MODULE_NAME}", "CTQualityAssessment")).is_file(), resource

@@ -15,14 +15,14 @@ import slicer  # noqa: E402
 from slicer_scene import make_headless_scene  # noqa: E402
 from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 
+from ctqa.errors import InputError  # noqa: E402
+from ctqa.io import write_map  # noqa: E402
+from ctqa.models.registry import default_model  # noqa: E402
+from ctqa.pipeline import assess, resolve_model  # noqa: E402
+from ctqa.results import ROI_COLUMNS, SLICE_COLUMNS  # noqa: E402
+from ctqa.sample import make_sample  # noqa: E402
+from ctqa.volume import CTVolume  # noqa: E402
 from CTQualityAssessmentLib import mrml  # noqa: E402
-from CTQualityAssessmentLib.aggregate import ROI_COLUMNS, SLICE_COLUMNS  # noqa: E402
-from CTQualityAssessmentLib.errors import InputError  # noqa: E402
-from CTQualityAssessmentLib.io import write_map  # noqa: E402
-from CTQualityAssessmentLib.models import default_learned_model  # noqa: E402
-from CTQualityAssessmentLib.pipeline import assess, check_model  # noqa: E402
-from CTQualityAssessmentLib.sample import make_sample  # noqa: E402
-from CTQualityAssessmentLib.volume import CTVolume  # noqa: E402
 
 TOTALSEG = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg"
 
@@ -293,8 +293,8 @@ def test_rerun_replaces_own_nodes_and_leaves_user_nodes(headless, sample):
 
 def test_models_and_devices(headless, sample):
     ct = _volume_node(headless.scene, sample.low_dose)
-    assert check_model("physics") == "physics"
-    assert check_model("default") == (default_learned_model() or "physics")
+    assert resolve_model("physics").name == "physics"
+    assert resolve_model("default").name == default_model("quality_map")
     with pytest.raises(InputError, match="no such model card"):
         mrml.process(ct, model="/models/my_n2q.safetensors")
     with pytest.raises(InputError, match="unknown model"):
@@ -316,6 +316,7 @@ def test_unusable_input_nodes(headless, sample):
     with pytest.raises(InputError, match="3-component"):
         mrml.process(colour)
     ct = _volume_node(scene, sample.low_dose)
-    small = _volume_node(scene, CTVolume(sample.reference.hu[:4], sample.reference.spacing), "small reference")
-    with pytest.raises(InputError, match="reference grid"):
-        mrml.process(ct, reference_volume_node=small)
+    far = CTVolume(sample.reference.hu[:4], sample.reference.spacing, origin=(5000.0, 0.0, 0.0))
+    elsewhere = _volume_node(scene, far, "reference 5 m away")
+    with pytest.raises(InputError, match="reference does not overlap"):
+        mrml.process(ct, reference_volume_node=elsewhere)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from CTQualityAssessmentLib.sample import make_sample
-from CTQualityAssessmentLib.ssim import SSIM_WINDOW_HU, scale_to_unit, ssim_map
+from ctqa.physics.ssim import SSIM_WINDOW_HU, scale_to_unit, ssim_map
+from ctqa.sample import make_sample
 
 
 def test_volume_against_itself_is_one():

@@ -14,10 +14,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from CTQualityAssessmentLib import checkpoints, models
-from CTQualityAssessmentLib.inference import predict_volume
-from CTQualityAssessmentLib.networks import network_input
-from CTQualityAssessmentLib.sample import make_sample
+from ctqa.models import checkpoints, registry
+from ctqa.models.inference import predict_volume
+from ctqa.models.networks import network_input
+from ctqa.sample import make_sample
 from CTQualityTraining.cli import main
 from CTQualityTraining.datasets import MAYO_NPY_SCALING, build_dataset, pad_to_square, scaled_to_hu
 from CTQualityTraining.evaluate import load_split, map_metrics
@@ -134,7 +134,7 @@ def test_export_manifest_verifies_and_loads(run, tmp_path):
         == 0
     )
     manifest = json.loads((models / "manifest.json").read_text())
-    assert manifest["default"] == "tiny"
+    assert manifest["defaults"] == {"quality_map": "tiny"} and manifest["models"]["tiny"]["task"] == "quality_map"
     entry = manifest["models"]["tiny"]
     assert hashlib.sha256((models / entry["weights"]).read_bytes()).hexdigest() == entry["sha256"]
     model, card = checkpoints.load(models / entry["card"])
@@ -185,7 +185,7 @@ def test_map_metrics_definitions():
 
 def test_bundled_model_map_falls_with_dose_on_held_out_real_slices(shared_data, torch_single_thread):
     """Mayo L506 full-dose slices (never trained on) with projection-domain noise at falling doses."""
-    model, _ = checkpoints.load(models.resolve("default"))
+    model, _ = checkpoints.load(registry.resolve("quality_map", "default").card_path)
     full = np.stack(
         [
             scaled_to_hu(np.load(shared_data / "mayo_pairs" / f"L506_{case}_target.npy"), MAYO_NPY_SCALING)

@@ -18,8 +18,8 @@ import time
 import numpy as np
 import torch
 
-from CTQualityAssessmentLib.inference import predict_volume
-from CTQualityAssessmentLib.networks import VARIANTS, build_network
+from ctqa.models.inference import predict_volume
+from ctqa.models.networks import VARIANTS, build_network
 
 SIZE = 512
 

@@ -17,10 +17,10 @@ import tracemalloc
 
 import numpy as np
 
-from CTQualityAssessmentLib.noise import analyse_noise
-from CTQualityAssessmentLib.sample import correlated_noise
-from CTQualityAssessmentLib.ssim import scale_to_unit, ssim_map
-from CTQualityAssessmentLib.volume import CTVolume
+from ctqa.physics.noise import analyse_noise
+from ctqa.physics.ssim import scale_to_unit, ssim_map
+from ctqa.sample import correlated_noise
+from ctqa.volume import CTVolume
 
 SIZE = 512
 NOISE_SD_HU = 15.0

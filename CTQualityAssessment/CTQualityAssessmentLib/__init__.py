@@ -1,6 +1,3 @@
-"""Pure-Python core of the CTQualityAssessment 3D Slicer extension: CT I/O, quality maps, aggregation.
+"""Slicer-side glue of the CTQualityAssessment module (may import slicer, qt, vtk): MRML conversion.
 
-Nothing here imports Slicer, Qt or a GPU library: the Slicer module, the `ctqa` CLI and CTQualityTraining share it.
-"""
-
-__version__ = "0.1.0"
+The pure core is the sibling package ``ctqa`` (Slicer puts the module folder on sys.path)."""

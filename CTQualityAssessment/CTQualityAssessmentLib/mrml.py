@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .aggregate import ROI_COLUMNS, SLICE_COLUMNS
-from .colors import QUALITY_COLOR_ANCHORS
-from .errors import InputError
-from .pipeline import Assessment, assess, check_model
-from .rois import Roi, roi_from_mask
-from .slabs import ProgressCallback
-from .volume import CTVolume
+from ctqa.colors import QUALITY_COLOR_ANCHORS
+from ctqa.errors import InputError
+from ctqa.pipeline import Assessment, assess, resolve_model
+from ctqa.results import ROI_COLUMNS, SLICE_COLUMNS, table_row, to_json
+from ctqa.rois import Roi, roi_from_mask
+from ctqa.slabs import ProgressCallback
+from ctqa.volume import CTVolume
 
 ROLE_ATTRIBUTE = "CTQualityAssessment.Role"
 SUMMARY_ATTRIBUTE = "CTQualityAssessment.Summary"  # JSON of Assessment.summary, on the quality map node
@@ -238,10 +238,11 @@ def _show_as_noise(node) -> None:
     display.SetWindowLevelMinMax(0.0, 50.0)
 
 
-def fill_table(table_node, rows: list[dict], columns: tuple[str, ...]) -> None:
-    """Replace a table node's content by rows (dicts) in column order: str -> string, int -> int, else double."""
+def fill_table(table_node, row_objects: list, columns: tuple[str, ...]) -> None:
+    """Replace a table node's content by rows (results.SliceRow / RoiRow): str -> string, int -> int, else double."""
     import vtk
 
+    rows = [table_row(row) for row in row_objects]
     table = vtk.vtkTable()
     for column in columns:
         values = [row[column] for row in rows]
@@ -253,7 +254,7 @@ def fill_table(table_node, rows: list[dict], columns: tuple[str, ...]) -> None:
             array = vtk.vtkDoubleArray()
         array.SetName(column)
         for value in values:
-            array.InsertNextValue(value if isinstance(value, str) else value if math.isfinite(value) else math.nan)
+            array.InsertNextValue(math.nan if value is None else value)
         table.AddColumn(array)
     table_node.SetAndObserveTable(table)
 
@@ -294,7 +295,8 @@ def outputs_to_scene(assessment: Assessment, volume_node, segmentation_node=None
         scene, existing, QUALITY_MAP, f"{base} quality map", assessment.quality, assessment, volume_node
     )
     _show_as_quality(quality, color_table)
-    quality.SetAttribute(SUMMARY_ATTRIBUTE, json.dumps(assessment.summary))
+    summary = to_json(assessment.summary)
+    quality.SetAttribute(SUMMARY_ATTRIBUTE, json.dumps(summary))
     noise_sd = assessment.noise.noise_sd
     noise = _map_node(scene, existing, NOISE_MAP, f"{base} noise SD (HU)", noise_sd, assessment, volume_node)
     _show_as_noise(noise)
@@ -323,7 +325,7 @@ def outputs_to_scene(assessment: Assessment, volume_node, segmentation_node=None
 
     for stale in existing.values():  # outputs of an earlier run that this run did not produce
         scene.RemoveNode(stale)
-    return OutputNodes(quality, noise, reference, color_table, slice_table, chart, segment_table, assessment.summary)
+    return OutputNodes(quality, noise, reference, color_table, slice_table, chart, segment_table, summary)
 
 
 def show_overlay(quality_map_node, background_volume_node, opacity: float = DEFAULT_OPACITY) -> None:
@@ -361,7 +363,7 @@ def process(
     device: where learned models run (DEVICES); the physics model always runs on the CPU.
     show: put the quality map as foreground overlay in all slice views. Raises InputError for unusable input.
     """
-    model = check_model(model)
+    model = resolve_model(model)
     if device not in DEVICES:
         raise InputError(f"{device}: unknown device; choose one of {', '.join(DEVICES)}")
     inputs = inputs_from_nodes(volume_node, segmentation_node, reference_volume_node)

@@ -19,3 +19,12 @@ def exit_status(program: str, command: Callable[[], None]) -> int:
         print(f"{program}: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def first_line(error: Exception) -> str:
+    """A one-line reason from an exception whose text may span many lines (SimpleITK's do)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:  # ITK puts the useful part after "Description:" or as the last line
+        if line.startswith("Description:"):
+            return line.removeprefix("Description:").strip()
+    return lines[-1] if lines else type(error).__name__

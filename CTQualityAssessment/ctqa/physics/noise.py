@@ -34,10 +34,10 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputError
-from .slabs import ProgressCallback, run_over_slabs
-from .ssim import SSIM_K2, SSIM_WINDOW_HU
-from .volume import CTVolume
+from ctqa.errors import InputError
+from ctqa.physics.ssim import SSIM_K2, SSIM_WINDOW_HU
+from ctqa.slabs import ProgressCallback, run_over_slabs
+from ctqa.volume import CTVolume
 
 SOFT_TISSUE_HU = (0.0, 150.0)  # Christianson's soft-tissue range for the GNL
 FAT_HU = (-150.0, -50.0)  # fat, the low side of the CNR
@@ -47,6 +47,9 @@ DEFAULT_WINDOW_MM = 6.0
 MIN_CELL_VOXELS = 3
 NOISE_ONLY_RATIO = 1.5
 MIN_MODE_WINDOWS = 50  # fewer soft-tissue windows in a slice: its GNL is the volume's
+CLIP_MARGIN_HU = 50.0  # noise windows keep this far from the ends of a display window's clip range
+CLIPPED_BODY_FRACTION = 0.02  # body threshold of clipped data: this fraction of the clip range above its low end
+MIN_GNL_HU = 0.5  # below: no acquired CT (quantum noise is never this low); figures per GNL are meaningless
 NOISE_SD50_HU = SSIM_K2 * (SSIM_WINDOW_HU[1] - SSIM_WINDOW_HU[0])
 
 
@@ -55,14 +58,13 @@ class NoiseAnalysis:
     """Results of the physics pass over one volume.
 
     noise_sd: float32 (z, y, x) local noise SD in HU, NaN outside the body.
-    quality: float32 (z, y, x) quality in [0, 1], 1 = best, NaN outside the body.
     slice_noise_sd: (z,) median noise SD (HU) of the slice's kept noise-only windows, NaN where it has none.
     gnl: global noise level in HU (NaN without soft tissue); snr, cnr: see physics_summary().
     window_voxels: (y, x) window size in voxels.
+    notes: one-line remarks for the user (why a figure is not reported).
     """
 
     noise_sd: np.ndarray
-    quality: np.ndarray
     slice_noise_sd: np.ndarray
     gnl: float
     snr: float
@@ -70,11 +72,16 @@ class NoiseAnalysis:
     soft_tissue_hu: float
     fat_hu: float
     window_voxels: tuple[int, int]
+    notes: tuple[str, ...] = ()
 
     @property
     def body_mask(self) -> np.ndarray:
-        """bool (z, y, x): voxels inside the body (where the maps are defined)."""
-        return np.isfinite(self.quality)
+        """bool (z, y, x): voxels inside the body (where the maps are defined); a new array each call."""
+        return np.isfinite(self.noise_sd)
+
+    def physics_quality(self) -> np.ndarray:
+        """float32 (z, y, x) physics quality map 1 / (1 + (sd / sd50)^2) (see module docstring), NaN outside."""
+        return quality_from_noise(self.noise_sd)
 
 
 def quality_from_noise(noise_sd: np.ndarray, sd50: float = NOISE_SD50_HU, out: np.ndarray | None = None) -> np.ndarray:
@@ -168,12 +175,12 @@ def _fill_variance(variance: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, 
     return np.where(np.isnan(estimate), fallback[:, None, None], estimate), per_slice
 
 
-def _body_cells(cell_mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Body on the cell grid (z, ny, nx): largest 3D component above BODY_THRESHOLD_HU, holes filled per slice.
+def _body_cells(cell_mean: np.ndarray, body_hu: float) -> tuple[np.ndarray, np.ndarray]:
+    """Body on the cell grid (z, ny, nx): largest 3D component above body_hu, holes filled per slice.
 
     Returns (body, interior) where interior is the body eroded in-plane by one cell (lungs and bowel gas stay in).
     """
-    dense = cell_mean > BODY_THRESHOLD_HU
+    dense = cell_mean > body_hu
     labels, count = ndimage.label(dense)
     if count == 0:
         return dense, dense
@@ -220,16 +227,16 @@ def _interpolate_rows(grid: np.ndarray, cell: int, height: int) -> np.ndarray:
     return grid[:, lower] * (1 - weight) + grid[:, upper] * weight
 
 
-def _outside_body(hu: np.ndarray, body_code: np.ndarray, cell: tuple[int, int]) -> np.ndarray:
+def _outside_body(hu: np.ndarray, body_code: np.ndarray, cell: tuple[int, int], body_hu: float) -> np.ndarray:
     """bool (z, y, x): voxels outside the body.
 
     body_code is per cell (z, ny, nx): 0 outside, 1 body border, 2 body interior. Border cells keep only voxels
-    denser than BODY_THRESHOLD_HU; interior cells keep everything (lungs, bowel gas).
+    denser than body_hu; interior cells keep everything (lungs, bowel gas).
     """
     depth, height, width = hu.shape
     codes = np.repeat(np.repeat(body_code, cell[0], axis=1), cell[1], axis=2)
     codes = np.pad(codes, ((0, 0), (0, height - codes.shape[1]), (0, width - codes.shape[2])), mode="edge")
-    return (codes == 0) | ((codes == 1) & (hu <= BODY_THRESHOLD_HU))
+    return (codes == 0) | ((codes == 1) & (hu <= body_hu))
 
 
 def _physics_summary(stats_mean: np.ndarray, window_sd: np.ndarray) -> tuple[float, float, float]:
@@ -277,6 +284,21 @@ def _slice_gnl(window_mean: np.ndarray, window_sd: np.ndarray, volume_gnl: float
     return np.where(enough, modes, volume_gnl)
 
 
+def _thresholds(volume: CTVolume) -> tuple[float, tuple[float, float]]:
+    """(body threshold HU, HU range of window means that may feed the noise map) for this volume.
+
+    Values clipped by a display window (volume.clipped_hu) are censored: the body threshold moves just above the
+    lower clip (air there reads as the clip value), and noise windows keep CLIP_MARGIN_HU away from both ends,
+    where clipping would shrink the measured SD.
+    """
+    if volume.clipped_hu is None:
+        return BODY_THRESHOLD_HU, NOISE_TISSUE_HU
+    low, high = volume.clipped_hu
+    body_hu = max(BODY_THRESHOLD_HU, low + CLIPPED_BODY_FRACTION * (high - low))
+    tissue = (max(NOISE_TISSUE_HU[0], low + CLIP_MARGIN_HU), min(NOISE_TISSUE_HU[1], high - CLIP_MARGIN_HU))
+    return body_hu, tissue
+
+
 def cell_size(spacing_xy: tuple[float, float], window_mm: float) -> tuple[int, int]:
     """Cell size (cy, cx) in voxels: half the window, at least MIN_CELL_VOXELS."""
     return tuple(max(MIN_CELL_VOXELS, int(round(window_mm / 2.0 / s))) for s in spacing_xy[::-1])
@@ -285,9 +307,10 @@ def cell_size(spacing_xy: tuple[float, float], window_mm: float) -> tuple[int, i
 def analyse_noise(
     volume: CTVolume, window_mm: float = DEFAULT_WINDOW_MM, progress: ProgressCallback | None = None
 ) -> NoiseAnalysis:
-    """Noise SD map, quality map, GNL, SNR and CNR of a CT volume (see module docstring)."""
+    """Noise SD map, GNL, SNR and CNR of a CT volume (see module docstring); the body is where noise_sd is finite."""
     hu = volume.hu
     depth, height, width = hu.shape
+    body_hu, tissue_hu = _thresholds(volume)
     cy, cx = cell_size(volume.spacing[:2], window_mm)
     ny, nx = height // cy, width // cx
     if ny < 2 or nx < 2:
@@ -309,24 +332,27 @@ def analyse_noise(
     window_sd = np.sqrt(window_var)
     gnl, soft_mean, fat_mean = _physics_summary(window_mean, window_sd)
     slice_gnl = _slice_gnl(window_mean, window_sd, gnl)
-    tissue = (window_mean >= NOISE_TISSUE_HU[0]) & (window_mean <= NOISE_TISSUE_HU[1])
+    tissue = (window_mean >= tissue_hu[0]) & (window_mean <= tissue_hu[1])
     noise_only = tissue & (window_sd < NOISE_ONLY_RATIO * slice_gnl[:, None, None])
     variance_grid, slice_variance = _fill_variance(window_var, _away_from_structure(noise_only))
     noise_grid = np.sqrt(variance_grid)
-    body, interior = _body_cells(cell_mean)
+    body, interior = _body_cells(cell_mean, body_hu)
     body_code = body.astype(np.uint8) + interior
     noise_sd = np.empty(hu.shape, dtype=np.float32)
-    quality = np.empty(hu.shape, dtype=np.float32)
 
     def write_maps(start: int, stop: int) -> None:
         out = noise_sd[start:stop]
         _interpolate_columns(_interpolate_rows(noise_grid[start:stop], cy, height), cx, width, out)
-        out[_outside_body(hu[start:stop], body_code[start:stop], (cy, cx))] = np.nan
-        quality_from_noise(out, out=quality[start:stop])
+        out[_outside_body(hu[start:stop], body_code[start:stop], (cy, cx), body_hu)] = np.nan
 
-    run_over_slabs(write_maps, depth, progress, (0.5, 1.0), "noise and quality maps")
-    snr = (soft_mean + 1000.0) / gnl if gnl > 0 else math.nan
-    cnr = (soft_mean - fat_mean) / gnl if gnl > 0 else math.nan
-    return NoiseAnalysis(
-        noise_sd, quality, np.sqrt(slice_variance), gnl, snr, cnr, soft_mean, fat_mean, (2 * cy, 2 * cx)
-    )
+    run_over_slabs(write_maps, depth, progress, (0.5, 1.0), "noise map")
+    notes = ()
+    if gnl < MIN_GNL_HU:  # NaN compares False: "no soft tissue" keeps its NaN without a note
+        notes = (
+            f"no measurable noise (GNL {gnl:.2f} HU < {MIN_GNL_HU:g} HU): not an acquired CT, or heavily "
+            "processed; GNL, SNR and CNR not reported",
+        )
+        gnl = math.nan
+    snr = (soft_mean + 1000.0) / gnl
+    cnr = (soft_mean - fat_mean) / gnl
+    return NoiseAnalysis(noise_sd, np.sqrt(slice_variance), gnl, snr, cnr, soft_mean, fat_mean, (2 * cy, 2 * cx), notes)

@@ -13,15 +13,16 @@ from matplotlib.colors import LinearSegmentedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .colors import QUALITY_COLOR_ANCHORS
+from ctqa.colors import QUALITY_COLOR_ANCHORS
 
 if TYPE_CHECKING:
-    from .pipeline import Assessment
+    from ctqa.pipeline import Assessment
 
 QUALITY_COLORMAP = LinearSegmentedColormap.from_list("quality", QUALITY_COLOR_ANCHORS)
 DISPLAY_WINDOW_HU = (-160.0, 240.0)
 OVERLAY_ALPHA = 0.55
 MAX_PANELS = 4
+MARKER_MAX_SLICES = 30
 
 
 def representative_slices(slice_quality: np.ndarray, count: int = MAX_PANELS) -> list[int]:
@@ -47,7 +48,8 @@ def _display_view(image: np.ndarray, direction: tuple[float, ...]) -> np.ndarray
 def save_preview(assessment: Assessment, path: str | Path) -> None:
     """Write the preview PNG of an assessment."""
     volume = assessment.volume
-    slice_quality = np.array([row["quality_mean"] for row in assessment.slices], dtype=float)
+    slice_quality = np.array([row.stats.quality_mean for row in assessment.slices], dtype=float)
+    slice_p10 = np.array([row.stats.quality_p10 for row in assessment.slices], dtype=float)
     shown = representative_slices(slice_quality)
     positions = volume.slice_positions_mm()
     norm = Normalize(0.0, 1.0)
@@ -72,10 +74,9 @@ def save_preview(assessment: Assessment, path: str | Path) -> None:
 
     plot = figure.add_subplot(grid[1, :])
     indices = np.arange(len(slice_quality))
-    plot.plot(indices, slice_quality, color="tab:blue", label="mean")
-    plot.plot(
-        indices, [row["quality_p10"] for row in assessment.slices], color="tab:orange", lw=1, label="10th percentile"
-    )
+    marker = "o" if len(indices) <= MARKER_MAX_SLICES else None  # a line of one point is invisible
+    plot.plot(indices, slice_quality, color="tab:blue", marker=marker, label="mean")
+    plot.plot(indices, slice_p10, color="tab:orange", lw=1, marker=marker, ms=4, label="10th percentile")
     for index in shown:
         plot.axvline(index, color="0.6", lw=0.8, ls=":")
     plot.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -84,12 +85,13 @@ def save_preview(assessment: Assessment, path: str | Path) -> None:
     plot.set_xlabel("slice index")
     plot.set_ylabel("quality")
     plot.legend(loc="lower left", fontsize=8, ncols=2)
-    gnl = assessment.summary.get("gnl_hu")
-    figure.suptitle(
-        f"{Path(volume.source).name}: global quality "
-        f"{assessment.summary.get('global_quality_score') or float('nan'):.2f}"
-        + (f", GNL {gnl:.1f} HU" if gnl is not None else "")
-        + f"  ({assessment.model})",
-        fontsize=10,
-    )
+    summary = assessment.summary
+    figures = [
+        f"global quality {summary.global_quality_score:.2f}"
+        if math.isfinite(summary.global_quality_score)
+        else "no body found"
+    ]
+    if math.isfinite(summary.gnl_hu):
+        figures.append(f"GNL {summary.gnl_hu:.1f} HU")
+    figure.suptitle(f"{Path(volume.source).name}: {', '.join(figures)}  ({assessment.model})", fontsize=10)
     FigureCanvasAgg(figure).print_png(str(path))

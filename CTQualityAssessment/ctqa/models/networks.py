@@ -30,7 +30,7 @@ from monai.networks.nets.basic_unet import Down, TwoConv, UpCat
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .ssim import SSIM_WINDOW_HU
+from ctqa.physics.ssim import SSIM_WINDOW_HU
 
 #: Dose classes of the dose head, fraction of the full (reference) dose.
 DOSE_LEVELS = (0.05, 0.10, 0.25, 0.50, 0.75, 1.00)

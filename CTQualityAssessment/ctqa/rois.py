@@ -16,9 +16,13 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .errors import InputError
-from .io import VOLUME_EXTENSIONS, read_image
-from .volume import CTVolume
+from ctqa.errors import InputError
+from ctqa.geometry import resample_onto
+from ctqa.io import VOLUME_EXTENSIONS, read_image
+from ctqa.volume import CTVolume
+
+#: Most labels a labelmap may hold (TotalSegmentator has 117); more distinct values means an image, not labels.
+MAX_LABELS = 255
 
 
 @dataclass
@@ -80,45 +84,25 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def _physical_bounds(size, spacing, origin, direction) -> tuple[np.ndarray, np.ndarray]:
-    """Axis-aligned physical bounding box (mm) of an image grid, voxel edges included."""
-    direction = np.asarray(direction, dtype=float).reshape(3, 3)
-    corners = np.array(
-        [[i, j, k] for i in (-0.5, size[0] - 0.5) for j in (-0.5, size[1] - 0.5) for k in (-0.5, size[2] - 0.5)]
-    )
-    points = np.asarray(origin) + (corners * np.asarray(spacing)) @ direction.T
-    return points.min(axis=0), points.max(axis=0)
-
-
-def _same_grid(image: sitk.Image, volume: CTVolume) -> bool:
-    return (
-        image.GetSize() == volume.shape[::-1]
-        and np.allclose(image.GetSpacing(), volume.spacing, atol=1e-4)
-        and np.allclose(image.GetOrigin(), volume.origin, atol=1e-3)
-        and np.allclose(image.GetDirection(), volume.direction, atol=1e-5)
-    )
-
-
 def labels_on_volume_grid(image: sitk.Image, volume: CTVolume, source: str) -> np.ndarray:
     """Integer label array (z, y, x) of a label image on the volume grid; nearest-neighbour resampled if needed."""
     if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() != 3:
         raise InputError(f"{source}: not a 3D single-channel labelmap")
-    if not _same_grid(image, volume):
-        low_a, high_a = _physical_bounds(volume.shape[::-1], volume.spacing, volume.origin, volume.direction)
-        low_b, high_b = _physical_bounds(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-        if np.any(np.minimum(high_a, high_b) <= np.maximum(low_a, low_b)):
-            raise InputError(f"{source}: labelmap does not overlap the volume {volume.source}")
-        grid = sitk.Image(volume.shape[::-1], sitk.sitkUInt8)
-        grid.SetSpacing(volume.spacing)
-        grid.SetOrigin(volume.origin)
-        grid.SetDirection(volume.direction)
-        image = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, image.GetPixelID())
-    labels = sitk.GetArrayFromImage(image)
-    if not np.issubdtype(labels.dtype, np.integer):
-        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
-            raise InputError(f"{source}: not a labelmap (non-integer values)")
-        labels = labels.astype(np.int32)
-    return labels
+    check_looks_like_labels(sitk.GetArrayViewFromImage(image), source)
+    labels = sitk.GetArrayFromImage(resample_onto(image, volume, source, "labelmap", linear=False))
+    return labels.astype(np.int32, copy=False)
+
+
+def check_looks_like_labels(values: np.ndarray, source: str) -> None:
+    """Refuse an image that is not a labelmap: negative or non-integer values, or more than MAX_LABELS labels."""
+    if not np.issubdtype(values.dtype, np.integer) and (not np.all(np.isfinite(values)) or np.any(values % 1)):
+        raise InputError(f"{source}: not a labelmap (non-integer values); is it a CT image?")
+    low = values.min()
+    if low < 0:
+        raise InputError(f"{source}: not a labelmap (negative value {low:g}); is it a CT image?")
+    count = np.unique(values).size
+    if count > MAX_LABELS + 1:
+        raise InputError(f"{source}: not a labelmap ({count} distinct values, at most {MAX_LABELS} labels)")
 
 
 def rois_from_labels(labels: np.ndarray, names: dict[int, str]) -> list[Roi]:

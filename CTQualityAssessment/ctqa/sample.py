@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputError
-from .io import write_map
-from .volume import CTVolume
+from ctqa.errors import InputError
+from ctqa.io import write_map
+from ctqa.volume import CTVolume
 
 SHAPE = (24, 256, 256)  # (z, y, x) voxels
 SPACING = (1.5, 1.5, 2.5)  # (x, y, z) mm

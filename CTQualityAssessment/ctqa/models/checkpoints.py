@@ -9,7 +9,7 @@ Model card (JSON object)::
      "training": {...}, "metrics": {...},          # free-form, from the trainer
      "weights_sha256": "<hex digest of X.safetensors>"}
 
-Bundled models and their manifest: models.py.
+Bundled models and their manifest: registry.py.
 """
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 
-from . import models
-from .errors import InputError
-from .models import checkpoint_files, read_json
-from .networks import DOSE_LEVELS, HPF_SCALE, HPF_SIGMA_PX, QualityNet, QualityNetConfig, build_network
-from .ssim import SSIM_WINDOW_HU
+from ctqa.errors import InputError
+from ctqa.models.networks import DOSE_LEVELS, HPF_SCALE, HPF_SIGMA_PX, QualityNet, QualityNetConfig, build_network
+from ctqa.models.registry import bundled_sha256, checkpoint_files, manifest_path, read_json
+from ctqa.physics.ssim import SSIM_WINDOW_HU
 
 FORMAT_VERSION = 1
 
@@ -64,6 +63,7 @@ def save(model: QualityNet, config: QualityNetConfig, card: dict, path_without_e
     full_card = {"training": {}, "metrics": {}, **card}
     full_card.update(
         format_version=FORMAT_VERSION,
+        task="quality_map",
         architecture=config.to_dict(),
         input=input_spec(),
         dose_levels=list(DOSE_LEVELS),
@@ -71,17 +71,6 @@ def save(model: QualityNet, config: QualityNetConfig, card: dict, path_without_e
     )
     card_path.write_text(json.dumps(full_card, indent=2) + "\n", encoding="utf-8")
     return card_path
-
-
-def _bundled_sha256(weights_path: Path) -> str | None:
-    """The manifest's sha256 for weights_path when it is a bundled model's weights file."""
-    manifest = models.read_manifest()
-    if manifest is None:
-        return None
-    for entry in manifest["models"].values():
-        if (models.MODELS_DIR / entry["weights"]).resolve() == weights_path.resolve():
-            return str(entry["sha256"]).lower()
-    return None
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[QualityNet, dict]:
@@ -118,7 +107,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[QualityN
     if not isinstance(card.get("weights_sha256"), str):
         raise InputError(f"{card_path}: model card has no weights_sha256")
     digest = _sha256(data)
-    for source, expected in ((card_path, card["weights_sha256"]), (models.MANIFEST, _bundled_sha256(weights_path))):
+    for source, expected in ((card_path, card["weights_sha256"]), (manifest_path(), bundled_sha256(weights_path))):
         if expected is not None and digest != expected.lower():
             raise InputError(
                 f"{weights_path}: sha256 {digest[:12]}... does not match {source.name} ({str(expected)[:12]}...): "

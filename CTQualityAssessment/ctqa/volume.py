@@ -15,6 +15,10 @@ class CTVolume:
     spacing, origin: per axis in ITK order (x, y, z), mm, LPS physical space.
     direction: 3x3 direction cosines, row-major 9-tuple in ITK order (columns are the x, y, z axes).
     source: where the volume came from, for messages.
+    scaling: how stored values became HU ("hu" when they were HU already; see scaling.py).
+    clipped_hu: (low, high) HU the values were clipped to by a display window (voxels at the ends are censored),
+        None for full-range CT.
+    notes: one-line remarks about the input a user should see (e.g. a tag that was missing), in reading order.
     """
 
     hu: np.ndarray
@@ -22,6 +26,9 @@ class CTVolume:
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
     direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
     source: str = "<memory>"
+    scaling: str = "hu"
+    clipped_hu: tuple[float, float] | None = None
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.hu.ndim != 3:
@@ -31,6 +38,7 @@ class CTVolume:
         object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
         object.__setattr__(self, "origin", tuple(float(o) for o in self.origin))
         object.__setattr__(self, "direction", tuple(float(d) for d in self.direction))
+        object.__setattr__(self, "notes", tuple(self.notes))
 
     @property
     def shape(self) -> tuple[int, int, int]:

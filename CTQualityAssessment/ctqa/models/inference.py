@@ -2,7 +2,7 @@
 
 On CUDA the network runs under autocast (bfloat16 where supported, else float16); the map's sigmoid and all
 results are float32. When CUDA runs out of memory the batch is halved and retried; at batch 1 the rest of the
-volume runs on the CPU, with a logged warning and the reason kept in ``Prediction.fallback``.
+volume runs on the CPU, with the reason kept in ``Prediction.fallback`` (the caller reports it once).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
-from .networks import DOSE_LEVELS, QualityNet, fuse_for_inference, network_input
-from .slabs import ProgressCallback
+from ctqa.errors import InputError
+from ctqa.models.networks import DOSE_LEVELS, QualityNet, fuse_for_inference, network_input
+from ctqa.results import LearnedNoiseLevel
+from ctqa.slabs import ProgressCallback
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class Prediction:
     quality: float32 (z, y, x) predicted SSIM against full dose, in [0, 1] (1 = best).
     dose_probabilities: float32 (z, len(DOSE_LEVELS)) per-slice softmax over DOSE_LEVELS, or None without dose head.
     log_dose: float32 (z,) per-slice estimate of ln(dose fraction), or None without dose head.
-    body_slices: bool (z,) slices showing the body (see BODY_HU), used by ``volume_dose_estimate``.
+    body_slices: bool (z,) slices showing the body (see BODY_HU), used by ``learned_noise_level``.
     device_used: torch device that computed the last batch ("cpu", "cuda" or "cuda:N", as requested).
     precision: of the last batch: "float32", "bfloat16" or "float16" (autocast on CUDA).
     fallback: why inference fell back from CUDA to the CPU, or None.
@@ -65,9 +66,7 @@ def resolve_device(device: str | torch.device = "auto") -> tuple[torch.device, s
     except (RuntimeError, TypeError) as error:
         raise InputError(f"unknown device {device!r}: {error}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        reason = f"device {device!r} requested but CUDA is not available: ran on the CPU"
-        logger.warning(reason)
-        return torch.device("cpu"), reason
+        return torch.device("cpu"), f"device {device!r} requested but CUDA is not available: ran on the CPU"
     return resolved, None
 
 
@@ -147,7 +146,6 @@ def predict_volume(
                 logger.info("CUDA out of memory: retrying with batches of %d slices", batch_size)
                 continue
             fallback = f"CUDA out of memory on {device} at batch size 1; continued on the CPU from slice {start}"
-            logger.warning(fallback)
             device = torch.device("cpu")
             net = net.to(device)
             precision = "float32"
@@ -163,20 +161,14 @@ def predict_volume(
     return Prediction(quality, probabilities, log_dose, body, str(device), precision, fallback)
 
 
-def volume_dose_estimate(prediction: Prediction) -> dict | None:
-    """Dose of the whole volume from the per-slice dose head, or None for a model without one.
+def learned_noise_level(prediction: Prediction) -> LearnedNoiseLevel | None:
+    """The dose head's output as a noise level relative to the training full-dose images, or None without one.
 
-    Aggregated over the slices that show the body (all slices when none does): dose_class_probabilities =
-    mean of the per-slice class probabilities {level: p}; dose_level = the most probable level; dose_fraction =
-    exp(mean of per-slice ln dose), a continuous estimate (fraction of full dose, may exceed 1).
+    Aggregated over the slices that show the body (all slices when none does): exp(-mean(ln d) / 2), where d is
+    the head's per-slice dose-equivalent, because noise SD scales as 1/sqrt(dose) in the training simulation.
     """
-    if prediction.dose_probabilities is None:
+    if prediction.log_dose is None:
         return None
     used = prediction.body_slices if prediction.body_slices.any() else np.ones_like(prediction.body_slices)
-    mean_probabilities = prediction.dose_probabilities[used].mean(axis=0)
-    return {
-        "dose_class_probabilities": {level: float(p) for level, p in zip(DOSE_LEVELS, mean_probabilities)},
-        "dose_level": DOSE_LEVELS[int(np.argmax(mean_probabilities))],
-        "dose_fraction": float(np.exp(prediction.log_dose[used].astype(np.float64).mean())),
-        "slices_used": int(np.count_nonzero(used)),
-    }
+    mean_log_dose = float(prediction.log_dose[used].astype(np.float64).mean())
+    return LearnedNoiseLevel(relative_noise=math.exp(-0.5 * mean_log_dose), slices_used=int(np.count_nonzero(used)))

@@ -1,14 +1,16 @@
-"""`ctqa`: assess CT image quality from the shell (the contract is in DESIGN.md)."""
+"""`ctqa`: assess CT image quality from the shell (the contract: docs/contract.md)."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
-from . import __version__
-from .errors import InputError, exit_status
-from .noise import DEFAULT_WINDOW_MM
+from ctqa import __version__
+from ctqa.errors import InputError, exit_status
+from ctqa.physics.noise import DEFAULT_WINDOW_MM
+from ctqa.results import Summary
 
 DESCRIPTION = """\
 CT image quality assessment. `ctqa assess` reads a CT (DICOM folder or file, NIfTI, NRRD, MHA) and writes
@@ -73,6 +75,20 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_WINDOW_MM,
         help=f"noise window size in mm (default {DEFAULT_WINDOW_MM:g})",
     )
+    assess.add_argument(
+        "--scaling",
+        metavar="SCALING",
+        help="how stored values become HU: hu (default; checked), hu+1024, ldctiqac2023 ([0, 1] = W350/L40), "
+        "mayo-npy ((HU+1024)/4096) or window:LOW,HIGH ([0, 1] = LOW..HIGH HU)",
+    )
+    assess.add_argument(
+        "--regularize",
+        action="store_true",
+        help="resample a DICOM series with missing slices or uneven spacing onto a regular grid (else refused)",
+    )
+    assess.add_argument(
+        "--pixel-mm", type=float, metavar="MM", help="pixel size of TIFF/.npy inputs, which store none (default 1)"
+    )
     assess.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sample = commands.add_parser(
@@ -103,43 +119,52 @@ class _ProgressBar:
         self._bar.close()
 
 
+def _print_result(input_path: str, summary: Summary, written: int, out: Path) -> None:
+    """The one-line result on stdout; notes and the device fallback on stderr, once each."""
+    for note in summary.notes:
+        print(f"ctqa: note: {note}", file=sys.stderr)
+    if summary.settings.device_fallback:
+        print(f"ctqa: warning: {summary.settings.device_fallback}", file=sys.stderr)
+    score, gnl, noise_level = summary.global_quality_score, summary.gnl_hu, summary.learned_noise_level
+    figures = [
+        f"global quality {score:.3f}" if math.isfinite(score) else "no body found",
+        f"GNL {gnl:.1f} HU" if math.isfinite(gnl) else "GNL n/a",
+    ]
+    if noise_level is not None:
+        figures.append(f"learned noise level {noise_level.relative_noise:.1f}x the training full-dose images")
+    print(f"{Path(input_path).name} ({summary.settings.model}, {summary.settings.device}): " + ", ".join(figures))
+    print(f"wrote {written} files to {out}")
+
+
 def _assess(args: argparse.Namespace) -> None:
-    from .io import read_volume
-    from .pipeline import assess, check_model, check_output_folder, write_outputs
-    from .rois import load_rois
+    from ctqa.io import read_volume
+    from ctqa.outputs import check_output_folder
+    from ctqa.pipeline import assess, check_window_mm, resolve_model, write_outputs
+    from ctqa.rois import load_rois
 
     out = check_output_folder(args.out)
-    model = check_model(args.model)
+    model = resolve_model(args.model)
+    window_mm = check_window_mm(args.window_mm)
+    if args.pixel_mm is not None and not (math.isfinite(args.pixel_mm) and 0.01 <= args.pixel_mm <= 20.0):
+        raise InputError(f"--pixel-mm {args.pixel_mm:g}: must be between 0.01 and 20")
     if args.roi_names and not args.roi:
         raise InputError(f"{args.roi_names}: --roi-names needs --roi")
-    volume = read_volume(args.input, series_uid=args.series)
-    reference = read_volume(args.reference) if args.reference else None
+    options = dict(scaling=args.scaling, regularize=args.regularize, pixel_mm=args.pixel_mm)
+    volume = read_volume(args.input, series_uid=args.series, **options)
+    reference = read_volume(args.reference, **options) if args.reference else None
     rois = load_rois(args.roi, volume, args.roi_names) if args.roi else None
     bar = _ProgressBar(enabled=not args.quiet)
     try:
-        assessment = assess(
-            volume, reference, rois, model=model, window_mm=args.window_mm, device=args.device, progress=bar
-        )
+        assessment = assess(volume, reference, rois, model=model, window_mm=window_mm, device=args.device, progress=bar)
         bar(1.0, "writing outputs")
         paths = write_outputs(assessment, out)
     finally:
         bar.close()
-    summary = assessment.summary
-    score, gnl, dose = summary["global_quality_score"], summary["gnl_hu"], summary.get("dose_estimate")
-    figures = [
-        f"global quality {score:.3f}" if score is not None else "no body found",
-        f"GNL {gnl:.1f} HU" if gnl is not None else "GNL n/a (no soft tissue)",
-    ]
-    if dose is not None:
-        figures.append(f"dose about {100 * dose['dose_fraction']:.0f} % of full dose")
-    print(f"{Path(args.input).name} ({summary['model']}, {summary['device']}): " + ", ".join(figures))
-    if summary.get("device_fallback"):
-        print(f"ctqa: warning: {summary['device_fallback']}", file=sys.stderr)
-    print(f"wrote {len(paths)} files to {out}")
+    _print_result(args.input, assessment.summary, len(paths), out)
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from .sample import write_sample
+    from ctqa.sample import write_sample
 
     paths = write_sample(args.out)
     for role, path in paths.items():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .slabs import ProgressCallback, run_over_slabs
+from ctqa.slabs import ProgressCallback, run_over_slabs
 
 #: HU window the SSIM is computed on: the abdominal soft-tissue window (level 40, width 400).
 SSIM_WINDOW_HU = (-160.0, 240.0)

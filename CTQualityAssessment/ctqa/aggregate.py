@@ -1,0 +1,107 @@
+"""Aggregation of per-voxel maps into typed rows: per slice, per ROI, and over the whole body.
+
+Voxels whose quality is not finite (outside the body) are left out everywhere. The whole-body statistics are
+accumulated slice by slice (histograms for the percentiles), so they need no copy of the body's voxels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ctqa.results import RegionStats, RoiRow, SliceRow
+from ctqa.rois import Roi
+from ctqa.volume import CTVolume
+
+#: Histogram resolution of the whole-body percentiles: quality in [0, 1], noise SD in HU.
+QUALITY_BINS = 10_000
+NOISE_BIN_HU = 0.01
+NOISE_MAX_HU = 2_000.0
+
+
+def region_statistics(quality: np.ndarray, noise_sd: np.ndarray, hu: np.ndarray) -> RegionStats:
+    """Statistics over the voxels given (1D arrays of one region); see RegionStats."""
+    assessed = np.isfinite(quality)
+    if not assessed.any():
+        return RegionStats()
+    values = quality[assessed]
+    p10, median = np.percentile(values, (10, 50))
+    noise = noise_sd[assessed]
+    noise = noise[np.isfinite(noise)]
+    return RegionStats(
+        quality_mean=float(values.mean(dtype=np.float64)),
+        quality_median=float(median),
+        quality_p10=float(p10),
+        noise_sd_hu=float(np.median(noise)) if noise.size else math.nan,
+        hu_mean=float(hu[assessed].mean(dtype=np.float64)),
+    )
+
+
+def slice_table(volume: CTVolume, quality: np.ndarray, noise_sd: np.ndarray) -> list[SliceRow]:
+    """One row per slice: statistics over the slice's assessed (finite-quality) voxels."""
+    positions = volume.slice_positions_mm()
+    return [
+        SliceRow(
+            index,
+            float(positions[index]),
+            int(np.isfinite(quality[index]).sum()),
+            region_statistics(quality[index].ravel(), noise_sd[index].ravel(), volume.hu[index].ravel()),
+        )
+        for index in range(volume.shape[0])
+    ]
+
+
+def roi_table(volume: CTVolume, quality: np.ndarray, noise_sd: np.ndarray, rois: list[Roi]) -> list[RoiRow]:
+    """One row per ROI, in the order given."""
+    rows = []
+    for roi in rois:
+        if roi.voxel_count == 0:
+            rows.append(RoiRow(roi.value, roi.name, 0, "empty", RegionStats()))
+            continue
+        stats = region_statistics(quality[roi.box][roi.mask], noise_sd[roi.box][roi.mask], volume.hu[roi.box][roi.mask])
+        status = "ok" if math.isfinite(stats.quality_mean) else "outside body"
+        rows.append(RoiRow(roi.value, roi.name, roi.voxel_count, status, stats))
+    return rows
+
+
+def _histogram_quantile(counts: np.ndarray, edges_step: float, fraction: float) -> float:
+    """The value below which `fraction` of a histogram's mass lies (bin centre), bins of width edges_step from 0."""
+    cumulative = np.cumsum(counts)
+    index = int(np.searchsorted(cumulative, fraction * cumulative[-1], side="left"))
+    return (index + 0.5) * edges_step
+
+
+def body_statistics(volume: CTVolume, quality: np.ndarray, noise_sd: np.ndarray) -> RegionStats:
+    """Statistics over every assessed voxel of the volume, one slice at a time (no body-sized copies).
+
+    Means are exact; the quality percentiles are exact to 1/QUALITY_BINS and the noise median to NOISE_BIN_HU.
+    """
+    quality_counts = np.zeros(QUALITY_BINS, dtype=np.int64)
+    noise_counts = np.zeros(int(NOISE_MAX_HU / NOISE_BIN_HU) + 1, dtype=np.int64)
+    quality_sum = hu_sum = 0.0
+    voxels = 0
+    for q, sd, hu in zip(quality, noise_sd, volume.hu):
+        assessed = np.isfinite(q)
+        if not assessed.any():
+            continue
+        values = q[assessed]
+        voxels += values.size
+        quality_sum += float(values.sum(dtype=np.float64))
+        hu_sum += float(hu[assessed].sum(dtype=np.float64))
+        bins = np.clip((values * QUALITY_BINS).astype(np.int64), 0, QUALITY_BINS - 1)
+        quality_counts += np.bincount(bins, minlength=QUALITY_BINS)
+        noise = sd[assessed]
+        noise = noise[np.isfinite(noise)]
+        noise_bins = np.clip((noise / NOISE_BIN_HU).astype(np.int64), 0, noise_counts.size - 1)
+        noise_counts += np.bincount(noise_bins, minlength=noise_counts.size)
+    if voxels == 0:
+        return RegionStats()
+    step = 1.0 / QUALITY_BINS
+    return RegionStats(
+        quality_mean=quality_sum / voxels,
+        quality_median=_histogram_quantile(quality_counts, step, 0.5),
+        quality_p10=_histogram_quantile(quality_counts, step, 0.1),
+        noise_sd_hu=_histogram_quantile(noise_counts, NOISE_BIN_HU, 0.5) if noise_counts.any() else math.nan,
+        hu_mean=hu_sum / voxels,
+    )

@@ -1,0 +1,194 @@
+"""Reading CT volumes (DICOM folder or file, NIfTI, NRRD, MHA, 2D TIFF, NumPy .npy) and writing maps.
+
+Pixels and geometry come from SimpleITK (DICOM through dicom.py), TIFF from tifffile, .npy from NumPy (no pickle).
+Stored values become HU through a Scaling (scaling.py); without one they must look like HU. Every failure the user
+can cause raises InputError with one line naming the path; notes a user should see go on CTVolume.notes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ctqa import dicom
+from ctqa.errors import InputError, first_line
+from ctqa.scaling import Scaling, check_plausible_hu, check_stored_type
+from ctqa.scaling import parse as parse_scaling
+from ctqa.volume import CTVolume
+
+#: Extensions SimpleITK reads as whole volumes (not DICOM).
+VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: Extensions read without geometry (pixel size from --pixel-mm, else DEFAULT_PIXEL_MM).
+GEOMETRY_FREE_EXTENSIONS = (".tif", ".tiff", ".npy")
+#: Extensions we write maps to.
+WRITABLE_EXTENSIONS = (".nrrd", ".nii", ".nii.gz", ".mha")
+DEFAULT_PIXEL_MM = 1.0
+#: Bytes read at a time when scanning NIfTI voxels for NaN/inf.
+NIFTI_CHUNK_BYTES = 64 << 20
+
+
+def _has_extension(path: Path | str, extensions: tuple[str, ...]) -> bool:
+    return str(path).lower().endswith(extensions)
+
+
+def _nifti_non_finite(path: str) -> int:
+    """Count of NaN/inf voxels in a NIfTI file's stored data (ITK's reader turns them into 0, so look first)."""
+    import nibabel
+
+    try:
+        header = nibabel.load(path).header
+    except Exception as error:  # nibabel raises several types for malformed headers
+        raise InputError(f"{path}: cannot read NIfTI header ({first_line(error)})") from None
+    dtype = header.get_data_dtype()
+    if dtype.kind != "f":
+        return 0
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    remaining = int(np.prod(header.get_data_shape())) * dtype.itemsize
+    count = 0
+    with opener(path, "rb") as handle:
+        handle.seek(int(header.get_data_offset()))
+        while remaining > 0:
+            chunk = handle.read(min(NIFTI_CHUNK_BYTES - NIFTI_CHUNK_BYTES % dtype.itemsize, remaining))
+            if not chunk:
+                break
+            values = np.frombuffer(chunk[: len(chunk) - len(chunk) % dtype.itemsize], dtype=dtype)
+            count += values.size - int(np.count_nonzero(np.isfinite(values)))
+            remaining -= len(chunk)
+    return count
+
+
+def _read_with_sitk(path: str) -> sitk.Image:
+    try:
+        return sitk.ReadImage(path)
+    except RuntimeError as error:
+        raise InputError(f"{path}: cannot read ({first_line(error)})") from None
+
+
+def _read_geometry_free(path: str) -> np.ndarray:
+    """(z, y, x) or (y, x) array of a TIFF or .npy file; InputError for colour or unreadable files."""
+    try:
+        if _has_extension(path, (".npy",)):
+            array = np.load(path, allow_pickle=False)
+        else:
+            import tifffile
+
+            array = tifffile.imread(path)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: cannot read ({first_line(error)})") from None
+    except Exception as error:  # tifffile raises its own TiffFileError (a ValueError subclass in new versions)
+        raise InputError(f"{path}: cannot read ({first_line(error)})") from None
+    if array.ndim not in (2, 3) or array.dtype.kind not in "iuf" or (array.ndim == 3 and array.shape[-1] in (3, 4)):
+        raise InputError(
+            f"{path}: {array.ndim}D {array.dtype} array of shape {array.shape}; expected a grey 2D or 3D image"
+        )
+    return array
+
+
+def _as_3d(image: sitk.Image, source: str) -> sitk.Image:
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{source}: {image.GetNumberOfComponentsPerPixel()}-channel (colour) image, not a CT")
+    if image.GetDimension() == 2:
+        return sitk.JoinSeries(image)
+    if image.GetDimension() != 3:
+        raise InputError(f"{source}: {image.GetDimension()}D image; expected a 2D slice or a 3D volume")
+    return image
+
+
+def _to_volume(stored: np.ndarray, geometry: tuple, source: str, scaling: Scaling, explicit: bool, notes) -> CTVolume:
+    """CTVolume from stored values (z, y, x) with the checks every format shares."""
+    if stored.size == 0:
+        raise InputError(f"{source}: image has no voxels")
+    check_stored_type(stored.dtype, source)
+    low, high = stored.min(), stored.max()
+    if low == high:
+        raise InputError(f"{source}: all {stored.size} voxels equal {low:g}: a blank image")
+    if stored.dtype.kind == "f":
+        finite = np.isfinite(stored)
+        if not finite.all():
+            raise InputError(f"{source}: {stored.size - int(np.count_nonzero(finite))} NaN/inf voxels")
+        del finite
+    hu = scaling.to_hu(stored, source)
+    if hu is stored:
+        hu = hu.copy()  # never keep a view of a reader's buffer
+    if not explicit:
+        check_plausible_hu(hu, source)
+    spacing, origin, direction = geometry
+    return CTVolume(hu, spacing, origin, direction, source, scaling.name, scaling.clipped_hu, tuple(notes))
+
+
+def read_volume(
+    path: str | os.PathLike,
+    series_uid: str | None = None,
+    scaling: str | None = None,
+    regularize: bool = False,
+    pixel_mm: float | None = None,
+) -> CTVolume:
+    """Read a CT volume in HU from a DICOM folder or file, NIfTI, NRRD, MHA, 2D/3D TIFF or .npy.
+
+    series_uid: the DICOM series to read from a folder (default: the CT series with the most slices).
+    scaling: see scaling.py; None means "hu" with the plausibility check, any explicit value is trusted.
+    regularize: resample DICOM series with gaps or uneven spacing onto a regular grid instead of refusing them.
+    pixel_mm: pixel size (and slice spacing) for TIFF/.npy, which store none (default DEFAULT_PIXEL_MM, noted).
+    Raises InputError with a one-line reason for anything that is not a readable CT.
+    """
+    source = str(path)
+    chosen = parse_scaling(scaling)
+    if not os.path.exists(source):
+        raise InputError(f"{source}: no such file or folder")
+    notes: list[str] = []
+    if _has_extension(source, GEOMETRY_FREE_EXTENSIONS):
+        stored = _read_geometry_free(source)
+        stored = stored[None] if stored.ndim == 2 else stored
+        size = DEFAULT_PIXEL_MM if pixel_mm is None else float(pixel_mm)
+        if pixel_mm is None:
+            notes.append(f"no pixel spacing stored in {Path(source).name}; assumed {size:g} mm (set --pixel-mm)")
+        geometry = ((size, size, size), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+        return _to_volume(stored, geometry, source, chosen, scaling is not None, notes)
+    if os.path.isdir(source):
+        found = dicom.read_dicom_folder(source, series_uid, regularize)
+        image, notes = found.image, found.notes
+    else:
+        header = dicom.read_dicom_header(source)
+        if header is not None and ("Modality" in header or "PixelData" in header or "SOPClassUID" in header):
+            found = dicom.read_dicom_file(source, header)
+            image, notes = found.image, found.notes
+        else:
+            if _has_extension(source, (".nii", ".nii.gz")) and (bad := _nifti_non_finite(source)):
+                raise InputError(f"{source}: {bad} NaN/inf voxels")
+            image = _read_with_sitk(source)
+    image = _as_3d(image, source)
+    geometry = (image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    return _to_volume(sitk.GetArrayViewFromImage(image), geometry, source, chosen, scaling is not None, notes)
+
+
+def read_image(path: str | os.PathLike) -> sitk.Image:
+    """Read any image SimpleITK understands (used for labelmaps), InputError if it cannot."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file")
+    return _read_with_sitk(str(path))
+
+
+def to_image(array: np.ndarray, like: CTVolume) -> sitk.Image:
+    """A SimpleITK image of a (z, y, x) array on the grid of like."""
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(like.spacing)
+    image.SetOrigin(like.origin)
+    image.SetDirection(like.direction)
+    return image
+
+
+def write_map(array: np.ndarray, like: CTVolume, path: str | os.PathLike) -> None:
+    """Write a (z, y, x) map with the geometry of like; format from the extension (NRRD, NIfTI, MHA)."""
+    target = Path(path)
+    if not _has_extension(target, WRITABLE_EXTENSIONS):
+        raise InputError(f"{target}: unsupported output format; use one of {', '.join(WRITABLE_EXTENSIONS)}")
+    if array.shape != like.shape:
+        raise ValueError(f"map shape {array.shape} differs from volume shape {like.shape}")
+    try:
+        sitk.WriteImage(to_image(array, like), str(target), useCompression=True, compressionLevel=1)
+    except RuntimeError as error:
+        raise InputError(f"{target}: cannot write ({first_line(error)})") from None

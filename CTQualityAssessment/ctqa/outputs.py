@@ -1,0 +1,174 @@
+"""The output-folder contract of `ctqa assess` (docs/contract.md): which files, and how they appear atomically.
+
+A run writes every file into a staging folder inside --out, then, with SIGINT/SIGTERM held back, removes the old
+summary.json, moves the new files in (os.replace: each file is whole or absent), removes the files of an earlier run
+that this run did not produce, and moves summary.json in last. So `summary.json` exists only beside a complete,
+unmixed set of outputs; it lists them under "outputs". Runs into one folder take turns: an exclusive lock on
+`--out/.ctqa.lock` is held from staging to commit (released by the OS if the process dies); the lock file is
+removed when the run ends.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from ctqa.errors import InputError
+
+OUTPUT_FILES = {
+    "quality_map": "quality_map.nrrd",
+    "noise_map": "noise_map.nrrd",
+    "reference_ssim_map": "reference_ssim_map.nrrd",
+    "slices": "slices.csv",
+    "rois": "rois.csv",
+    "summary": "summary.json",
+    "preview": "preview.png",
+}
+LOCK_NAME = ".ctqa.lock"
+STAGING_PREFIX = ".ctqa-staging-"
+
+
+def check_output_folder(path: str | os.PathLike) -> Path:
+    """The output folder, checked before any work: not empty, not a file, creatable and writable.
+
+    Nothing is created here; InputError (one line) names the path and why it cannot be used.
+    """
+    if not str(path).strip():
+        raise InputError("output folder is an empty string; name a folder with --out")
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: output path is an existing file, not a folder")
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{folder}: cannot create the output folder: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{folder}: cannot write the output folder: permission denied on {existing}")
+    return folder
+
+
+def _lock(handle) -> None:
+    """Exclusive lock on an open file, waiting for other runs (POSIX flock; msvcrt on Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+        return
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+
+
+def _acquire_lock(path: Path):
+    """Open and lock path, waiting for other runs; retried when the holder removed the file meanwhile."""
+    while True:
+        handle = open(path, "a+b")  # noqa: SIM115 (held until the run ends)
+        _lock(handle)
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()  # we locked a file the previous holder had already removed
+
+
+@contextmanager
+def _signals_held():
+    """Hold SIGINT/SIGTERM back (delivered on exit) so a commit is not cut in half; no-op where unsupported."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, ValueError, OSError):  # Windows, or not supported here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class OutputFolder:
+    """Stage a run's files, then commit them into the folder all at once (see the module docstring).
+
+    with OutputFolder(folder) as out:
+        write(out.stage("quality_map")) ...
+        out.commit(summary_json)
+    Leaving the block without commit() (an error, Ctrl-C) leaves the folder as it was, staging removed.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = check_output_folder(folder)
+        self._staged: dict[str, Path] = {}
+        self._staging: Path | None = None
+        self._lock_handle = None
+
+    def __enter__(self) -> OutputFolder:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._lock_handle = _acquire_lock(self.folder / LOCK_NAME)
+            self._staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.folder))
+        except OSError as error:
+            self._release()
+            raise InputError(f"{self.folder}: cannot write the output folder: {error.strerror or error}") from None
+        return self
+
+    def stage(self, role: str) -> Path:
+        """Path in the staging folder to write the file of `role` (a key of OUTPUT_FILES) to."""
+        path = self._staging / OUTPUT_FILES[role]
+        self._staged[role] = path
+        return path
+
+    def commit(self, summary: dict) -> dict[str, Path]:
+        """Write summary.json (with the list of outputs) and move everything into the folder; paths by role."""
+        names = sorted({OUTPUT_FILES[role] for role in self._staged} | {OUTPUT_FILES["summary"]})
+        summary_path = self.stage("summary")
+        summary_path.write_text(json.dumps({**summary, "outputs": names}, indent=2) + "\n", encoding="utf-8")
+        final = {role: self.folder / path.name for role, path in self._staged.items()}
+        stale = self._previous_outputs() - set(names)
+        with _signals_held():
+            (self.folder / OUTPUT_FILES["summary"]).unlink(missing_ok=True)  # from here on: "not done"
+            for role, path in self._staged.items():
+                if role != "summary":
+                    os.replace(path, final[role])
+            for name in stale:
+                (self.folder / name).unlink(missing_ok=True)
+            os.replace(summary_path, final["summary"])
+        return final
+
+    def _previous_outputs(self) -> set[str]:
+        """File names an earlier run left: the contract's names, and whatever its summary.json listed."""
+        previous = set(OUTPUT_FILES.values())
+        try:
+            listed = json.loads((self.folder / OUTPUT_FILES["summary"]).read_text(encoding="utf-8")).get("outputs", [])
+        except (OSError, ValueError, AttributeError):
+            listed = []
+        previous |= {name for name in listed if isinstance(name, str) and name == Path(name).name}
+        return {name for name in previous if (self.folder / name).is_file()}
+
+    def _release(self) -> None:
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+        if self._lock_handle is not None:
+            Path(self._lock_handle.name).unlink(missing_ok=True)  # still held: no other run can own this file
+            self._lock_handle.close()  # closing releases the lock
+            self._lock_handle = None
+
+    def __exit__(self, *exc_info) -> None:
+        self._release()
+
+
+def write_csv(rows: list[dict], columns: tuple[str, ...], path: Path) -> None:
+    """A CSV table with a header; None is written as an empty cell."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: ("" if value is None else value) for key, value in row.items()})

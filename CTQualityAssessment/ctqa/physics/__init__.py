@@ -1,0 +1,1 @@
+"""Measures that need no training: noise map, GNL, SNR/CNR, body mask, reference SSIM."""

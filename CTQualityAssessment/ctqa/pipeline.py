@@ -1,0 +1,169 @@
+"""One assessment of one CT volume, orchestration only: physics pass, quality-map task, reference SSIM, tables,
+summary; and writing it to a folder through the output contract (outputs.py)."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ctqa import __version__
+from ctqa.aggregate import body_statistics, roi_table, slice_table
+from ctqa.errors import InputError
+from ctqa.geometry import reference_on_grid
+from ctqa.io import write_map
+from ctqa.models import registry
+from ctqa.models.registry import DEFAULT_MODEL, ModelSpec
+from ctqa.outputs import OutputFolder, write_csv
+from ctqa.physics.noise import DEFAULT_WINDOW_MM, NoiseAnalysis, analyse_noise
+from ctqa.physics.ssim import ssim_map
+from ctqa.results import ROI_COLUMNS, SLICE_COLUMNS, RoiRow, RunSettings, SliceRow, Summary, table_row, to_json
+from ctqa.rois import Roi
+from ctqa.slabs import ProgressCallback
+from ctqa.tasks import quality_map
+from ctqa.volume import CTVolume
+
+#: Noise window limits (mm): below, a window holds too few voxels at any CT pixel size; above, it averages organs.
+WINDOW_MM_RANGE = (1.0, 50.0)
+
+DEFINITIONS = {
+    "gnl_hu": "global noise level: mode of the local SD (HU) over soft-tissue windows (0..150 HU), Christianson 2015",
+    "snr": "(soft-tissue mean HU + 1000) / GNL",
+    "cnr": "(soft-tissue mean HU - fat mean HU) / GNL",
+    "global_quality_score": "mean of the quality map over the body (1 = best)",
+}
+
+
+@dataclass
+class Assessment:
+    """Everything one assessment produced; maps are float32 (z, y, x) on the grid of volume."""
+
+    volume: CTVolume
+    quality_map: quality_map.QualityMap
+    noise: NoiseAnalysis
+    reference_ssim: np.ndarray | None
+    slices: list[SliceRow]
+    rois: list[RoiRow] | None
+    summary: Summary
+
+    @property
+    def quality(self) -> np.ndarray:
+        return self.quality_map.quality
+
+    @property
+    def model(self) -> str:
+        return self.quality_map.model.name
+
+
+def check_window_mm(window_mm: float) -> float:
+    """The noise window size (mm), refused unless finite and within WINDOW_MM_RANGE."""
+    if not (math.isfinite(window_mm) and WINDOW_MM_RANGE[0] <= window_mm <= WINDOW_MM_RANGE[1]):
+        raise InputError(
+            f"--window-mm {window_mm:g}: must be between {WINDOW_MM_RANGE[0]:g} and {WINDOW_MM_RANGE[1]:g}"
+        )
+    return float(window_mm)
+
+
+def resolve_model(model: str | ModelSpec | None) -> ModelSpec:
+    """The quality-map model of a user's choice (see registry.resolve); a ModelSpec passes through."""
+    return model if isinstance(model, ModelSpec) else registry.resolve("quality_map", model)
+
+
+def _summary(volume: CTVolume, noise: NoiseAnalysis, result: quality_map.QualityMap, reference_ssim, window_mm):
+    body = body_statistics(volume, result.quality, noise.noise_sd)
+    reference_body = reference_all = None
+    if reference_ssim is not None:
+        inside = np.isfinite(result.quality) & np.isfinite(reference_ssim)
+        reference_body = float(reference_ssim[inside].mean(dtype=np.float64)) if inside.any() else math.nan
+        reference_all = float(np.nanmean(reference_ssim, dtype=np.float64))
+    settings = RunSettings(
+        model=result.model.name,
+        model_kind=result.model.kind,
+        device=result.device,
+        precision=result.precision,
+        device_fallback=result.device_fallback,
+        scaling=volume.scaling,
+        noise_window_mm=window_mm,
+        noise_window_voxels_yx=noise.window_voxels,
+    )
+    return Summary(
+        tool=f"ctqa {__version__}",
+        input=volume.source,
+        shape_zyx=volume.shape,
+        spacing_mm_xyz=volume.spacing,
+        notes=volume.notes + noise.notes,
+        settings=settings,
+        global_quality_score=body.quality_mean,
+        quality_median=body.quality_median,
+        quality_p10=body.quality_p10,
+        gnl_hu=noise.gnl,
+        snr=noise.snr,
+        cnr=noise.cnr,
+        soft_tissue_hu_mean=noise.soft_tissue_hu,
+        fat_hu_mean=noise.fat_hu,
+        body_voxels=int(sum(np.count_nonzero(np.isfinite(s)) for s in result.quality)),
+        learned_noise_level=result.noise_level,
+        reference_ssim_mean_body=reference_body,
+        reference_ssim_mean=reference_all,
+        definitions={"quality": result.definition, **DEFINITIONS},
+    )
+
+
+def assess(
+    volume: CTVolume,
+    reference: CTVolume | None = None,
+    rois: list[Roi] | None = None,
+    model: str | ModelSpec | None = DEFAULT_MODEL,
+    window_mm: float = DEFAULT_WINDOW_MM,
+    device: str = "auto",
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> Assessment:
+    """Assess one CT volume: quality and noise maps, optional reference SSIM map, per-slice and per-ROI tables.
+
+    model: "default", a registry name, a checkpoint path or a resolved ModelSpec (resolved once, here). The noise
+    map, GNL and body mask always come from the physics pass. reference: any grid overlapping volume; resampled by
+    physical position. device: where a learned model runs; cancel stops it between batches (inference.Cancelled).
+    """
+    spec = resolve_model(model)
+    window_mm = check_window_mm(window_mm)
+    reference_hu = reference_on_grid(reference, volume) if reference is not None else None
+
+    def stage(low: float, high: float) -> ProgressCallback | None:
+        return (
+            None if progress is None else (lambda fraction, message: progress(low + (high - low) * fraction, message))
+        )
+
+    physics_end = 0.3 if spec.is_learned else 0.6
+    noise = analyse_noise(volume, window_mm, progress=stage(0.0, physics_end))
+    result = quality_map.run(volume, spec, noise, device, stage(physics_end, 0.8), cancel)
+    reference_ssim = None
+    if reference_hu is not None:
+        reference_ssim = ssim_map(volume.hu, reference_hu, progress=stage(0.8, 0.95))
+    slices = slice_table(volume, result.quality, noise.noise_sd)
+    roi_rows = roi_table(volume, result.quality, noise.noise_sd, rois) if rois is not None else None
+    if progress is not None:
+        progress(1.0, "tables")
+    summary = _summary(volume, noise, result, reference_ssim, window_mm)
+    return Assessment(volume, result, noise, reference_ssim, slices, roi_rows, summary)
+
+
+def write_outputs(assessment: Assessment, folder: str | os.PathLike) -> dict[str, Path]:
+    """Write the output contract (outputs.OUTPUT_FILES) into folder atomically; returns the written paths by role."""
+    from ctqa.reports.preview import save_preview  # matplotlib is imported only when a preview is drawn
+
+    volume = assessment.volume
+    with OutputFolder(folder) as out:
+        write_map(assessment.quality, volume, out.stage("quality_map"))
+        write_map(assessment.noise.noise_sd, volume, out.stage("noise_map"))
+        if assessment.reference_ssim is not None:
+            write_map(assessment.reference_ssim, volume, out.stage("reference_ssim_map"))
+        write_csv([table_row(row) for row in assessment.slices], SLICE_COLUMNS, out.stage("slices"))
+        if assessment.rois is not None:
+            write_csv([table_row(row) for row in assessment.rois], ROI_COLUMNS, out.stage("rois"))
+        save_preview(assessment, out.stage("preview"))
+        return out.commit(to_json(assessment.summary))

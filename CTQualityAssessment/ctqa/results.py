@@ -1,0 +1,149 @@
+"""Typed results of an assessment (table rows, estimates, the summary) and their serialisation, in one place.
+
+Every figure a user reads is a field here, with its unit in the name or the docstring. ``to_json`` turns any of
+these dataclasses into what ``summary.json`` holds (non-finite floats become null); ``table_columns`` /
+``table_row`` give the CSV form of the row types (nested RegionStats fields are flattened).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+
+
+@dataclass(frozen=True)
+class RegionStats:
+    """Statistics over the assessed (inside-body) voxels of a region; NaN when it has none.
+
+    quality_*: of the quality map (1 = best); noise_sd_hu: median local noise SD (HU); hu_mean: mean CT value (HU).
+    """
+
+    quality_mean: float = math.nan
+    quality_median: float = math.nan
+    quality_p10: float = math.nan
+    noise_sd_hu: float = math.nan
+    hu_mean: float = math.nan
+
+
+@dataclass(frozen=True)
+class SliceRow:
+    """One row of slices.csv: slice index, its position z (mm, LPS) and statistics over its assessed voxels."""
+
+    slice: int
+    z_mm: float
+    voxels: int
+    stats: RegionStats
+
+
+@dataclass(frozen=True)
+class RoiRow:
+    """One row of rois.csv. status: "ok", "empty" (no voxels) or "outside body" (none assessed)."""
+
+    label: int
+    name: str
+    voxels: int
+    status: str
+    stats: RegionStats
+
+
+@dataclass(frozen=True)
+class LearnedNoiseLevel:
+    """The learned model's dose head read as what it is: a noise level relative to its training data, not a dose.
+
+    relative_noise: noise SD relative to the full-dose images of the training protocol, exp(-mean(ln d) / 2) over
+    the body slices, where d is the head's per-slice dose-equivalent (noise SD scales as 1/sqrt(d)). On real
+    quarter/routine-dose pairs it did not track the true dose ratio within x1.5 (docs/contract.md), so it is not
+    presented as a dose fraction.
+    """
+
+    relative_noise: float
+    slices_used: int
+    definition: str = (
+        "noise SD relative to the full-dose images the model was trained on (learned, training-protocol specific; "
+        "not a dose fraction)"
+    )
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How the figures were made: model, where it ran, the input scaling and the noise window."""
+
+    model: str
+    model_kind: str  # "builtin" or "learned"
+    device: str
+    precision: str
+    device_fallback: str | None
+    scaling: str
+    noise_window_mm: float
+    noise_window_voxels_yx: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """summary.json: the global figures of one assessment, the settings and what each figure means."""
+
+    tool: str
+    input: str
+    shape_zyx: tuple[int, int, int]
+    spacing_mm_xyz: tuple[float, float, float]
+    notes: tuple[str, ...]  # remarks on the input and on figures not reported
+    settings: RunSettings
+    global_quality_score: float  # mean quality over the body
+    quality_median: float
+    quality_p10: float
+    gnl_hu: float
+    snr: float
+    cnr: float
+    soft_tissue_hu_mean: float
+    fat_hu_mean: float
+    body_voxels: int
+    learned_noise_level: LearnedNoiseLevel | None = None
+    reference_ssim_mean_body: float | None = None
+    reference_ssim_mean: float | None = None
+    definitions: dict[str, str] = field(default_factory=dict)
+
+
+def _jsonable(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def to_json(result) -> dict:
+    """A JSON-ready dict of a result dataclass: nested dataclasses as objects, NaN/inf as null."""
+    if not is_dataclass(result):
+        raise TypeError(f"not a result dataclass: {type(result).__name__}")
+    return _jsonable(asdict(result))
+
+
+def table_columns(row_type) -> tuple[str, ...]:
+    """CSV columns of a row dataclass (SliceRow, RoiRow): its fields with `stats` expanded into RegionStats'."""
+    columns = []
+    for item in fields(row_type):
+        if item.name == "stats":
+            columns.extend(f.name for f in fields(RegionStats))
+        else:
+            columns.append(item.name)
+    return tuple(columns)
+
+
+def table_row(row) -> dict:
+    """{column: value} of a row dataclass in table_columns order; non-finite floats become None."""
+    flat = {}
+    for item in fields(row):
+        value = getattr(row, item.name)
+        if item.name == "stats":
+            flat.update(asdict(value))
+        else:
+            flat[item.name] = value
+    return {
+        key: (None if isinstance(value, float) and not math.isfinite(value) else value) for key, value in flat.items()
+    }
+
+
+SLICE_COLUMNS = table_columns(SliceRow)
+ROI_COLUMNS = table_columns(RoiRow)
