@@ -26,6 +26,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_physics.py
 	$(BIN)/python benchmarks/bench_inference.py
 	$(BIN)/python benchmarks/bench_simulation.py
+	$(BIN)/python benchmarks/bench_assess.py
 
 clean:
 	rm -rf sample_data demo_output

@@ -9,6 +9,7 @@ from pathlib import Path
 from ctqa.errors import InputError, exit_status
 
 from . import __version__
+from .files import check_output_file, written_whole
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -138,19 +139,22 @@ def _parser() -> argparse.ArgumentParser:
 
 def _labels(args: argparse.Namespace) -> None:
     from ctqa.geometry import reference_on_grid
-    from ctqa.io import read_volume, write_map
-    from ctqa.physics.ssim import ssim_map
+    from ctqa.io import WRITABLE_EXTENSIONS, read_volume, write_map
+
+    from .labels import ssim_labels
 
     out = Path(args.out)
     for role, path in (("INPUT", args.input), ("--reference", args.reference)):
         if out.exists() and Path(path).exists() and out.resolve() == Path(path).resolve():
             raise InputError(f"{args.out}: --out is the {role} file; it would be overwritten")
-    if out.is_dir():
-        raise InputError(f"{args.out}: --out is a folder; name the label file (.nrrd, .nii.gz, .mha)")
+    if not args.out.lower().endswith(WRITABLE_EXTENSIONS):
+        raise InputError(f"{args.out}: unsupported label format; use one of {', '.join(WRITABLE_EXTENSIONS)}")
+    check_output_file(out)
     volume = read_volume(args.input)
     reference = reference_on_grid(read_volume(args.reference), volume)
-    label = ssim_map(volume.hu, reference)
-    write_map(label, volume, args.out)
+    label = ssim_labels(volume.hu, reference, args.input)
+    with written_whole(out) as partial:
+        write_map(label, volume, partial)
     print(f"wrote {args.out}: mean SSIM {float(label.mean()):.4f}")
 
 
@@ -172,7 +176,7 @@ def _simulate(args: argparse.Namespace) -> None:
     given = {name: getattr(args, name) for name in options if getattr(args, name) is not None}
     if args.split_groups:
         given["split_groups"] = _pairs(args.split_groups, "--split")
-    manifest = build_dataset(args.input, args.out, **given)
+    manifest = build_dataset(args.input, args.out, progress=sys.stderr.isatty(), **given)
     print(f"wrote {args.out}: {len(manifest['sources'])} sources, manifest {args.out}/manifest.json")
 
 
@@ -214,13 +218,15 @@ def _evaluate_maps(args: argparse.Namespace) -> None:
 
     if not args.out.endswith((".md", ".json")):
         raise InputError(f"{args.out}: --out must end in .md or .json")
+    check_output_file(args.out)
     results = evaluate_runs(args.data, args.runs, args.mayo, args.device)
     command = shlex.join(["ctqa-train", *args.argv])
-    with open(args.out, "w", encoding="utf-8") as out:
-        if args.out.endswith(".json"):
-            out.write(json.dumps({"command": command, **results}, indent=2) + "\n")
-        else:
-            out.write(markdown(results, command))
+    if args.out.endswith(".json"):
+        report = json.dumps({"command": command, **results}, indent=2) + "\n"
+    else:
+        report = markdown(results, command)
+    with written_whole(args.out) as partial:
+        partial.write_text(report, encoding="utf-8")
     print(f"wrote {args.out}")
 
 

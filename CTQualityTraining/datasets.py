@@ -1,45 +1,53 @@
 """Sharded training datasets of simulated low-dose CT slices, with a manifest, resumable.
 
-Layout of DIR: ``manifest.json`` (parameters, seeds, sources with their split and shard) and ``shards/<id>.npz``,
-one shard per source volume, written atomically, so an interrupted build resumes by skipping finished shards.
-Arrays of a shard (n = samples): ``hu`` int16 (n, y, x) HU; ``dose`` float32 (n,) dose fraction; ``dose_class``,
-``kernel_class``, ``method`` int8 (n,) (METHODS); ``score`` float32 (n,) on 0-4 (surrogate, labels.py, or the
-radiologists' mean for LDCTIQAC2023); ``slice`` int16 (n,); ``pixel_mm`` float32 (n,). Simulated sources also hold
-``reference`` int16 (n, y, x) HU (full dose, same kernel) and ``ssim`` float16 (n, y, x) label maps.
+Layout of DIR: ``shards/<id>.npz``, one shard per source volume, and ``manifest.json`` (parameters, seeds,
+sources with their split and shard). Each file is written to a temporary name and moved into place (os.replace), so
+it is whole or absent; the manifest is written last, so it exists only beside a complete dataset. A rerun (after an
+error or Ctrl-C) keeps the shards whose recorded build (``build``: parameters and manifest entry) matches, and
+rebuilds the others. Arrays of a shard (n = samples): ``hu`` int16 (n, y, x) HU; ``dose`` float32 (n,) dose
+fraction; ``dose_class``, ``kernel_class``, ``method`` int8 (n,) (METHODS); ``score`` float32 (n,) on 0-4
+(surrogate, labels.py, or the radiologists' mean for LDCTIQAC2023); ``slice`` int16 (n,); ``pixel_mm`` float32
+(n,); ``build`` the JSON text of the build. Simulated sources also hold ``reference`` int16 (n, y, x) HU (full dose,
+same kernel) and ``ssim`` float16 (n, y, x) label maps.
 
 Sources (readers): a volume file or DICOM folder (the core's read_volume); a folder of Mayo-style pairs
 ``<patient>_<n>_input.npy`` (quarter dose) / ``<patient>_<n>_target.npy`` (full dose) with value = (HU + 1024) /
-4096; a Mayo-style DICOM patient folder with one ``*full*`` and one ``*quarter*`` series subfolder (.IMA/.dcm);
-the LDCTIQAC2023 layout ``image/NNNN.tif`` (float32 in [0, 1], LDCTIQAC_SCALING) + ``train.json`` (file name ->
-mean radiologist score). Splits are drawn per patient (Mayo) or per volume, never per slice: by a
-hash of the group name and the seed (``split_of``), or chosen explicitly per group (``split_groups``, for small
-collections where the hash might leave the test split empty).
+4096 (MAYO_NPY_SCALING); a Mayo-style DICOM patient folder with one ``*full*`` and one ``*quarter*`` series subfolder
+(.IMA/.dcm); the LDCTIQAC2023 layout ``image/NNNN.tif`` (float32 in [0, 1] = -135..215 HU, LDCTIQAC_SCALING) +
+``train.json`` (file name -> mean radiologist score). Every file is read by the core's read_volume (NaN/inf, blank,
+8-bit and out-of-range values refused, naming the file), with the core's scalings (ctqa.scaling); a blank slice is
+refused too. Splits are drawn per patient (Mayo) or per volume, never per slice: by a hash of the group name and the
+seed (``split_of``), or chosen explicitly per group (``split_groups``, for small collections where the hash might
+leave the test split empty).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import tifffile
 from tqdm import tqdm
 
 from ctqa.errors import InputError
 from ctqa.io import read_volume
+from ctqa.outputs import check_output_folder
 
+from .files import written_whole
 from .imagedomain import simulate_from_pair
 from .labels import dose_class, kernel_class, ssim_labels, surrogate_score
-from .projection import DEFAULT_DOSES, DEFAULT_VIEWS, check_ct_slices, simulate
+from .projection import DEFAULT_DOSES, DEFAULT_VIEWS, check_ct_slices, check_not_blank, simulate
 
-#: HU = slope * value + intercept of Mayo .npy slices (data/README.md).
-MAYO_NPY_SCALING = (4096.0, -1024.0)
-#: Declared scaling of LDCTIQAC2023 [0, 1] images (assumed the same as the Mayo data they derive from).
-LDCTIQAC_SCALING = (4096.0, -1024.0)
+#: Core scaling (ctqa.scaling) of Mayo .npy slices: value = (HU + 1024) / 4096 (data/README.md).
+MAYO_NPY_SCALING = "mayo-npy"
+#: Core scaling of LDCTIQAC2023 images: [0, 1] renderings of W350/L40, 0 = -135 HU, 1 = 215 HU, clipped outside.
+LDCTIQAC_SCALING = "ldctiqac2023"
 #: Pixel size of Mayo .npy slices, which store none (patient L506; override with pixel_mm).
 MAYO_PIXEL_MM = 0.74
 #: Simulation methods, value = index: projection domain, image domain (QD/FD pair), as acquired (no simulation).
@@ -60,11 +68,6 @@ class Source:
     load: Callable[[], dict]
 
 
-def scaled_to_hu(values: np.ndarray, scaling: tuple[float, float]) -> np.ndarray:
-    """float32 HU from stored values with a declared (slope, intercept)."""
-    return (np.asarray(values, dtype=np.float32) * np.float32(scaling[0]) + np.float32(scaling[1])).astype(np.float32)
-
-
 def _volume_source(path: Path) -> Source:
     def load() -> dict:
         volume = read_volume(path)
@@ -76,19 +79,36 @@ def _volume_source(path: Path) -> Source:
     return Source(name, name, "volume", str(path), load)
 
 
-def _mayo_sources(folder: Path, pixel_mm: float | None) -> list[Source]:
-    sources = []
-    for target in sorted(folder.glob("*_target.npy")):
-        stem = target.name.removesuffix("_target.npy")
-        quarter = folder / f"{stem}_input.npy"
+def mayo_pair_files(folder: Path) -> list[tuple[str, Path, Path]]:
+    """(case, full-dose <case>_target.npy, quarter-dose <case>_input.npy) of a folder of Mayo pairs, sorted;
+    InputError for a target without its partner."""
+    pairs = []
+    for target in sorted(Path(folder).glob("*_target.npy")):
+        case = target.name.removesuffix("_target.npy")
+        quarter = target.with_name(f"{case}_input.npy")
         if not quarter.is_file():
             raise InputError(f"{target}: no quarter-dose partner {quarter.name}")
+        pairs.append((case, target, quarter))
+    return pairs
+
+
+def read_mayo_pair(target: Path, quarter: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(full dose, quarter dose): float32 (z, y, x) HU of a Mayo .npy pair (MAYO_NPY_SCALING) of equal shape."""
+    full, low = (read_volume(path, scaling=MAYO_NPY_SCALING).hu for path in (target, quarter))
+    if full.shape != low.shape:
+        raise InputError(f"{quarter}: shape {low.shape} differs from the {full.shape} of {target.name}")
+    return full, low
+
+
+def _mayo_sources(folder: Path, pixel_mm: float | None) -> list[Source]:
+    sources = []
+    for case, target, quarter in mayo_pair_files(folder):
 
         def load(target=target, quarter=quarter) -> dict:
-            full, low = (scaled_to_hu(np.load(f), MAYO_NPY_SCALING)[None] for f in (target, quarter))
+            full, low = read_mayo_pair(target, quarter)
             return {"hu": full, "quarter": low, "pixel_mm": pixel_mm or MAYO_PIXEL_MM}
 
-        sources.append(Source(stem, stem.split("_")[0], "mayo-pair", str(target), load))
+        sources.append(Source(case, case.split("_")[0], "mayo-pair", str(target), load))
     return sources
 
 
@@ -112,19 +132,32 @@ def _dicom_pair_source(folder: Path, full_folder: Path, quarter_folder: Path) ->
     return Source(folder.name, folder.name, "dicom-pair", str(folder), load)
 
 
+def _ldctiqac_scores(path: Path) -> dict[str, float]:
+    """{image file name: mean radiologist score} of an LDCTIQAC2023 train.json; InputError unless every score is a
+    finite number."""
+    try:
+        scores = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: cannot read ({error})") from None
+    if not isinstance(scores, dict):
+        raise InputError(f"{path}: expected an object of file name -> score")
+    for name, score in scores.items():
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise InputError(f"{path}: the score of {name} is {score!r}, not a finite number")
+    return scores
+
+
 def _ldctiqac_sources(folder: Path, pixel_mm: float | None) -> list[Source]:
-    scores = json.loads((folder / "train.json").read_text(encoding="utf-8"))
     sources = []
-    for name, score in sorted(scores.items()):
+    for name, score in sorted(_ldctiqac_scores(folder / "train.json").items()):
         image = folder / "image" / name
         if not image.is_file():
             raise InputError(f"{folder / 'train.json'}: lists {name}, missing from {folder / 'image'}")
 
         def load(image=image, score=score) -> dict:
-            values = tifffile.imread(image)
-            if values.ndim != 2 or values.min() < 0.0 or values.max() > 1.0:
-                raise InputError(f"{image}: expected a 2D float image in [0, 1], got {values.shape} {values.dtype}")
-            hu = scaled_to_hu(values, LDCTIQAC_SCALING)[None]
+            hu = read_volume(image, scaling=LDCTIQAC_SCALING).hu
+            if hu.shape[0] != 1:
+                raise InputError(f"{image}: {hu.shape[0]} slices; LDCTIQAC2023 images are single 2D slices")
             return {"hu": hu, "score": np.array([score], dtype=np.float32), "pixel_mm": pixel_mm or MAYO_PIXEL_MM}
 
         sources.append(Source(image.stem, image.stem, "ldctiqac", str(image), load))
@@ -186,11 +219,13 @@ def pad_to_square(hu: np.ndarray) -> np.ndarray:
     return np.pad(hu, pads, constant_values=AIR_PAD_HU) if any(any(p) for p in pads) else hu
 
 
-def _samples_of(data: dict, parameters: dict, seed: int) -> dict[str, np.ndarray]:
-    """Shard arrays for one loaded source (module docstring); non-square slices are padded to square."""
-    hu = check_ct_slices(pad_to_square(data["hu"]))
+def _samples_of(data: dict, parameters: dict, seed: int, source: str) -> dict[str, np.ndarray]:
+    """Shard arrays for one loaded source (module docstring) named source in errors; non-square slices of simulated
+    sources are padded to square. InputError for a blank slice (before padding, which would hide it)."""
+    check_not_blank(data["hu"], source)
     pixel = float(data["pixel_mm"])
-    if "score" in data:  # already low dose, scored by radiologists: stored as acquired
+    if "score" in data:  # already low dose, scored by radiologists: stored as acquired, no simulation
+        hu = np.asarray(data["hu"], np.float32)
         n = hu.shape[0]
         return {
             "hu": np.rint(hu).astype(np.int16),
@@ -202,6 +237,7 @@ def _samples_of(data: dict, parameters: dict, seed: int) -> dict[str, np.ndarray
             "slice": np.arange(n, dtype=np.int16),
             "pixel_mm": np.full(n, pixel, np.float32),
         }
+    hu = check_ct_slices(pad_to_square(data["hu"]), source)
     chosen = np.unique(np.linspace(0, hu.shape[0] - 1, min(parameters["slices_per_volume"], hu.shape[0])).round())
     chosen = chosen.astype(int)
     doses = parameters["doses"]
@@ -215,10 +251,12 @@ def _samples_of(data: dict, parameters: dict, seed: int) -> dict[str, np.ndarray
         parameters["electronic_noise"],
         seed,
         parameters["device"],
+        source,
     )
     parts += [(sim.hu, sim.reference, sim.doses, kernel, "projection") for kernel, sim in sims.items()]
     if "quarter" in data:
-        pair = simulate_from_pair(hu[chosen], data["quarter"][chosen], doses)
+        quarter = pad_to_square(check_not_blank(data["quarter"], source, "quarter-dose slice"))
+        pair = simulate_from_pair(hu[chosen], quarter[chosen], doses)
         parts.append((pair, hu[chosen], doses, "native", "image-domain"))
     arrays: dict[str, list] = {
         k: []
@@ -237,7 +275,7 @@ def _samples_of(data: dict, parameters: dict, seed: int) -> dict[str, np.ndarray
     }
     for images, reference, part_doses, kernel, method in parts:
         for image, dose in zip(images, part_doses):
-            ssim = ssim_labels(image, reference)
+            ssim = ssim_labels(image, reference, source)
             n = image.shape[0]
             arrays["hu"].append(np.rint(image).astype(np.int16))
             arrays["reference"].append(np.rint(reference).astype(np.int16))
@@ -270,11 +308,10 @@ def build_dataset(
 
     Source k is simulated with seed + k (k in sorted source order). split_groups: explicit split per group
     (patient or volume; a volume's group is its file or folder name without .gz), the others by hash
-    (``assign_splits``). Refuses a folder that holds a dataset built with other parameters.
+    (``assign_splits``). Refuses a folder that holds a complete dataset built with other parameters; shards of an
+    unfinished build are kept when their build matches, rebuilt otherwise (module docstring).
     """
-    folder = Path(out)
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"{folder}: output path is an existing file, not a folder")
+    folder = check_output_folder(out)
     parameters = {
         "doses": [float(d) for d in doses],
         "kernels": list(kernels),
@@ -287,13 +324,10 @@ def build_dataset(
         "split_groups": dict(sorted((split_groups or {}).items())),
     }
     manifest_path = folder / "manifest.json"
-    if manifest_path.is_file():
-        previous = json.loads(manifest_path.read_text(encoding="utf-8"))["parameters"]
-        if previous != parameters:
-            raise InputError(f"{folder}: holds a dataset built with other parameters; choose a new folder")
+    if manifest_path.is_file() and _manifest_parameters(manifest_path) != parameters:
+        raise InputError(f"{folder}: holds a dataset built with other parameters; choose a new folder")
     sources = sorted(find_sources(paths, pixel_mm), key=lambda s: s.id)
     splits = assign_splits([s.group for s in sources], seed, split_groups)
-    (folder / "shards").mkdir(parents=True, exist_ok=True)
     manifest = {
         "format": "ctqa-simulated-slices/1",
         "parameters": parameters,
@@ -310,14 +344,32 @@ def build_dataset(
             for k, s in enumerate(sources)
         ],
     }
-    manifest_path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     pending = list(zip(sources, manifest["sources"]))
     for source, entry in tqdm(pending, desc="simulate", unit="volume", disable=not progress):
         shard = folder / entry["shard"]
-        if shard.is_file():
-            continue  # finished before an interruption
-        arrays = _samples_of(source.load(), parameters, entry["seed"])
-        partial = shard.with_name(shard.stem + ".partial.npz")
-        np.savez_compressed(partial, **arrays)
-        os.replace(partial, shard)
+        build = json.dumps({"parameters": parameters, "source": entry}, sort_keys=True)
+        if _shard_build(shard) == build:
+            continue  # finished by an earlier, interrupted run
+        arrays = _samples_of(source.load(), parameters, entry["seed"], source.path)
+        with written_whole(shard) as partial:
+            np.savez_compressed(partial, build=np.array(build), **arrays)
+    with written_whole(manifest_path) as partial:
+        partial.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return manifest
+
+
+def _manifest_parameters(path: Path) -> dict:
+    """The parameters recorded in a dataset's manifest.json; InputError when it is not one."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["parameters"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise InputError(f"{path}: not a dataset manifest ({error!r}); choose a new folder") from None
+
+
+def _shard_build(path: Path) -> str | None:
+    """The build recorded in a shard (JSON text), None when there is no readable shard."""
+    try:
+        with np.load(path) as shard:
+            return str(shard["build"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None

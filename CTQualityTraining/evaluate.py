@@ -27,7 +27,7 @@ from ctqa.models.inference import predict_volume
 from ctqa.models.networks import QualityNet
 from ctqa.physics.ssim import ssim_map
 
-from .datasets import MAYO_NPY_SCALING, scaled_to_hu
+from .datasets import mayo_pair_files, read_mayo_pair
 from .labels import DOSE_CLASSES
 
 #: Published N2Q Table 1 (in-domain, N2Q variant): SSIM and NRMSE between predicted and true maps.
@@ -132,13 +132,13 @@ def dose_response(maps: list[np.ndarray], split: dict[str, list]) -> dict:
 
 
 def mayo_pairs(folder: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{case: (quarter-dose HU (y, x), full-dose HU (y, x))} from <case>_input.npy / <case>_target.npy."""
-    folder = Path(folder)
+    """{case: (quarter-dose HU (y, x), full-dose HU (y, x))} from <case>_input.npy / <case>_target.npy slices."""
     pairs = {}
-    for target in sorted(folder.glob("*_target.npy")):
-        case = target.name.removesuffix("_target.npy")
-        quarter = folder / f"{case}_input.npy"
-        pairs[case] = tuple(scaled_to_hu(np.load(f), MAYO_NPY_SCALING) for f in (quarter, target))
+    for case, target, quarter in mayo_pair_files(Path(folder)):
+        full, low = read_mayo_pair(target, quarter)
+        if full.shape[0] != 1:
+            raise InputError(f"{target}: {full.shape[0]} slices; expected one 2D slice")
+        pairs[case] = (low[0], full[0])
     if not pairs:
         raise InputError(f"{folder}: no Mayo pairs (<case>_input.npy + <case>_target.npy)")
     return pairs

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ctqa.errors import InputError
 from ctqa.models import checkpoints, registry
+from ctqa.outputs import check_output_folder
 
 from .trainer import MODEL
 
@@ -85,7 +86,7 @@ def export_run(
     """
     if not name or "/" in name or name.startswith("."):
         raise InputError(f"model name must be a plain file name, got {name!r}")
-    models_dir = Path(models_dir)
+    models_dir = check_output_folder(models_dir)
     model, card = checkpoints.load(Path(run_dir) / MODEL)
     card = {key: value for key, value in card.items() if key in ("training", "metrics", "description")}
     card["name"] = name

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ctqa.errors import InputError
 from ctqa.physics.ssim import ssim_map
 
 from .projection import KERNEL_NAMES
@@ -32,9 +33,16 @@ def kernel_class(kernel: str) -> int:
     return KERNEL_CLASSES.index(kernel)
 
 
-def ssim_labels(test_hu: np.ndarray, reference_hu: np.ndarray) -> np.ndarray:
-    """float32 (z, y, x) SSIM map of test against reference, both (z, y, x) HU (the core's N2Q settings)."""
-    return ssim_map(test_hu, reference_hu)
+def ssim_labels(test_hu: np.ndarray, reference_hu: np.ndarray, source: str) -> np.ndarray:
+    """float32 (z, y, x) SSIM map of test against reference, both (z, y, x) HU (the core's N2Q settings).
+
+    InputError naming source when the map holds NaN/inf (from NaN in the images): such a label is never written.
+    """
+    ssim = ssim_map(test_hu, reference_hu)
+    bad = ssim.size - int(np.count_nonzero(np.isfinite(ssim)))
+    if bad:
+        raise InputError(f"{source}: SSIM label has {bad} NaN/inf pixels (NaN in the images); refusing to write it")
+    return ssim
 
 
 def surrogate_score(ssim: np.ndarray, reference_hu: np.ndarray) -> np.ndarray:

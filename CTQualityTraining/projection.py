@@ -82,6 +82,15 @@ class Simulation:
     full_dose_noise_sd: np.ndarray
 
 
+def check_not_blank(hu: np.ndarray, source: str, what: str = "slice") -> np.ndarray:
+    """hu, (z, y, x) HU, unchanged; InputError naming the first slice whose pixels all have one value."""
+    array = np.asarray(hu)
+    blank = np.flatnonzero(array.min(axis=(1, 2)) == array.max(axis=(1, 2)))
+    if blank.size:
+        raise InputError(f"{source}: {what} {blank[0]} is blank (every pixel {array[blank[0]].flat[0]:g} HU)")
+    return hu
+
+
 def check_ct_slices(hu: np.ndarray, source: str = "<array>") -> np.ndarray:
     """The slices as float32 (z, y, x) HU, or InputError when they cannot be whole CT slices in HU."""
     array = np.asarray(hu)
@@ -109,7 +118,7 @@ def check_ct_slices(hu: np.ndarray, source: str = "<array>") -> np.ndarray:
             f"{source}: slice {int(np.argmin(air))} has no air (values {low:g}..{high:g}); "
             "need whole CT slices in HU with air around the body"
         )
-    return array
+    return check_not_blank(array, source)  # all air
 
 
 def _fourier_filter(size: int, filt: ReconFilter, pixel_mm: float) -> np.ndarray:

@@ -41,6 +41,7 @@ from ctqa.errors import InputError
 from ctqa.models import checkpoints
 from ctqa.models.inference import resolve_device
 from ctqa.models.networks import VARIANTS, build_network, loss_terms, nearest_dose_class, network_input
+from ctqa.outputs import check_output_folder
 from ctqa.physics.ssim import ssim_map
 
 from .evaluate import evaluate_split, load_split
@@ -213,7 +214,7 @@ class Trainer:
 
     def __init__(self, settings: TrainSettings, run_dir: str | Path, device: str = "auto", progress: bool = True):
         settings.check()
-        self.settings, self.run_dir, self.progress = settings, Path(run_dir), progress
+        self.settings, self.run_dir, self.progress = settings, check_output_folder(run_dir), progress
         self.device, _ = resolve_device(device)  # a CUDA request without CUDA trains on the CPU
         self.config = VARIANTS[settings.variant]
         self.dataset_sha256 = manifest_sha256(settings.data)

@@ -20,6 +20,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from pydicom.data import get_testdata_file
+from pydicom.fileset import FileSet
 from pydicom.uid import generate_uid
 
 from ctqa.cli import main
@@ -95,7 +96,7 @@ class Case:
     offending: Path | str
     reason: str  # regular expression, searched case-insensitively
     extra: list[str] = field(default_factory=list)
-    out: Path | None = None  # --out (default: tmp_path / "out", which must not be created)
+    out: Path | str | None = None  # --out (default: tmp_path / "out", which must not be created)
     also: list[str] = field(default_factory=list)  # further strings the message must contain
 
 
@@ -204,7 +205,81 @@ def case_truncated_slice_in_series(tmp, valid):
     paths = write_ct_series(folder, generate_uid(entropy_srcs=["t"]), 4)
     data = paths[2].read_bytes()
     paths[2].write_bytes(data[: len(data) - 5000])
-    return Case(folder, folder, r"cannot read|truncated")
+    return Case(folder, folder, r"cannot read|truncated", also=[str(paths[2])])
+
+
+def move_slices(paths: list[Path], positions: dict[int, float]) -> None:
+    """Rewrite the z of ImagePositionPatient (and SliceLocation) of the slices paths[k] to positions[k] mm."""
+    for k, z in positions.items():
+        ds = pydicom.dcmread(paths[k])
+        ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], z]
+        ds.SliceLocation = z
+        ds.save_as(paths[k])
+
+
+def write_dicomdir(folder: Path) -> Path:
+    """An empty DICOMDIR (Media Storage Directory, no pixel data) written by pydicom's FileSet."""
+    FileSet().write(folder)
+    return folder / "DICOMDIR"
+
+
+def write_report(path: Path) -> Path:
+    """A stray SR-like non-image DICOM file: Basic Text SR SOP class, no SeriesInstanceUID, no pixel data."""
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(path)])
+    ds.Modality = "SR"
+    ds.PatientName = "Anonymous"
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def case_duplicate_slice_positions(tmp, valid):
+    folder = tmp / "duplicate_positions"
+    paths = write_ct_series(folder, generate_uid(entropy_srcs=["dup"]), 4)
+    move_slices(paths, {2: 2.5})  # slice 2 at slice 1's position
+    return Case(folder, folder, r"duplicate slice position 2\.50 mm", also=[str(paths[1]), str(paths[2])])
+
+
+def case_duplicate_slice_positions_regularize(tmp, valid):
+    case = case_duplicate_slice_positions(tmp, valid)
+    case.extra = ["--regularize"]  # resampling cannot choose between two slices at one position
+    return case
+
+
+def case_missing_slice_gap(tmp, valid):
+    folder = tmp / "missing_slice"
+    paths = write_ct_series(folder, generate_uid(entropy_srcs=["gap"]), 6)
+    paths[3].unlink()  # the slice at 7.5 mm
+    return Case(folder, folder, r"missing slices.*5\.00 and 10\.00 mm \(1 slice of 2\.5 mm missing\).*--regularize")
+
+
+def case_uneven_slice_spacing(tmp, valid):
+    folder = tmp / "uneven_spacing"
+    paths = write_ct_series(folder, generate_uid(entropy_srcs=["uneven"]), 6)
+    move_slices(paths, {3: 8.5})  # steps 2.5, 2.5, 3.5, 1.5, 2.5 mm
+    return Case(folder, folder, r"uneven slice spacing.*5\.00 and 8\.50 mm \(2\.5 mm expected.*--regularize")
+
+
+def case_mixed_orientations(tmp, valid):
+    folder = tmp / "mixed_orientations"
+    paths = write_ct_series(folder, generate_uid(entropy_srcs=["orient"]), 4)
+    ds = pydicom.dcmread(paths[2])
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]  # a coronal slice in an axial series
+    ds.save_as(paths[2])
+    return Case(folder, folder, r"mixes slice orientations", also=[str(paths[0]), str(paths[2])])
+
+
+def case_non_image_dicom_folder(tmp, valid):
+    folder = tmp / "reports_only"
+    folder.mkdir()
+    write_dicomdir(folder)
+    write_report(folder / "SR0001")
+    return Case(folder, folder, r"no DICOM images.*\(2 DICOM files without pixel data\)")
 
 
 def case_garbage_nrrd(tmp, valid):
@@ -268,6 +343,12 @@ CASES = {
     "unknown-series-uid": case_unknown_series_uid,
     "truncated-dicom": case_truncated_dicom,
     "truncated-slice-in-series": case_truncated_slice_in_series,
+    "duplicate-slice-positions": case_duplicate_slice_positions,
+    "duplicate-slice-positions-with-regularize": case_duplicate_slice_positions_regularize,
+    "missing-slice-gap": case_missing_slice_gap,
+    "uneven-slice-spacing": case_uneven_slice_spacing,
+    "mixed-orientations-in-series": case_mixed_orientations,
+    "folder-of-non-image-dicom": case_non_image_dicom_folder,
     "garbage-nrrd": case_garbage_nrrd,
     "out-is-an-existing-file": case_out_is_a_file,
     "roi-not-overlapping": case_roi_not_overlapping,
@@ -277,6 +358,264 @@ CASES = {
     "nonexistent-reference": case_missing_reference,
     "unknown-model": case_unknown_model,
 }
+
+
+# --- values that are not HU, geometry, options and output paths (honest inputs) --------------------------------------
+
+
+def write_nifti(array: np.ndarray, path: Path) -> Path:
+    """A (z, y, x) array as NIfTI written by SimpleITK (NaN kept in the file: ITK's reader would turn it into 0)."""
+    return write_volume(array, path)
+
+
+def case_nifti_with_nan(tmp, valid):
+    array = ct_like()
+    array[:, :4, :] = np.nan  # NaN padding of a resampled volume
+    path = write_nifti(array, tmp / "nan_padded.nii.gz")
+    return Case(path, path, r"NaN")
+
+
+def case_nifti_with_inf(tmp, valid):
+    array = ct_like()
+    array[1, 1, 1] = -np.inf
+    path = write_nifti(array, tmp / "inf.nii")
+    return Case(path, path, r"NaN/inf")
+
+
+def case_reference_with_nan(tmp, valid):
+    array = ct_like()
+    array[0, 0, 0] = np.nan
+    path = write_nifti(array, tmp / "reference_nan.nii.gz")
+    return Case(valid, path, r"NaN", extra=["--reference", str(path)])
+
+
+def case_dicom_without_rescale_intercept(tmp, valid):
+    folder = tmp / "no_intercept"
+    for path in write_ct_series(folder, generate_uid(entropy_srcs=["raw"]), 3):
+        ds = pydicom.dcmread(path)
+        del ds.RescaleIntercept, ds.RescaleSlope
+        ds.save_as(path)
+    return Case(folder, folder, r"hu\+1024")
+
+
+def case_uint16_hu_plus_1024(tmp, valid):
+    path = write_volume(np.clip(ct_like() + 1024.0, 0, None).astype(np.uint16), tmp / "hu_plus_1024.nrrd")
+    return Case(path, path, r"--scaling hu\+1024")
+
+
+def case_int8_volume(tmp, valid):
+    path = write_volume(np.clip(ct_like() / 10.0, -128, 127).astype(np.int8), tmp / "int8.nrrd")
+    return Case(path, path, r"8-bit")
+
+
+def case_uint8_windowed_volume(tmp, valid):
+    windowed = np.clip((ct_like() + 160.0) / 400.0 * 255.0, 0, 255).astype(np.uint8)
+    path = write_volume(windowed, tmp / "windowed_uint8.nii.gz")
+    return Case(path, path, r"8-bit.*display")
+
+
+def case_grey_png_screenshot(tmp, valid):
+    grey = np.clip((ct_like()[0] + 160.0) / 400.0 * 255.0, 0, 255).astype(np.uint8)
+    path = tmp / "screenshot.png"
+    sitk.WriteImage(sitk.GetImageFromArray(grey), str(path))
+    return Case(path, path, r"8-bit")
+
+
+def case_grey_jpeg(tmp, valid):
+    grey = np.clip((ct_like()[0] + 160.0) / 400.0 * 255.0, 0, 255).astype(np.uint8)
+    path = tmp / "slice.jpg"
+    sitk.WriteImage(sitk.GetImageFromArray(grey), str(path))
+    return Case(path, path, r"8-bit")
+
+
+def case_float_windowed_export(tmp, valid):
+    clipped = np.clip(ct_like() + np.where(np.indices(ct_like().shape)[2] > 20, 300.0, 0.0), -160.0, 240.0)
+    path = write_volume(clipped.astype(np.float32), tmp / "windowed.nrrd")
+    return Case(path, path, r"clipped.*display-windowed")
+
+
+def case_unit_tiff_without_scaling(tmp, valid):
+    import tifffile
+
+    path = tmp / "ldctiqac_like.tif"
+    tifffile.imwrite(path, np.clip((ct_like()[0] + 135.0) / 350.0, 0, 1).astype(np.float32))
+    return Case(path, path, r"normalised.*ldctiqac2023")
+
+
+def case_hu_volume_with_unit_scaling(tmp, valid):
+    return Case(valid, valid, r"outside the \[0, 1\].*ldctiqac2023", extra=["--scaling", "ldctiqac2023"])
+
+
+def case_unknown_scaling(tmp, valid):
+    return Case(valid, "--scaling hu-1024", r"unknown scaling", extra=["--scaling", "hu-1024"])
+
+
+def case_inverted_window_scaling(tmp, valid):
+    return Case(valid, "--scaling window:240,-160", r"unknown scaling", extra=["--scaling", "window:240,-160"])
+
+
+def case_blank_volume(tmp, valid):
+    path = write_volume(np.full((4, 32, 32), 40, dtype=np.int16), tmp / "blank.nrrd")
+    return Case(path, path, r"blank")
+
+
+def case_4d_nifti(tmp, valid):
+    image = sitk.JoinSeries([sitk.GetImageFromArray(ct_like()), sitk.GetImageFromArray(ct_like(seed=1))])
+    path = tmp / "two_phases.nii.gz"
+    sitk.WriteImage(image, str(path))
+    return Case(path, path, r"4D image")
+
+
+def case_object_npy(tmp, valid):
+    path = tmp / "pickled.npy"
+    np.save(path, np.array([{"not": "pixels"}], dtype=object), allow_pickle=True)
+    return Case(path, path, r"cannot read")
+
+
+def case_one_dimensional_npy(tmp, valid):
+    path = tmp / "profile.npy"
+    np.save(path, np.linspace(-1000, 1000, 64, dtype=np.float32))
+    return Case(path, path, r"expected a grey 2D or 3D image")
+
+
+def case_truncated_nifti(tmp, valid):
+    path = write_nifti(ct_like(), tmp / "whole.nii")
+    data = path.read_bytes()
+    cut = tmp / "cut.nii"
+    cut.write_bytes(data[: len(data) // 2])
+    path.unlink()
+    return Case(cut, cut, r"cannot read")
+
+
+def _window_case(value: str):
+    def case(tmp, valid):
+        return Case(valid, f"--window-mm {value}", r"must be between", extra=["--window-mm", value])
+
+    return case
+
+
+def case_pixel_mm_zero(tmp, valid):
+    return Case(valid, "--pixel-mm 0", r"must be between", extra=["--pixel-mm", "0"])
+
+
+def case_out_empty_string(tmp, valid):
+    return Case(valid, "--out", r"empty", out="")
+
+
+def case_out_below_a_file(tmp, valid):
+    blocker = tmp / "a_file"
+    blocker.write_text("keep me\n", encoding="utf-8")
+    return Case(valid, blocker, r"is a file", out=blocker / "results")
+
+
+def case_out_on_read_only_file_system(tmp, valid):
+    out = Path("/proc/ctqa-results")  # /proc refuses new folders, even to root
+    return Case(valid, out, r"cannot write the output folder", out=out)
+
+
+def case_ct_passed_as_roi(tmp, valid):
+    return Case(valid, valid, r"not a labelmap", extra=["--roi", str(valid)])
+
+
+def case_roi_with_negative_labels(tmp, valid):
+    labels = np.zeros(ct_like().shape, dtype=np.int16)
+    labels[1:3, 5:20, 5:20] = -1
+    path = write_volume(labels, tmp / "negative_labels.nrrd")
+    return Case(valid, path, r"not a labelmap.*negative", extra=["--roi", str(path)])
+
+
+def case_roi_with_too_many_labels(tmp, valid):
+    labels = np.random.default_rng(4).integers(0, 4000, ct_like().shape).astype(np.uint16)
+    path = write_volume(labels, tmp / "noise_labels.nrrd")
+    return Case(valid, path, r"not a labelmap.*distinct values", extra=["--roi", str(path)])
+
+
+def case_reference_not_overlapping(tmp, valid):
+    path = write_volume(ct_like(), tmp / "reference_far.nrrd", origin=(5000.0, 0.0, 0.0))
+    return Case(valid, path, r"reference does not overlap", extra=["--reference", str(path)])
+
+
+def case_npy_with_nan(tmp, valid):
+    array = (ct_like() + 1024.0) / 4096.0
+    array[2, 3, 4] = np.nan
+    path = tmp / "mayo.npy"
+    np.save(path, array)
+    return Case(path, path, r"NaN", extra=["--scaling", "mayo-npy"])
+
+
+def case_tiff_with_nan(tmp, valid):
+    import tifffile
+
+    image = np.clip((ct_like()[0] + 135.0) / 350.0, 0, 1).astype(np.float32)
+    image[5, 5] = np.nan
+    path = tmp / "nan.tif"
+    tifffile.imwrite(path, image)
+    return Case(path, path, r"NaN", extra=["--scaling", "ldctiqac2023"])
+
+
+def case_rgb_tiff(tmp, valid):
+    import tifffile
+
+    path = tmp / "photo.tif"
+    tifffile.imwrite(path, np.random.default_rng(5).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    return Case(path, path, r"grey 2D or 3D")
+
+
+def case_float_labelmap(tmp, valid):
+    labels = np.zeros(ct_like().shape, dtype=np.float32)
+    labels[1:3, 5:20, 5:20] = 0.5
+    path = write_volume(labels, tmp / "soft_labels.nrrd")
+    return Case(valid, path, r"not a labelmap.*non-integer", extra=["--roi", str(path)])
+
+
+def case_reference_8_bit(tmp, valid):
+    path = write_volume(np.clip(ct_like() / 8.0, -128, 127).astype(np.int8), tmp / "reference_int8.nrrd")
+    return Case(valid, path, r"8-bit", extra=["--reference", str(path)])
+
+
+CASES.update(
+    {
+        "npy-with-nan": case_npy_with_nan,
+        "tiff-with-nan": case_tiff_with_nan,
+        "rgb-tiff": case_rgb_tiff,
+        "float-labelmap": case_float_labelmap,
+        "reference-8-bit": case_reference_8_bit,
+        "pixel-mm-nan": lambda tmp, valid: Case(
+            valid, "--pixel-mm nan", r"must be between", extra=["--pixel-mm", "nan"]
+        ),
+        "nifti-nan-padded": case_nifti_with_nan,
+        "nifti-with-inf": case_nifti_with_inf,
+        "reference-with-nan": case_reference_with_nan,
+        "dicom-without-rescale-intercept": case_dicom_without_rescale_intercept,
+        "uint16-hu-plus-1024": case_uint16_hu_plus_1024,
+        "int8-volume": case_int8_volume,
+        "uint8-windowed-volume": case_uint8_windowed_volume,
+        "grey-png-screenshot": case_grey_png_screenshot,
+        "grey-jpeg": case_grey_jpeg,
+        "float-windowed-export": case_float_windowed_export,
+        "unit-range-tiff-without-scaling": case_unit_tiff_without_scaling,
+        "hu-volume-with-unit-range-scaling": case_hu_volume_with_unit_scaling,
+        "unknown-scaling": case_unknown_scaling,
+        "inverted-window-scaling": case_inverted_window_scaling,
+        "blank-volume": case_blank_volume,
+        "4d-nifti": case_4d_nifti,
+        "pickled-npy": case_object_npy,
+        "one-dimensional-npy": case_one_dimensional_npy,
+        "truncated-nifti": case_truncated_nifti,
+        "window-mm-nan": _window_case("nan"),
+        "window-mm-inf": _window_case("inf"),
+        "window-mm-zero": _window_case("0"),
+        "window-mm-negative": _window_case("-1"),
+        "pixel-mm-zero": case_pixel_mm_zero,
+        "out-empty-string": case_out_empty_string,
+        "out-below-a-file": case_out_below_a_file,
+        "out-on-read-only-file-system": case_out_on_read_only_file_system,
+        "ct-passed-as-roi": case_ct_passed_as_roi,
+        "roi-with-negative-labels": case_roi_with_negative_labels,
+        "roi-with-too-many-labels": case_roi_with_too_many_labels,
+        "reference-not-overlapping": case_reference_not_overlapping,
+    }
+)
 
 
 # --- the checks ----------------------------------------------------------------------------------------------------
@@ -331,7 +670,7 @@ def test_bad_input_exits_2_with_one_line(name, tmp_path, valid_ct, capfd):
 
 
 def test_case_table_is_large_enough():
-    assert len(CASES) >= 12
+    assert len(CASES) >= 60
 
 
 # --- the positive side of the mixed-series case ----------------------------------------------------------------------
@@ -372,3 +711,116 @@ def test_unequal_series_reads_the_larger(tmp_path, capfd):
     code, _, stderr, _ = run_cli(["assess", str(folder), "--out", str(out), "--quiet"], capfd)
     assert code == 0, stderr
     assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["shape_zyx"] == [4, 128, 128]
+
+
+# --- the positive side of honest DICOM inputs: accepted with a note, or ignored ---------------------------------------
+
+MODALITY_NOTE = "Modality tag missing; CT recognised by its SOP Class UID"
+
+
+def assess_notes(folder: Path, out: Path, capfd, *extra: str) -> list[str]:
+    """Run `ctqa assess` (exit 0) and return the notes it printed; stderr must hold nothing but notes."""
+    code, _, stderr, shown = run_cli(["assess", str(folder), "--out", str(out), "--quiet", *extra], capfd)
+    assert code == 0, stderr
+    assert not shown, [str(w.message) for w in shown]
+    assert all(line.startswith("ctqa: note: ") for line in stderr.splitlines()), stderr
+    notes = [line.removeprefix("ctqa: note: ") for line in stderr.splitlines()]
+    assert notes == json.loads((out / "summary.json").read_text(encoding="utf-8"))["notes"]
+    return notes
+
+
+@pytest.mark.parametrize(
+    "sop_class", ["1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1"], ids=["ct", "enhanced"]
+)
+def test_ct_file_without_modality_is_read_with_a_note(tmp_path, sop_class):
+    ds = ct_small(SOPClassUID=sop_class)
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    del ds.Modality
+    path = tmp_path / "anonymised.dcm"
+    ds.save_as(path)
+
+    volume = read_volume(path)
+
+    assert volume.notes == (MODALITY_NOTE,)
+    np.testing.assert_array_equal(volume.hu[0], pydicom.dcmread(CT_SMALL).pixel_array - 1024.0)
+
+
+def test_ct_series_without_modality_is_assessed_with_one_note(tmp_path, capfd):
+    folder = tmp_path / "anonymised"
+    for path in write_ct_series(folder, generate_uid(entropy_srcs=["anonymised"]), 4):
+        ds = pydicom.dcmread(path)
+        del ds.Modality
+        ds.save_as(path)
+
+    assert read_volume(folder).notes == (MODALITY_NOTE,)
+    assert assess_notes(folder, tmp_path / "out", capfd).count(MODALITY_NOTE) == 1
+
+
+def test_dicomdir_and_stray_report_beside_a_series_without_uid_are_ignored(tmp_path):
+    folder = tmp_path / "export"
+    paths = write_ct_series(folder, generate_uid(entropy_srcs=["no uid"]), 4)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        del ds.SeriesInstanceUID
+        ds.save_as(path)
+    write_dicomdir(folder)
+    write_report(folder / "SR0001")
+
+    volume = read_volume(folder)
+
+    assert volume.shape == (4, 128, 128)
+    assert volume.notes == ()
+    np.testing.assert_allclose(volume.slice_positions_mm(), 2.5 * np.arange(4))
+
+
+def test_series_without_positions_is_read_in_instance_order_with_a_note(tmp_path):
+    folder = tmp_path / "no_positions"
+    paths = write_ct_series(folder, generate_uid(entropy_srcs=["no positions"]), 3)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        del ds.ImagePositionPatient
+        ds.save_as(path)
+    stored = pydicom.dcmread(CT_SMALL).pixel_array.astype(np.float32)
+
+    volume = read_volume(folder)
+
+    assert volume.notes == ("slice positions missing: slices ordered by InstanceNumber, spacing not checked",)
+    for k in range(3):
+        np.testing.assert_array_equal(volume.hu[k], stored + k - 1024.0)
+
+
+def test_regularize_fills_a_missing_slice_with_the_mean_of_its_neighbours(tmp_path, capfd):
+    folder = tmp_path / "missing_slice"
+    paths = write_ct_series(folder, generate_uid(entropy_srcs=["gap"]), 6)  # slice k holds stored + k at 2.5 k mm
+    paths[3].unlink()
+    stored = pydicom.dcmread(CT_SMALL).pixel_array.astype(np.float32)
+
+    volume = read_volume(folder, regularize=True)
+
+    assert volume.shape == (6, 128, 128)
+    assert volume.spacing[2] == pytest.approx(2.5)
+    np.testing.assert_allclose(volume.origin, [*pydicom.dcmread(paths[0]).ImagePositionPatient[:2], 0.0])
+    np.testing.assert_allclose(volume.slice_positions_mm(), 2.5 * np.arange(6))
+    np.testing.assert_array_equal(volume.hu[3], (volume.hu[2] + volume.hu[4]) / 2)
+    for k in range(6):  # a linear-in-z pattern: the interpolated slice is exact too
+        np.testing.assert_array_equal(volume.hu[k], stored + k - 1024.0)
+    note = "missing slices: gap of 5 mm between slice positions 5.00 and 10.00 mm (1 slice of 2.5 mm missing): "
+    assert volume.notes == (note + "resampled to 6 slices at 2.5 mm (--regularize)",)
+    assert assess_notes(folder, tmp_path / "out", capfd, "--regularize").count(volume.notes[0]) == 1
+
+
+def test_regularize_resamples_uneven_spacing_onto_the_median_step(tmp_path):
+    folder = tmp_path / "uneven"
+    paths = write_ct_series(folder, generate_uid(entropy_srcs=["uneven"]), 6)
+    move_slices(paths, {3: 8.5})  # positions 0, 2.5, 5, 8.5, 10, 12.5 mm
+    stored = pydicom.dcmread(CT_SMALL).pixel_array.astype(np.float64)
+
+    volume = read_volume(folder, regularize=True)
+
+    np.testing.assert_allclose(volume.slice_positions_mm(), 2.5 * np.arange(6))
+    assert volume.spacing[2] == pytest.approx(2.5)
+    # 7.5 mm lies 2.5/3.5 of the way from the slice at 5 mm (stored + 2) to the one at 8.5 mm (stored + 3)
+    np.testing.assert_allclose(volume.hu[3], stored + 2 + 2.5 / 3.5 - 1024.0, rtol=0, atol=1e-3)
+    np.testing.assert_array_equal(volume.hu[4], stored + 4 - 1024.0)
+    assert len(volume.notes) == 1 and volume.notes[0].startswith("uneven slice spacing: step of 3.5 mm")
+    assert volume.notes[0].endswith("resampled to 6 slices at 2.5 mm (--regularize)")

@@ -17,14 +17,13 @@ FAST = ["--doses", "1", "0.25", "--views", "90", "--slices-per-volume", "2"]
 
 @pytest.fixture()
 def ldctiqac(tmp_path, shared_data):
-    """An LDCTIQAC2023-style folder: two Mayo quarter-dose slices as image/000N.tif in [0, 1] + train.json."""
+    """An LDCTIQAC2023-style folder: two Mayo quarter-dose slices rendered at W350/L40 to [0, 1] (0 = -135 HU,
+    1 = 215 HU) as image/000N.tif + train.json."""
     folder = tmp_path / "ldctiqac"
     (folder / "image").mkdir(parents=True)
     for k, case in enumerate((18, 86)):
-        tifffile.imwrite(
-            folder / "image" / f"000{k}.tif",
-            np.load(shared_data / "mayo_pairs" / f"L506_{case}_input.npy").astype(np.float32),
-        )
+        hu = 4096.0 * np.load(shared_data / "mayo_pairs" / f"L506_{case}_input.npy") - 1024.0
+        tifffile.imwrite(folder / "image" / f"000{k}.tif", np.clip((hu + 135.0) / 350.0, 0, 1).astype(np.float32))
     (folder / "train.json").write_text(json.dumps({"0000.tif": 1.8, "0001.tif": 2.6}), encoding="utf-8")
     return folder
 
@@ -58,7 +57,7 @@ def test_simulate_builds_and_resumes(tmp_path, shared_data, ldctiqac, capsys):
         assert set(shard["method"].tolist()) == {0, 1}  # projection and image domain from the pair
     with np.load(out / by_id["0001"]["shard"]) as shard:
         assert shard["score"].tolist() == pytest.approx([2.6]) and "reference" not in shard.files
-        assert -1100 < shard["hu"].min() and shard["hu"].max() > 500
+        assert (shard["hu"].min(), shard["hu"].max()) == (-135, 215)  # the clipped ends of the window
 
     kept, lost = out / by_id["L506_18"]["shard"], out / by_id["L506_86"]["shard"]
     before = kept.stat().st_mtime_ns

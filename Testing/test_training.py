@@ -14,12 +14,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from ctqa.io import read_volume
 from ctqa.models import checkpoints, registry
 from ctqa.models.inference import predict_volume
 from ctqa.models.networks import network_input
 from ctqa.sample import make_sample
 from CTQualityTraining.cli import main
-from CTQualityTraining.datasets import MAYO_NPY_SCALING, build_dataset, pad_to_square, scaled_to_hu
+from CTQualityTraining.datasets import MAYO_NPY_SCALING, build_dataset, pad_to_square
 from CTQualityTraining.evaluate import load_split, map_metrics
 from CTQualityTraining.projection import simulate
 from CTQualityTraining.trainer import PatchSampler, Trainer, TrainSettings
@@ -186,12 +187,8 @@ def test_map_metrics_definitions():
 def test_bundled_model_map_falls_with_dose_on_held_out_real_slices(shared_data, torch_single_thread):
     """Mayo L506 full-dose slices (never trained on) with projection-domain noise at falling doses."""
     model, _ = checkpoints.load(registry.resolve("quality_map", "default").card_path)
-    full = np.stack(
-        [
-            scaled_to_hu(np.load(shared_data / "mayo_pairs" / f"L506_{case}_target.npy"), MAYO_NPY_SCALING)
-            for case in (18, 86)
-        ]
-    )
+    targets = [shared_data / "mayo_pairs" / f"L506_{case}_target.npy" for case in (18, 86)]
+    full = np.concatenate([read_volume(path, scaling=MAYO_NPY_SCALING).hu for path in targets])
     doses = (1.0, 0.5, 0.25, 0.1, 0.05)
     noisy = simulate(full, 0.74, doses, views=360, seed=0)["native"].hu  # (dose, z, y, x)
     means = [predict_volume(model, images, device="cpu").quality.mean(axis=(1, 2)) for images in noisy]

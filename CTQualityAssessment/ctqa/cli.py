@@ -13,7 +13,7 @@ from ctqa.physics.noise import DEFAULT_WINDOW_MM
 from ctqa.results import Summary
 
 DESCRIPTION = """\
-CT image quality assessment. `ctqa assess` reads a CT (DICOM folder or file, NIfTI, NRRD, MHA) and writes
+CT image quality assessment. `ctqa assess` reads a CT (DICOM folder or file, NIfTI, NRRD, MHA, TIFF, .npy) and writes
 a per-voxel quality map (1 = best), a local noise map in HU, per-slice and per-ROI tables, a summary and a
 preview image. `ctqa sample` writes a small synthetic CT to try it on.
 """
@@ -22,13 +22,17 @@ ASSESS_EPILOG = """\
 outputs in --out:
   quality_map.nrrd         float32 quality per voxel, 1 = best, input geometry (NaN outside the body)
   noise_map.nrrd           float32 local noise SD in HU
-  reference_ssim_map.nrrd  SSIM against --reference (only with --reference)
+  reference_ssim_map.nrrd  SSIM against --reference, resampled onto the input by position (only with --reference)
   slices.csv               per slice: z (mm), quality mean / median / 10th percentile, noise SD, HU mean
   rois.csv                 per ROI (only with --roi): label, name, voxels, status, the same statistics
-  summary.json             global score, GNL (global noise level, HU), SNR, CNR, settings
+  summary.json             global score, GNL (global noise level, HU), SNR, CNR, settings, notes, outputs
   preview.png              representative slices with the quality overlay, and the per-slice plot
 
-exit status: 0 on success, 2 on unusable input (the reason is printed on one line).
+Files appear all at once: summary.json exists only beside a complete set from one run; files an earlier
+run left that this run does not produce are removed. The full contract: docs/contract.md.
+
+exit status: 0 on success, 2 on unusable input (the reason is printed on one line, nothing is written),
+130 on Ctrl-C and 143 on SIGTERM (the output folder keeps the earlier complete run).
 
 example:
   ctqa sample sample_data
@@ -108,7 +112,7 @@ class _ProgressBar:
         from tqdm import tqdm
 
         self._bar = tqdm(
-            total=100, desc="assessing", disable=not enabled, bar_format="{desc:<28}{bar}| {n:.0f}% [{elapsed}]"
+            total=100, desc="assessing", disable=not enabled, bar_format="{desc:<36.36}{bar}| {n:.0f}% [{elapsed}]"
         )
 
     def __call__(self, fraction: float, message: str) -> None:

@@ -1,6 +1,8 @@
 """The one exception type that means "the user's input is unusable", and how command lines report it."""
 
+import signal
 import sys
+import threading
 from typing import Callable
 
 
@@ -12,13 +14,36 @@ class InputError(ValueError):
 
 
 def exit_status(program: str, command: Callable[[], None]) -> int:
-    """Run a command-line action: 0 when it succeeds, 2 with `program: error: reason` on stderr for InputError."""
+    """Run a command-line action: 0 when it succeeds, 2 with `program: error: reason` on stderr for InputError.
+
+    Ctrl-C and SIGTERM unwind the action (so partial outputs are cleaned up) and give 130 / 143 with one line.
+    """
+
+    def terminated(signum, frame):
+        raise Terminated()
+
+    previous = (
+        signal.signal(signal.SIGTERM, terminated) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
         command()
     except InputError as error:
         print(f"{program}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{program}: interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"{program}: terminated", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like KeyboardInterrupt so that context managers clean up."""
 
 
 def first_line(error: Exception) -> str:

@@ -27,6 +27,8 @@ GEOMETRY_FREE_EXTENSIONS = (".tif", ".tiff", ".npy")
 #: Extensions we write maps to.
 WRITABLE_EXTENSIONS = (".nrrd", ".nii", ".nii.gz", ".mha")
 DEFAULT_PIXEL_MM = 1.0
+#: Slices compressed at a time when writing NRRD maps.
+NRRD_SLAB_SLICES = 16
 #: Bytes read at a time when scanning NIfTI voxels for NaN/inf.
 NIFTI_CHUNK_BYTES = 64 << 20
 
@@ -35,8 +37,8 @@ def _has_extension(path: Path | str, extensions: tuple[str, ...]) -> bool:
     return str(path).lower().endswith(extensions)
 
 
-def _nifti_non_finite(path: str) -> int:
-    """Count of NaN/inf voxels in a NIfTI file's stored data (ITK's reader turns them into 0, so look first)."""
+def _check_nifti_voxels(path: str) -> None:
+    """Refuse a NIfTI file whose voxel data is truncated or holds NaN/inf (ITK's reader turns NaN into 0)."""
     import nibabel
 
     try:
@@ -44,21 +46,28 @@ def _nifti_non_finite(path: str) -> int:
     except Exception as error:  # nibabel raises several types for malformed headers
         raise InputError(f"{path}: cannot read NIfTI header ({first_line(error)})") from None
     dtype = header.get_data_dtype()
+    expected = int(np.prod(header.get_data_shape())) * dtype.itemsize
+    offset = int(header.get_data_offset())
+    compressed = path.lower().endswith(".gz")
+    if not compressed and os.path.getsize(path) < offset + expected:
+        raise InputError(f"{path}: cannot read (truncated: {os.path.getsize(path) - offset} of {expected} data bytes)")
     if dtype.kind != "f":
-        return 0
-    opener = gzip.open if path.lower().endswith(".gz") else open
-    remaining = int(np.prod(header.get_data_shape())) * dtype.itemsize
-    count = 0
-    with opener(path, "rb") as handle:
-        handle.seek(int(header.get_data_offset()))
+        return
+    remaining, non_finite = expected, 0
+    with (gzip.open if compressed else open)(path, "rb") as handle:
+        handle.seek(offset)
         while remaining > 0:
-            chunk = handle.read(min(NIFTI_CHUNK_BYTES - NIFTI_CHUNK_BYTES % dtype.itemsize, remaining))
+            try:
+                chunk = handle.read(min(NIFTI_CHUNK_BYTES - NIFTI_CHUNK_BYTES % dtype.itemsize, remaining))
+            except (OSError, EOFError) as error:
+                raise InputError(f"{path}: cannot read ({first_line(error)})") from None
             if not chunk:
-                break
+                raise InputError(f"{path}: cannot read (truncated: {expected - remaining} of {expected} data bytes)")
             values = np.frombuffer(chunk[: len(chunk) - len(chunk) % dtype.itemsize], dtype=dtype)
-            count += values.size - int(np.count_nonzero(np.isfinite(values)))
+            non_finite += values.size - int(np.count_nonzero(np.isfinite(values)))
             remaining -= len(chunk)
-    return count
+    if non_finite:
+        raise InputError(f"{path}: {non_finite} NaN/inf voxels")
 
 
 def _read_with_sitk(path: str) -> sitk.Image:
@@ -157,8 +166,8 @@ def read_volume(
             found = dicom.read_dicom_file(source, header)
             image, notes = found.image, found.notes
         else:
-            if _has_extension(source, (".nii", ".nii.gz")) and (bad := _nifti_non_finite(source)):
-                raise InputError(f"{source}: {bad} NaN/inf voxels")
+            if _has_extension(source, (".nii", ".nii.gz")):
+                _check_nifti_voxels(source)
             image = _read_with_sitk(source)
     image = _as_3d(image, source)
     geometry = (image.GetSpacing(), image.GetOrigin(), image.GetDirection())
@@ -181,14 +190,63 @@ def to_image(array: np.ndarray, like: CTVolume) -> sitk.Image:
     return image
 
 
+#: NRRD type names of the dtypes maps and labelmaps are written in (teem's format spec).
+NRRD_TYPES = {
+    "uint8": "uchar", "int8": "signed char", "uint16": "ushort", "int16": "short", "uint32": "uint", "int32": "int",
+    "float32": "float", "float64": "double",
+}  # fmt: skip
+
+
+def _nrrd_header(array: np.ndarray, like: CTVolume) -> bytes:
+    """NRRD 0004 header of a (z, y, x) array in LPS space with like's geometry (teem's format spec)."""
+    direction = np.asarray(like.direction).reshape(3, 3)
+    axes = [direction[:, axis] * like.spacing[axis] for axis in range(3)]  # columns are the x, y, z axes
+
+    def vector(values) -> str:
+        return "(" + ",".join(f"{float(v):.17g}" for v in values) + ")"
+
+    lines = [
+        "NRRD0004",
+        f"type: {NRRD_TYPES[array.dtype.name]}",
+        "dimension: 3",
+        "space: left-posterior-superior",
+        f"sizes: {array.shape[2]} {array.shape[1]} {array.shape[0]}",
+        "space directions: " + " ".join(vector(axis) for axis in axes),
+        "kinds: domain domain domain",
+        "endian: little",
+        "encoding: gzip",
+        f"space origin: {vector(like.origin)}",
+    ]
+    return ("\n".join(lines) + "\n\n").encode("ascii")
+
+
+def _write_nrrd(array: np.ndarray, like: CTVolume, path: Path) -> None:
+    """Write a NRRD slab by slab (gzip level 1): SimpleITK would first copy the whole map into an image."""
+    little_endian = array.dtype.newbyteorder("<")
+    with open(path, "wb") as handle:
+        handle.write(_nrrd_header(array, like))
+        with gzip.GzipFile(fileobj=handle, mode="wb", compresslevel=1, mtime=0) as stream:
+            for start in range(0, array.shape[0], NRRD_SLAB_SLICES):
+                slab = array[start : start + NRRD_SLAB_SLICES]
+                stream.write(np.ascontiguousarray(slab, dtype=little_endian).tobytes())
+
+
 def write_map(array: np.ndarray, like: CTVolume, path: str | os.PathLike) -> None:
-    """Write a (z, y, x) map with the geometry of like; format from the extension (NRRD, NIfTI, MHA)."""
+    """Write a (z, y, x) map with the geometry of like; format from the extension (NRRD, NIfTI, MHA).
+
+    NRRD (the output contract's format) is streamed in slabs, so writing needs no copy of the map.
+    """
     target = Path(path)
     if not _has_extension(target, WRITABLE_EXTENSIONS):
         raise InputError(f"{target}: unsupported output format; use one of {', '.join(WRITABLE_EXTENSIONS)}")
     if array.shape != like.shape:
         raise ValueError(f"map shape {array.shape} differs from volume shape {like.shape}")
     try:
-        sitk.WriteImage(to_image(array, like), str(target), useCompression=True, compressionLevel=1)
+        if _has_extension(target, (".nrrd",)) and array.dtype.name in NRRD_TYPES:
+            _write_nrrd(array, like, target)
+        else:
+            sitk.WriteImage(to_image(array, like), str(target), useCompression=True, compressionLevel=1)
+    except OSError as error:
+        raise InputError(f"{target}: cannot write ({error.strerror or error})") from None
     except RuntimeError as error:
         raise InputError(f"{target}: cannot write ({first_line(error)})") from None

@@ -49,8 +49,12 @@ def check_output_folder(path: str | os.PathLike) -> Path:
         existing = existing.parent
     if not existing.is_dir():
         raise InputError(f"{folder}: cannot create the output folder: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"{folder}: cannot write the output folder: permission denied on {existing}")
+    try:  # a real probe: permissions, read-only file systems and root's privileges all answer truthfully
+        os.rmdir(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=existing))
+    except OSError as error:
+        raise InputError(
+            f"{folder}: cannot write the output folder ({error.strerror or error} in {existing})"
+        ) from None
     return folder
 
 
@@ -113,6 +117,8 @@ class OutputFolder:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._lock_handle = _acquire_lock(self.folder / LOCK_NAME)
+            for leftover in self.folder.glob(STAGING_PREFIX + "*"):  # from a killed run: we hold the lock now
+                shutil.rmtree(leftover, ignore_errors=True)
             self._staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.folder))
         except OSError as error:
             self._release()
