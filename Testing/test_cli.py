@@ -129,3 +129,33 @@ def test_learned_model_checkpoint_end_to_end(sample_files, tmp_path, capsys):
     noise = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "noise_map.nrrd")))
     np.testing.assert_array_equal(np.isnan(quality), np.isnan(noise))  # the same body mask
     assert np.nanmin(quality) >= 0.0 and np.nanmax(quality) <= 1.0
+
+
+def test_json_progress_for_programs(sample_files, tmp_path, capsys):
+    out = tmp_path / "json"
+    argv = [
+        "assess",
+        str(sample_files / "sample_ct.nrrd"),
+        "--model",
+        "physics",
+        "--progress",
+        "json",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    progress = [event["fraction"] for event in events if event["event"] == "progress"]
+    assert len(progress) > 3 and progress == sorted(progress) and progress[-1] == 1.0
+    assert events[-1] == {"event": "done", "out": str(out), "outputs": sorted(p.name for p in out.iterdir())}
+
+
+def test_cuda_fallback_is_reported_once(sample_files, tmp_path, capfd):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: no fallback to report")
+    argv = ["assess", str(sample_files / "sample_ct.nrrd"), "--device", "cuda", "--quiet", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    err = capfd.readouterr().err
+    assert err.count("CUDA is not available") == 1 and err.startswith("ctqa: warning: ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -93,7 +94,14 @@ def _parser() -> argparse.ArgumentParser:
     assess.add_argument(
         "--pixel-mm", type=float, metavar="MM", help="pixel size of TIFF/.npy inputs, which store none (default 1)"
     )
-    assess.add_argument("--quiet", action="store_true", help="no progress bar")
+    assess.add_argument(
+        "--progress",
+        choices=("bar", "json", "none"),
+        default="bar",
+        help="progress display: a bar on stderr (default), JSON lines on stdout for programs (see docs/contract.md), "
+        "or none",
+    )
+    assess.add_argument("--quiet", action="store_true", help="no progress bar (same as --progress none)")
 
     sample = commands.add_parser(
         "sample",
@@ -123,12 +131,35 @@ class _ProgressBar:
         self._bar.close()
 
 
-def _print_result(input_path: str, summary: Summary, written: int, out: Path) -> None:
-    """The one-line result on stdout; notes and the device fallback on stderr, once each."""
+class _JsonProgress:
+    """Progress as JSON lines on stdout for programs that run ctqa (the Slicer module's process runner).
+
+    {"event": "progress", "fraction": 0..1, "stage": text}, then {"event": "done", "out": DIR, "outputs": [...]}.
+    Errors stay one line on stderr with exit status 2.
+    """
+
+    @staticmethod
+    def emit(event: str, **fields) -> None:
+        print(json.dumps({"event": event, **fields}), flush=True)
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self.emit("progress", fraction=round(float(fraction), 4), stage=message)
+
+    def close(self) -> None:
+        pass
+
+
+def _print_notes(summary: Summary) -> None:
+    """Notes and the device fallback on stderr, once each."""
     for note in summary.notes:
         print(f"ctqa: note: {note}", file=sys.stderr)
     if summary.settings.device_fallback:
         print(f"ctqa: warning: {summary.settings.device_fallback}", file=sys.stderr)
+
+
+def _print_result(input_path: str, summary: Summary, written: int, out: Path) -> None:
+    """The one-line result on stdout, after the notes on stderr."""
+    _print_notes(summary)
     score, gnl, noise_level = summary.global_quality_score, summary.gnl_hu, summary.learned_noise_level
     figures = [
         f"global quality {score:.3f}" if math.isfinite(score) else "no body found",
@@ -157,14 +188,19 @@ def _assess(args: argparse.Namespace) -> None:
     volume = read_volume(args.input, series_uid=args.series, **options)
     reference = read_volume(args.reference, **options) if args.reference else None
     rois = load_rois(args.roi, volume, args.roi_names) if args.roi else None
-    bar = _ProgressBar(enabled=not args.quiet)
+    display = "none" if args.quiet else args.progress
+    bar = _JsonProgress() if display == "json" else _ProgressBar(enabled=display == "bar")
     try:
         assessment = assess(volume, reference, rois, model=model, window_mm=window_mm, device=args.device, progress=bar)
         bar(1.0, "writing outputs")
         paths = write_outputs(assessment, out)
     finally:
         bar.close()
-    _print_result(args.input, assessment.summary, len(paths), out)
+    if display == "json":
+        _JsonProgress.emit("done", out=str(out), outputs=sorted(path.name for path in paths.values()))
+        _print_notes(assessment.summary)
+    else:
+        _print_result(args.input, assessment.summary, len(paths), out)
 
 
 def _sample(args: argparse.Namespace) -> None:
