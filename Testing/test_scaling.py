@@ -15,6 +15,7 @@ from ctqa.errors import InputError
 from ctqa.io import read_volume
 from ctqa.pipeline import assess
 from ctqa.scaling import check_plausible_hu, parse
+from ctqa.volume import CTVolume
 
 NOISE_SD_HU = 12.0
 
@@ -94,3 +95,12 @@ def test_reference_stored_flipped_and_shifted_lines_up(tmp_path):
     volume, reference = read_volume(tmp_path / "ct.nrrd"), read_volume(tmp_path / "reference.nrrd")
     result = assess(volume, reference, model="physics")
     assert result.summary.reference_ssim_mean == pytest.approx(1.0, abs=1e-6)
+
+
+def test_noise_free_image_reports_no_gnl_instead_of_zero(tmp_path):
+    """A synthetic image without noise: GNL, SNR and CNR are not reported (were 0.0 and a dose of 120 %)."""
+    hu = np.where(abdomen_hu((64, 64), seed=0)[1], 40.0, -1000.0).astype(np.float32)
+    hu[:, 20:40] += 60.0  # some anatomy, no noise
+    result = assess(CTVolume(np.stack([hu] * 3), (0.8, 0.8, 2.0)), model="physics")
+    assert np.isnan(result.summary.gnl_hu) and np.isnan(result.summary.snr)
+    assert any("no measurable noise" in note for note in result.summary.notes)
