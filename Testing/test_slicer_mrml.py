@@ -1,4 +1,5 @@
-"""The module's MRML glue (CTQualityAssessmentLib.mrml) against real MRML nodes from the `slicer-core` wheel.
+"""The module's MRML glue (CTQualityAssessmentLib.mrml) and its process runner against real MRML nodes from the
+`slicer-core` wheel: every run here is a real `ctqa assess` process.
 
 Skipped when slicer-core is not installed; the TotalSegmentator test also skips without ../shared/data.
 """
@@ -22,7 +23,7 @@ from ctqa.pipeline import assess, resolve_model  # noqa: E402
 from ctqa.results import ROI_COLUMNS, SLICE_COLUMNS  # noqa: E402
 from ctqa.sample import make_sample  # noqa: E402
 from ctqa.volume import CTVolume  # noqa: E402
-from CTQualityAssessmentLib import mrml  # noqa: E402
+from CTQualityAssessmentLib import mrml, process  # noqa: E402
 
 TOTALSEG = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg"
 
@@ -104,12 +105,12 @@ def test_geometry_matches_slicer_reading_the_same_file(headless, tmp_path):
 def test_quality_map_node(headless, sample):
     scene = headless.scene
     ct = _volume_node(scene, sample.low_dose)
-    outputs = mrml.process(ct)
+    outputs = process.run(ct, model="physics")
 
     quality = outputs.quality_map
     assert quality.IsA("vtkMRMLScalarVolumeNode") and quality.GetAttribute(mrml.ROLE_ATTRIBUTE) == mrml.QUALITY_MAP
     np.testing.assert_allclose(_ijk_to_ras(quality), _ijk_to_ras(ct), atol=1e-9)
-    expected = assess(sample.low_dose).quality
+    expected = assess(sample.low_dose, model="physics").quality
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(quality), expected)  # NaN outside the body, too
 
     display = quality.GetDisplayNode()
@@ -129,7 +130,7 @@ def test_quality_map_node(headless, sample):
 def test_slice_views_show_the_overlay(headless, sample):
     scene = headless.scene
     ct = _volume_node(scene, sample.low_dose)
-    outputs = mrml.process(ct, opacity=0.4)
+    outputs = process.run(ct, opacity=0.4, model="physics")
     composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
     assert composites.GetNumberOfItems() == 3
     for index in range(3):
@@ -158,7 +159,7 @@ def test_nan_outside_body_is_transparent_in_the_rendered_slice(headless, sample)
     ct = _volume_node(scene, sample.low_dose)
     ct.GetDisplayNode().AutoWindowLevelOff()
     ct.GetDisplayNode().SetWindowLevelMinMax(-1200.0, 400.0)  # air is dark grey, not black
-    outputs = mrml.process(ct, opacity=1.0)
+    outputs = process.run(ct, opacity=1.0, model="physics")
     with_overlay = _render_red_view(headless)
     mrml.set_overlay_opacity(0.0, scene)
     background_only = _render_red_view(headless)
@@ -173,7 +174,7 @@ def test_nan_outside_body_is_transparent_in_the_rendered_slice(headless, sample)
 def test_slice_table_and_plot(headless, sample):
     scene = headless.scene
     ct = _volume_node(scene, sample.low_dose)
-    outputs = mrml.process(ct)
+    outputs = process.run(ct, model="physics")
     table = outputs.slice_table
     assert table.GetNumberOfRows() == sample.low_dose.shape[0]
     columns = _table_columns(table)
@@ -194,7 +195,7 @@ def test_reference_volume_gives_an_ssim_map(headless, sample):
     scene = headless.scene
     ct = _volume_node(scene, sample.low_dose)
     reference = _volume_node(scene, sample.reference, "reference")
-    outputs = mrml.process(ct, reference_volume_node=reference)
+    outputs = process.run(ct, reference_volume_node=reference, model="physics")
     assert outputs.reference_ssim_map.GetAttribute(mrml.ROLE_ATTRIBUTE) == mrml.REFERENCE_SSIM_MAP
     np.testing.assert_allclose(_ijk_to_ras(outputs.reference_ssim_map), _ijk_to_ras(ct))
     assert 0.0 < outputs.summary["reference_ssim_mean_body"] < 1.0
@@ -222,7 +223,7 @@ def test_segment_table_from_totalsegmentator_masks(headless):
     assert 0 in expected.values() and len(expected) == segmentation.GetSegmentation().GetNumberOfSegments()
     color_tables = scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode")
 
-    outputs = mrml.process(ct, segmentation)
+    outputs = process.run(ct, segmentation, model="physics")
 
     columns = _table_columns(outputs.segment_table)
     assert tuple(columns) == ROI_COLUMNS
@@ -240,7 +241,7 @@ def test_segment_table_from_totalsegmentator_masks(headless):
 def test_scene_written_to_mrb_reads_back_the_same_map(headless, sample, tmp_path):
     scene = headless.scene
     ct = _volume_node(scene, sample.low_dose, "sample CT")
-    outputs = mrml.process(ct)
+    outputs = process.run(ct, model="physics")
     bundle = tmp_path / "assessment.mrb"
     assert scene.WriteToMRB(str(bundle))
 
@@ -269,19 +270,19 @@ def test_rerun_replaces_own_nodes_and_leaves_user_nodes(headless, sample):
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(ct)
     segmentation.GetSegmentation().AddEmptySegment("liver", "liver")
 
-    first = mrml.process(ct, segmentation)
+    first = process.run(ct, segmentation, model="physics")
     node_count = scene.GetNumberOfNodes()
-    second = mrml.process(ct, segmentation)
+    second = process.run(ct, segmentation, model="physics")
     assert scene.GetNumberOfNodes() == node_count
     assert second.quality_map is first.quality_map and second.slice_table is first.slice_table
     assert _role_count(scene, mrml.QUALITY_MAP) == 1 and _role_count(scene, mrml.QUALITY_COLORS) == 1
 
-    third = mrml.process(ct)  # no segmentation this time: the old segment table goes
+    third = process.run(ct, model="physics")  # no segmentation this time: the old segment table goes
     assert third.segment_table is None and _role_count(scene, mrml.SEGMENT_TABLE) == 0
     assert scene.GetNodeByID(first.segment_table.GetID()) is None
 
     other = _volume_node(scene, sample.reference, "other CT")
-    mrml.process(other)  # outputs of another volume are its own
+    process.run(other, model="physics")  # outputs of another volume are its own
     assert _role_count(scene, mrml.QUALITY_MAP) == 2
     assert mrml.own_output_nodes(ct)[mrml.QUALITY_MAP] is first.quality_map
 
@@ -296,27 +297,27 @@ def test_models_and_devices(headless, sample):
     assert resolve_model("physics").name == "physics"
     assert resolve_model("default").name == default_model("quality_map")
     with pytest.raises(InputError, match="no such model card"):
-        mrml.process(ct, model="/models/my_n2q.safetensors")
+        process.run(ct, model="/models/my_n2q.safetensors")
     with pytest.raises(InputError, match="unknown model"):
-        mrml.process(ct, model="n2q-large")
+        process.run(ct, model="n2q-large")
     with pytest.raises(InputError, match="unknown device"):
-        mrml.process(ct, device="tpu")
+        process.run(ct, device="tpu")
     assert mrml.own_output_nodes(ct) == {}  # nothing was made before the refusal
 
 
 def test_unusable_input_nodes(headless, sample):
     scene = headless.scene
     with pytest.raises(InputError, match="no input volume"):
-        mrml.process(None)
+        process.run(None)
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
     with pytest.raises(InputError, match="no voxels"):
-        mrml.process(empty)
+        process.run(empty)
     colour = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
     slicer.util.updateVolumeFromArray(colour, np.zeros((2, 3, 4, 3), dtype=np.uint8))
     with pytest.raises(InputError, match="3-component"):
-        mrml.process(colour)
+        process.run(colour)
     ct = _volume_node(scene, sample.low_dose)
     far = CTVolume(sample.reference.hu[:4], sample.reference.spacing, origin=(5000.0, 0.0, 0.0))
     elsewhere = _volume_node(scene, far, "reference 5 m away")
     with pytest.raises(InputError, match="reference does not overlap"):
-        mrml.process(ct, reference_volume_node=elsewhere)
+        process.run(ct, reference_volume_node=elsewhere, model="physics")

@@ -1,4 +1,4 @@
-"""MRML glue of the Slicer module: volume/segmentation nodes in, quality map, tables and plot nodes out.
+"""MRML glue of the Slicer module: volume nodes in (for process.py to write), a run's output folder out as nodes.
 
 Needs only MRML and `slicer.util` (the `slicer-core` wheel gives both outside Slicer), never Qt or `slicer.app`, so
 pytest drives it against real nodes. `slicer` is imported inside the functions: the core imports without Slicer.
@@ -8,7 +8,8 @@ by a flip of the first two physical axes. Output nodes copy the input's parent t
 
 Output nodes carry the attribute ROLE_ATTRIBUTE (what they are) and a node reference INPUT_REFERENCE to the assessed
 volume; a new run on the same volume updates those nodes in place and removes the ones it no longer produces.
-Nodes without the attribute (the user's) are never modified or removed.
+Nodes without the attribute (the user's) are never modified or removed. They sit in a subject-hierarchy folder
+under the input's parent (its study when it came from DICOM).
 """
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ import numpy as np
 
 from ctqa.colors import QUALITY_COLOR_ANCHORS
 from ctqa.errors import InputError
-from ctqa.pipeline import Assessment, assess, resolve_model
-from ctqa.results import ROI_COLUMNS, SLICE_COLUMNS, table_row, to_json
-from ctqa.rois import Roi, roi_from_mask
-from ctqa.slabs import ProgressCallback
+from ctqa.outputs import SavedOutputs
+from ctqa.results import ROI_COLUMNS, SLICE_COLUMNS
 from ctqa.volume import CTVolume
 
 ROLE_ATTRIBUTE = "CTQualityAssessment.Role"
@@ -34,23 +33,15 @@ INPUT_REFERENCE = "CTQualityAssessment.InputVolume"
 QUALITY_MAP, NOISE_MAP, REFERENCE_SSIM_MAP = "QualityMap", "NoiseMap", "ReferenceSsimMap"
 SLICE_TABLE, SLICE_MEAN_SERIES, SLICE_P10_SERIES, SLICE_CHART = "SliceTable", "SliceMean", "SliceP10", "SliceChart"
 SEGMENT_TABLE = "SegmentTable"
-QUALITY_COLORS = "QualityColors"  # one per scene, shared by all quality maps
+QUALITY_COLORS = "QualityColors"  # one per scene, shared by all quality maps, where Slicer's Viridis is missing
+SLICER_VIRIDIS_ID = "vtkMRMLColorTableNodeFileViridis.txt"  # Libs/MRML/Core/Resources/ColorFiles/Viridis.txt
+OUTPUT_FOLDER_ATTRIBUTE = "CTQualityAssessment.OutputFolder"
 
 DEFAULT_OPACITY = 0.5
-DEVICES = ("auto", "cpu", "cuda")
 
 COLOR_TABLE_SIZE = 256
 
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse
-
-
-@dataclass
-class AssessmentInputs:
-    """What the core needs, read from nodes on the main thread: the CT, optional reference and ROIs."""
-
-    volume: CTVolume
-    reference: CTVolume | None = None
-    rois: list[Roi] | None = None
 
 
 @dataclass
@@ -113,50 +104,6 @@ def _vtk_matrix(getter):
     return matrix
 
 
-# --- inputs ---------------------------------------------------------------------------------------------------
-
-
-def rois_from_segmentation(segmentation_node, volume_node) -> list[Roi]:
-    """One Roi per segment (value = segment index + 1, name = segment name) on the grid of volume_node."""
-    import slicer
-
-    scene = volume_node.GetScene()
-    segmentation = segmentation_node.GetSegmentation()
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__CTQualityAssessment_segment__")
-    rois = []
-    try:
-        for index in range(segmentation.GetNumberOfSegments()):
-            segment_id = segmentation.GetNthSegmentID(index)
-            exported = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-                segmentation_node, [segment_id], labelmap, volume_node
-            )
-            if not exported:
-                raise InputError(
-                    f"{segmentation_node.GetName()}: cannot export segment {segment_id} to the volume grid"
-                )
-            mask = slicer.util.arrayFromVolume(labelmap) > 0
-            rois.append(roi_from_mask(mask, index + 1, segmentation.GetNthSegment(index).GetName()))
-    finally:
-        display = labelmap.GetDisplayNode()
-        if display is not None:
-            color = display.GetColorNode()
-            if color is not None and not color.GetSingletonTag():
-                scene.RemoveNode(color)  # a colour table the export made for the temporary labelmap
-            scene.RemoveNode(display)
-        scene.RemoveNode(labelmap)
-    return rois
-
-
-def inputs_from_nodes(volume_node, segmentation_node=None, reference_volume_node=None) -> AssessmentInputs:
-    """Read the CT, the optional reference CT and the segments of the optional segmentation from their nodes."""
-    if volume_node is None:
-        raise InputError("no input volume selected")
-    volume = volume_from_node(volume_node)
-    reference = volume_from_node(reference_volume_node) if reference_volume_node is not None else None
-    rois = rois_from_segmentation(segmentation_node, volume_node) if segmentation_node is not None else None
-    return AssessmentInputs(volume, reference, rois)
-
-
 # --- outputs --------------------------------------------------------------------------------------------------
 
 
@@ -174,7 +121,10 @@ def own_output_nodes(volume_node) -> dict[str, object]:
 
 
 def quality_color_table(scene):
-    """The scene's quality colour table (viridis, 256 entries over quality 0..1), created on first use."""
+    """Slicer's Viridis colour table; where the application has not loaded it (headless), an equal one of ours."""
+    viridis = scene.GetNodeByID(SLICER_VIRIDIS_ID)
+    if viridis is not None:
+        return viridis
     nodes = scene.GetNodesByClass("vtkMRMLColorTableNode")
     for index in range(nodes.GetNumberOfItems()):
         node = nodes.GetItemAsObject(index)
@@ -206,10 +156,13 @@ def _own_node(scene, existing: dict, role: str, class_name: str, name: str, volu
     return node
 
 
-def _map_node(scene, existing, role, name, array, assessment: Assessment, volume_node):
-    """A scalar volume node holding a (z, y, x) map on the input grid, under the input's parent transform."""
+def _map_node(scene, existing, role, name, array, volume_node):
+    """A scalar volume node holding a (z, y, x) map on the input's grid, under the input's parent transform."""
+    import slicer
+
     node = _own_node(scene, existing, role, "vtkMRMLScalarVolumeNode", name, volume_node)
-    update_volume_node(node, array.astype(np.float32, copy=False), assessment.volume)
+    slicer.util.updateVolumeFromArray(node, array.astype(np.float32, copy=False))
+    node.SetIJKToRASMatrix(_vtk_matrix(volume_node.GetIJKToRASMatrix))
     node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
     node.CreateDefaultDisplayNodes()
     return node
@@ -238,15 +191,14 @@ def _show_as_noise(node) -> None:
     display.SetWindowLevelMinMax(0.0, 50.0)
 
 
-def fill_table(table_node, row_objects: list, columns: tuple[str, ...]) -> None:
-    """Replace a table node's content by rows (results.SliceRow / RoiRow): str -> string, int -> int, else double."""
+def fill_table(table_node, rows: list[dict], columns: tuple[str, ...]) -> None:
+    """Replace a table node's content by rows ({column: value}): str -> string, int -> int, else double (None: NaN)."""
     import vtk
 
-    rows = [table_row(row) for row in row_objects]
     table = vtk.vtkTable()
     for column in columns:
         values = [row[column] for row in rows]
-        if values and all(isinstance(v, str) for v in values):
+        if values and all(isinstance(v, str) for v in values if v is not None) and any(values):
             array = vtk.vtkStringArray()
         elif values and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
             array = vtk.vtkIntArray()
@@ -284,48 +236,69 @@ def _slice_chart(scene, existing, table, volume_node, base: str):
     return chart
 
 
-def outputs_to_scene(assessment: Assessment, volume_node, segmentation_node=None) -> OutputNodes:
-    """Create or update the module's output nodes for volume_node from an assessment (main thread only)."""
+def _hierarchy_item(hierarchy, node) -> int:
+    """The subject-hierarchy item of a data node; created under the scene where none exists (Slicer's plugins
+    create items as nodes are added; a plain MRML scene, as in scripts and tests, has none)."""
+    item = hierarchy.GetItemByDataNode(node)
+    return item if item else hierarchy.CreateItem(hierarchy.GetSceneItemID(), node)
+
+
+def _output_folder(scene, volume_node, base: str) -> int:
+    """The subject-hierarchy folder of the module's outputs for volume_node, under the input's parent item."""
+    import slicer
+    import vtk
+
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    parent = hierarchy.GetItemParent(_hierarchy_item(hierarchy, volume_node))
+    children = vtk.vtkIdList()
+    hierarchy.GetItemChildren(parent, children)
+    for index in range(children.GetNumberOfIds()):
+        item = children.GetId(index)
+        if hierarchy.GetItemAttribute(item, OUTPUT_FOLDER_ATTRIBUTE) == volume_node.GetID():
+            return item
+    folder = hierarchy.CreateFolderItem(parent, f"{base} quality assessment")
+    hierarchy.SetItemAttribute(folder, OUTPUT_FOLDER_ATTRIBUTE, volume_node.GetID())
+    return folder
+
+
+def outputs_to_scene(saved: SavedOutputs, volume_node, segmentation_node=None) -> OutputNodes:
+    """Create or update the module's output nodes for volume_node from a completed run (main thread only)."""
+    import slicer
+
     scene = volume_node.GetScene()
     existing = own_output_nodes(volume_node)
     base = volume_node.GetName()
     color_table = quality_color_table(scene)
 
-    quality = _map_node(
-        scene, existing, QUALITY_MAP, f"{base} quality map", assessment.quality, assessment, volume_node
-    )
+    quality = _map_node(scene, existing, QUALITY_MAP, f"{base} quality map", saved.maps["quality_map"], volume_node)
     _show_as_quality(quality, color_table)
-    summary = to_json(assessment.summary)
-    quality.SetAttribute(SUMMARY_ATTRIBUTE, json.dumps(summary))
-    noise_sd = assessment.noise.noise_sd
-    noise = _map_node(scene, existing, NOISE_MAP, f"{base} noise SD (HU)", noise_sd, assessment, volume_node)
+    quality.SetAttribute(SUMMARY_ATTRIBUTE, json.dumps(saved.summary))
+    noise = _map_node(scene, existing, NOISE_MAP, f"{base} noise SD (HU)", saved.maps["noise_map"], volume_node)
     _show_as_noise(noise)
     reference = None
-    if assessment.reference_ssim is not None:
-        reference = _map_node(
-            scene,
-            existing,
-            REFERENCE_SSIM_MAP,
-            f"{base} reference SSIM",
-            assessment.reference_ssim,
-            assessment,
-            volume_node,
-        )
+    if "reference_ssim_map" in saved.maps:
+        name = f"{base} reference SSIM"
+        reference = _map_node(scene, existing, REFERENCE_SSIM_MAP, name, saved.maps["reference_ssim_map"], volume_node)
         _show_as_quality(reference, color_table)
 
     slice_table = _own_node(scene, existing, SLICE_TABLE, "vtkMRMLTableNode", f"{base} slice quality", volume_node)
-    fill_table(slice_table, assessment.slices, SLICE_COLUMNS)
+    fill_table(slice_table, saved.slices, SLICE_COLUMNS)
     chart = _slice_chart(scene, existing, slice_table, volume_node, base)
 
     segment_table = None
-    if assessment.rois is not None:
+    if saved.rois is not None:
         name = f"{base} quality per segment" + (f" ({segmentation_node.GetName()})" if segmentation_node else "")
         segment_table = _own_node(scene, existing, SEGMENT_TABLE, "vtkMRMLTableNode", name, volume_node)
-        fill_table(segment_table, assessment.rois, ROI_COLUMNS)
+        fill_table(segment_table, saved.rois, ROI_COLUMNS)
 
     for stale in existing.values():  # outputs of an earlier run that this run did not produce
         scene.RemoveNode(stale)
-    return OutputNodes(quality, noise, reference, color_table, slice_table, chart, segment_table, summary)
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    folder = _output_folder(scene, volume_node, base)
+    for node in (quality, noise, reference, slice_table, chart, segment_table):
+        if node is not None:
+            hierarchy.SetItemParent(_hierarchy_item(hierarchy, node), folder)
+    return OutputNodes(quality, noise, reference, color_table, slice_table, chart, segment_table, saved.summary)
 
 
 def show_overlay(quality_map_node, background_volume_node, opacity: float = DEFAULT_OPACITY) -> None:
@@ -340,38 +313,10 @@ def show_overlay(quality_map_node, background_volume_node, opacity: float = DEFA
 
 
 def set_overlay_opacity(opacity: float, scene) -> None:
-    """Foreground opacity 0..1 in every slice view."""
+    """Foreground opacity 0..1 in the slice views whose foreground is one of the module's maps (no other view)."""
     composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
     for index in range(composites.GetNumberOfItems()):
-        composites.GetItemAsObject(index).SetForegroundOpacity(opacity)
-
-
-def process(
-    volume_node,
-    segmentation_node=None,
-    model: str = "default",
-    reference_volume_node=None,
-    window_mm: float | None = None,
-    device: str = "auto",
-    progress: ProgressCallback | None = None,
-    show: bool = True,
-    opacity: float = DEFAULT_OPACITY,
-) -> OutputNodes:
-    """Assess a CT volume node and put the results in its scene; returns the output nodes.
-
-    Runs on the calling thread (the module's widget runs the core in a worker and calls outputs_to_scene itself).
-    device: where learned models run (DEVICES); the physics model always runs on the CPU.
-    show: put the quality map as foreground overlay in all slice views. Raises InputError for unusable input.
-    """
-    model = resolve_model(model)
-    if device not in DEVICES:
-        raise InputError(f"{device}: unknown device; choose one of {', '.join(DEVICES)}")
-    inputs = inputs_from_nodes(volume_node, segmentation_node, reference_volume_node)
-    options = {} if window_mm is None else {"window_mm": window_mm}
-    assessment = assess(
-        inputs.volume, inputs.reference, inputs.rois, model=model, device=device, progress=progress, **options
-    )
-    outputs = outputs_to_scene(assessment, volume_node, segmentation_node)
-    if show:
-        show_overlay(outputs.quality_map, volume_node, opacity)
-    return outputs
+        composite = composites.GetItemAsObject(index)
+        foreground = scene.GetNodeByID(composite.GetForegroundVolumeID() or "")
+        if foreground is not None and foreground.GetAttribute(ROLE_ATTRIBUTE):
+            composite.SetForegroundOpacity(opacity)

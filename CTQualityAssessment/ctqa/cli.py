@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
         "or none",
     )
     assess.add_argument("--quiet", action="store_true", help="no progress bar (same as --progress none)")
+    assess.add_argument(
+        "--no-preview", action="store_true", help="do not draw preview.png (programs that show the maps themselves)"
+    )
 
     sample = commands.add_parser(
         "sample",
@@ -193,7 +196,7 @@ def _assess(args: argparse.Namespace) -> None:
     try:
         assessment = assess(volume, reference, rois, model=model, window_mm=window_mm, device=args.device, progress=bar)
         bar(1.0, "writing outputs")
-        paths = write_outputs(assessment, out)
+        paths = write_outputs(assessment, out, preview=not args.no_preview)
     finally:
         bar.close()
     if display == "json":

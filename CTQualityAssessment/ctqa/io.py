@@ -206,7 +206,7 @@ NRRD_TYPES = {
 }  # fmt: skip
 
 
-def _nrrd_header(array: np.ndarray, like: CTVolume) -> bytes:
+def _nrrd_header(array: np.ndarray, like: CTVolume, encoding: str) -> bytes:
     """NRRD 0004 header of a (z, y, x) array in LPS space with like's geometry (teem's format spec)."""
     direction = np.asarray(like.direction).reshape(3, 3)
     axes = [direction[:, axis] * like.spacing[axis] for axis in range(3)]  # columns are the x, y, z axes
@@ -223,7 +223,7 @@ def _nrrd_header(array: np.ndarray, like: CTVolume) -> bytes:
         "space directions: " + " ".join(vector(axis) for axis in axes),
         "kinds: domain domain domain",
         "endian: little",
-        "encoding: gzip",
+        f"encoding: {encoding}",
         f"space origin: {vector(like.origin)}",
     ]
     return ("\n".join(lines) + "\n\n").encode("ascii")
@@ -233,6 +233,15 @@ def _deflate_slab(data: bytes, last: bool) -> bytes:
     """Raw deflate (level 1) of one slab, ended by a sync flush so that the slabs concatenate into one stream."""
     compressor = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
     return compressor.compress(data) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+
+def _write_raw_nrrd(array: np.ndarray, like: CTVolume, path: Path) -> None:
+    """Write an uncompressed NRRD slab by slab: for files a program reads back at once (disk-speed, no CPU)."""
+    little_endian = array.dtype.newbyteorder("<")
+    with open(path, "wb") as handle:
+        handle.write(_nrrd_header(array, like, "raw"))
+        for start in range(0, array.shape[0], NRRD_SLAB_SLICES):
+            handle.write(np.ascontiguousarray(array[start : start + NRRD_SLAB_SLICES], dtype=little_endian).tobytes())
 
 
 def _write_nrrd(array: np.ndarray, like: CTVolume, path: Path) -> None:
@@ -251,7 +260,7 @@ def _write_nrrd(array: np.ndarray, like: CTVolume, path: Path) -> None:
 
     crc, size = 0, 0
     with open(path, "wb") as handle, ThreadPoolExecutor(max_workers=WORKER_THREADS) as pool:
-        handle.write(_nrrd_header(array, like))
+        handle.write(_nrrd_header(array, like, "gzip"))
         handle.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")  # gzip member header: deflate, mtime 0
         pending: deque = deque()
         for start in starts:
@@ -264,10 +273,11 @@ def _write_nrrd(array: np.ndarray, like: CTVolume, path: Path) -> None:
         handle.write(struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF))
 
 
-def write_map(array: np.ndarray, like: CTVolume, path: str | os.PathLike) -> None:
+def write_map(array: np.ndarray, like: CTVolume, path: str | os.PathLike, compress: bool = True) -> None:
     """Write a (z, y, x) map with the geometry of like; format from the extension (NRRD, NIfTI, MHA).
 
-    NRRD (the output contract's format) is streamed in slabs, so writing needs no copy of the map.
+    NRRD (the output contract's format) is streamed in slabs, so writing needs no copy of the map; compress=False
+    writes it uncompressed (temporary files another process reads at once).
     """
     target = Path(path)
     if not _has_extension(target, WRITABLE_EXTENSIONS):
@@ -276,7 +286,7 @@ def write_map(array: np.ndarray, like: CTVolume, path: str | os.PathLike) -> Non
         raise ValueError(f"map shape {array.shape} differs from volume shape {like.shape}")
     try:
         if _has_extension(target, (".nrrd",)) and array.dtype.name in NRRD_TYPES:
-            _write_nrrd(array, like, target)
+            (_write_nrrd if compress else _write_raw_nrrd)(array, like, target)
         else:
             sitk.WriteImage(to_image(array, like), str(target), useCompression=True, compressionLevel=1)
     except OSError as error:

@@ -1,4 +1,5 @@
-"""The output-folder contract of `ctqa assess` (docs/contract.md): which files, and how they appear atomically.
+"""The output-folder contract of `ctqa assess` (docs/contract.md): which files, how they appear atomically, and
+reading a completed folder back (read_outputs: the Slicer module loads a run's results this way).
 
 A run writes every file into a staging folder inside --out, then, with SIGINT/SIGTERM held back, removes the old
 summary.json, moves the new files in (os.replace: each file is whole or absent), removes the files of an earlier run
@@ -17,7 +18,10 @@ import shutil
 import signal
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from ctqa.errors import InputError
 
@@ -178,3 +182,53 @@ def write_csv(rows: list[dict], columns: tuple[str, ...], path: Path) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow({key: ("" if value is None else value) for key, value in row.items()})
+
+
+@dataclass
+class SavedOutputs:
+    """A complete output folder read back: maps (z, y, x) float32 by role, table rows and the summary.
+
+    Table cells are int, float or str as the columns hold them (None for empty cells); maps absent from the run
+    (reference SSIM without --reference) are missing from `maps`, rois is None without --roi.
+    """
+
+    folder: Path
+    maps: dict[str, np.ndarray]
+    slices: list[dict]
+    rois: list[dict] | None
+    summary: dict
+
+
+def _cell(text: str):
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return [{key: _cell(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
+def read_outputs(folder: str | os.PathLike) -> SavedOutputs:
+    """Read a folder a run completed (summary.json present); InputError for an incomplete one."""
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    summary_path = folder / OUTPUT_FILES["summary"]
+    if not summary_path.is_file():
+        raise InputError(f"{folder}: no complete assessment here (summary.json missing)")
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    listed = set(summary.get("outputs", []))
+    maps = {
+        role: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / name)))
+        for role, name in OUTPUT_FILES.items()
+        if name.endswith(".nrrd") and name in listed
+    }
+    rois = _read_csv(folder / OUTPUT_FILES["rois"]) if OUTPUT_FILES["rois"] in listed else None
+    return SavedOutputs(folder, maps, _read_csv(folder / OUTPUT_FILES["slices"]), rois, summary)

@@ -152,10 +152,11 @@ def assess(
     return Assessment(volume, result, noise, reference_ssim, slices, roi_rows, summary)
 
 
-def write_outputs(assessment: Assessment, folder: str | os.PathLike) -> dict[str, Path]:
-    """Write the output contract (outputs.OUTPUT_FILES) into folder atomically; returns the written paths by role."""
-    from ctqa.reports.preview import save_preview  # matplotlib is imported only when a preview is drawn
+def write_outputs(assessment: Assessment, folder: str | os.PathLike, preview: bool = True) -> dict[str, Path]:
+    """Write the output contract (outputs.OUTPUT_FILES) into folder atomically; returns the written paths by role.
 
+    preview=False leaves out preview.png (and matplotlib, which Slicer does not bundle).
+    """
     volume = assessment.volume
     with OutputFolder(folder) as out:
         write_map(assessment.quality, volume, out.stage("quality_map"))
@@ -165,5 +166,8 @@ def write_outputs(assessment: Assessment, folder: str | os.PathLike) -> dict[str
         write_csv([table_row(row) for row in assessment.slices], SLICE_COLUMNS, out.stage("slices"))
         if assessment.rois is not None:
             write_csv([table_row(row) for row in assessment.rois], ROI_COLUMNS, out.stage("rois"))
-        save_preview(assessment, out.stage("preview"))
+        if preview:
+            from ctqa.reports.preview import save_preview  # matplotlib is imported only when a preview is drawn
+
+            save_preview(assessment, out.stage("preview"))
         return out.commit(to_json(assessment.summary))

@@ -76,6 +76,24 @@ def _segment_names(image: sitk.Image) -> dict[int, str]:
     return names
 
 
+def _layered_segments(image: sitk.Image, volume: CTVolume, source: str) -> list[Roi]:
+    """One Roi per segment of a 3D Slicer .seg.nrrd whose segments overlap (one labelmap layer per component).
+
+    Segment k is where layer SegmentK_Layer holds SegmentK_LabelValue; values are k + 1 in file order.
+    """
+    keys = set(image.GetMetaDataKeys())
+    rois = []
+    index = 0
+    while f"Segment{index}_Name" in keys:
+        layer = int(image.GetMetaData(f"Segment{index}_Layer")) if f"Segment{index}_Layer" in keys else 0
+        label = int(image.GetMetaData(f"Segment{index}_LabelValue"))
+        component = sitk.VectorIndexSelectionCast(image, layer)
+        mask = labels_on_volume_grid(sitk.Cast(component == label, sitk.sitkUInt8), volume, source) > 0
+        rois.append(roi_from_mask(mask, index + 1, image.GetMetaData(f"Segment{index}_Name")))
+        index += 1
+    return rois
+
+
 def _stem(path: Path) -> str:
     name = path.name
     for extension in sorted(VOLUME_EXTENSIONS + (".seg.nrrd",), key=len, reverse=True):
@@ -139,6 +157,8 @@ def load_rois(path: str | os.PathLike, volume: CTVolume, names_path: str | os.Pa
     if not source.exists():
         raise InputError(f"{source}: no such file or folder")
     image = read_image(source)
+    if image.GetNumberOfComponentsPerPixel() > 1 and _segment_names(image):
+        return _layered_segments(image, volume, str(source))
     labels = labels_on_volume_grid(image, volume, str(source))
     names = table or _segment_names(image)
     if not names and set(np.unique(labels)) <= {0, 1}:

@@ -1,0 +1,275 @@
+"""Out-of-process assessment, as SlicerMONAIAuto3DSeg runs its inference: the GUI never computes.
+
+1. write_inputs: the input volume (and reference) as uncompressed NRRD and the segmentation as .seg.nrrd into a
+   temporary folder (segment export to the CT grid then happens in the worker, not in the GUI);
+2. AssessmentProcess: `ctqa assess ... --progress json --no-preview` in PythonSlicer (Slicer's own Python, found
+   like slicer.util.executePythonModule does), started with subprocess.Popen in its own process group; two reader
+   threads queue its stdout (JSON progress lines) and stderr; poll() drains them without blocking (the module's
+   QTimer calls it; a blocking console call loops over it); cancel() ends the whole process tree;
+3. on success the caller loads the completed output folder (ctqa.outputs.read_outputs) into MRML (mrml.py).
+
+subprocess.Popen directly, rather than slicer.util.launchConsoleProcess (which wraps it), because cancel needs the
+process group, and because the same code then runs headless in the tests. Nothing here touches Qt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ctqa.errors import InputError
+from ctqa.io import write_map
+from ctqa.outputs import SavedOutputs, read_outputs
+from ctqa.pipeline import resolve_model
+
+#: Folder that holds the `ctqa` package (Slicer puts it on sys.path; the worker gets it on PYTHONPATH).
+MODULE_DIR = Path(__file__).resolve().parents[1]
+#: States of a run; "running" until the process ends.
+RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
+DEVICES = ("auto", "cpu", "cuda")
+#: Seconds a cancelled process gets to clean up (its staging folder) before it is killed.
+TERMINATE_GRACE_S = 5.0
+
+
+@dataclass
+class InputFiles:
+    """Files written for one run in folder: the CT, and the optional reference and segmentation."""
+
+    folder: Path
+    volume: Path
+    reference: Path | None = None
+    segmentation: Path | None = None
+
+
+@dataclass
+class LogLine:
+    """One line for the module's log panel: seconds since the start, and the text."""
+
+    seconds: float
+    text: str
+
+
+def python_executable() -> str:
+    """Slicer's PythonSlicer when running inside Slicer, else this interpreter (headless use and tests)."""
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+def write_inputs(volume_node, reference_node=None, segmentation_node=None, folder: Path | None = None) -> InputFiles:
+    """Write a run's inputs (main thread; no segment export here); InputError for unusable nodes."""
+    import slicer
+
+    from CTQualityAssessmentLib.mrml import volume_from_node
+
+    folder = Path(folder or tempfile.mkdtemp(prefix="CTQualityAssessment-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    files = InputFiles(folder, folder / "volume.nrrd")
+    volume = volume_from_node(volume_node)
+    write_map(volume.hu, volume, files.volume, compress=False)
+    if reference_node is not None:
+        reference = volume_from_node(reference_node)
+        files.reference = folder / "reference.nrrd"
+        write_map(reference.hu, reference, files.reference, compress=False)
+    if segmentation_node is not None:
+        files.segmentation = folder / "segmentation.seg.nrrd"
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        storage.SetFileName(str(files.segmentation))
+        if not storage.WriteData(segmentation_node):
+            raise InputError(f"{segmentation_node.GetName()}: cannot write the segmentation for the assessment")
+    return files
+
+
+def command_line(
+    inputs: InputFiles, out: Path, model: str = "default", device: str = "auto", window_mm: float | None = None
+) -> list[str]:
+    """The `ctqa assess` command of a run (JSON progress on stdout, no preview.png)."""
+    command = [python_executable(), "-m", "ctqa.cli", "assess", str(inputs.volume), "--out", str(out)]
+    command += ["--progress", "json", "--no-preview", "--model", str(model), "--device", device]
+    if inputs.reference is not None:
+        command += ["--reference", str(inputs.reference)]
+    if inputs.segmentation is not None:
+        command += ["--roi", str(inputs.segmentation)]
+    if window_mm is not None:
+        command += ["--window-mm", f"{window_mm:g}"]
+    return command
+
+
+def _read_lines(stream, tag: str, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put((tag, line.rstrip("\n")))
+    lines.put((tag, None))
+
+
+@dataclass
+class AssessmentProcess:
+    """One running `ctqa assess`; poll() for progress, cancel() to stop it, result() for the loaded outputs."""
+
+    inputs: InputFiles
+    out: Path
+    command: list[str]
+    state: str = RUNNING
+    fraction: float = 0.0
+    stage: str = "starting"
+    error: str | None = None
+    log: list[LogLine] = field(default_factory=list)
+    _process: subprocess.Popen | None = None
+    _lines: queue.Queue = field(default_factory=queue.Queue)
+    _open_streams: int = 2
+    _started: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def start(cls, inputs: InputFiles, model: str = "default", device: str = "auto", window_mm: float | None = None):
+        """Start the assessment of inputs; the outputs go to inputs.folder / "out"."""
+        out = inputs.folder / "out"
+        job = cls(inputs, out, command_line(inputs, out, model, device, window_mm))
+        environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(MODULE_DIR), os.environ.get("PYTHONPATH", "")]))
+        if os.name == "posix":
+            group = {"start_new_session": True}
+        else:
+            group = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+        job._process = subprocess.Popen(
+            job.command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            env=environment,
+            **group,
+        )
+        for stream, tag in ((job._process.stdout, "out"), (job._process.stderr, "err")):
+            threading.Thread(target=_read_lines, args=(stream, tag, job._lines), daemon=True).start()
+        job._note(f"started: {' '.join(job.command[1:])}")
+        return job
+
+    def _note(self, text: str) -> None:
+        self.log.append(LogLine(time.monotonic() - self._started, text))
+
+    def _handle(self, tag: str, line: str) -> None:
+        if tag == "err":
+            self._note(line)
+            if line.startswith("ctqa: error: "):
+                self.error = line.removeprefix("ctqa: error: ")
+            return
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            self._note(line)
+            return
+        if event.get("event") == "progress":
+            if event.get("stage") != self.stage:
+                self._note(f"{event.get('stage')}")
+            self.fraction, self.stage = float(event["fraction"]), str(event.get("stage", ""))
+        elif event.get("event") == "done":
+            self._note(f"done: {len(event.get('outputs', []))} files")
+
+    def poll(self) -> str:
+        """Take what the process printed so far (never blocks) and return the state."""
+        while True:
+            try:
+                tag, line = self._lines.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                self._open_streams -= 1
+            else:
+                self._handle(tag, line)
+        if self.state == RUNNING and self._open_streams == 0 and self._process.poll() is not None:
+            code = self._process.returncode
+            self.state = DONE if code == 0 else FAILED
+            if code != 0 and self.error is None:
+                self.error = f"the assessment process ended with exit status {code}"
+            elapsed = time.monotonic() - self._started
+            self._note(f"finished in {elapsed:.1f} s" if code == 0 else f"failed: {self.error}")
+        return self.state
+
+    def wait(self, progress=None, interval_s: float = 0.05) -> str:
+        """Block until the process ends (the Python-console and batch path); progress(fraction, stage) on changes."""
+        reported = None
+        while self.poll() == RUNNING:
+            if progress is not None and (self.fraction, self.stage) != reported:
+                reported = (self.fraction, self.stage)
+                progress(self.fraction, self.stage)
+            time.sleep(interval_s)
+        return self.state
+
+    def cancel(self) -> None:
+        """End the process tree (SIGTERM lets ctqa remove its staging folder; then kill) and delete the inputs."""
+        if self.state != RUNNING:
+            return
+        _end_process_tree(self._process)
+        self.state = CANCELLED
+        self._note("cancelled")
+        self.cleanup()
+
+    def result(self) -> SavedOutputs:
+        """The completed outputs (state DONE); InputError with the process's one-line reason otherwise."""
+        if self.state != DONE:
+            raise InputError(self.error or f"assessment {self.state}")
+        return read_outputs(self.out)
+
+    def cleanup(self) -> None:
+        """Remove the run's temporary folder (inputs and outputs)."""
+        shutil.rmtree(self.inputs.folder, ignore_errors=True)
+
+
+def _end_process_tree(process: subprocess.Popen) -> None:
+    """Terminate a process started in its own group/session, and everything it started; kill if it lingers."""
+    if process.poll() is not None:
+        return
+    if os.name == "posix":
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(TERMINATE_GRACE_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    else:  # Windows: the launcher's children are not in a signalable group; taskkill ends the tree
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
+        process.wait()
+
+
+def run(
+    volume_node,
+    segmentation_node=None,
+    model: str = "default",
+    reference_volume_node=None,
+    window_mm: float | None = None,
+    device: str = "auto",
+    progress=None,
+    show: bool = True,
+    opacity: float | None = None,
+):
+    """Assess a volume node out of process and put the results in its scene, blocking (console and batch use).
+
+    progress(fraction, stage) as the process reports; show: put the quality map over the CT in every slice view.
+    Returns mrml.OutputNodes; InputError with the one-line reason for unusable input.
+    """
+    from CTQualityAssessmentLib import mrml
+
+    if volume_node is None:
+        raise InputError("no input volume selected")
+    if device not in DEVICES:
+        raise InputError(f"{device}: unknown device; choose one of {', '.join(DEVICES)}")
+    resolve_model(model)  # an unknown model is refused before anything is written
+    job = AssessmentProcess.start(
+        write_inputs(volume_node, reference_volume_node, segmentation_node), model, device, window_mm
+    )
+    try:
+        job.wait(progress)
+        outputs = mrml.outputs_to_scene(job.result(), volume_node, segmentation_node)
+    finally:
+        job.cancel()  # no-op unless interrupted (Ctrl-C in the console)
+        job.cleanup()
+    if show:
+        mrml.show_overlay(outputs.quality_map, volume_node, mrml.DEFAULT_OPACITY if opacity is None else opacity)
+    return outputs
