@@ -27,6 +27,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_inference.py
 	$(BIN)/python benchmarks/bench_simulation.py
 	$(BIN)/python benchmarks/bench_assess.py
+	$(BIN)/python benchmarks/bench_runner.py
 
 clean:
 	rm -rf sample_data demo_output
