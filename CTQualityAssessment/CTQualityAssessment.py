@@ -27,78 +27,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-#: Packages the core needs beyond what Slicer bundles; numpy and SimpleITK are Slicer's own and are never replaced.
-REQUIREMENTS = (
-    "scipy>=1.10",
-    "pydicom>=2.4",
-    "opencv-python-headless>=4.8",
-    "nibabel>=5.0",
-    "tifffile>=2023.1",
-    "tqdm>=4.60",
-)
-SLICER_OWNED_PACKAGES = ("numpy", "SimpleITK")
+from CTQualityAssessmentLib.dependencies import ensure_dependencies
+
 CHECKPOINT_CHOICE = "user checkpoint file"
 SAMPLE_NAME = "CTQualityAssessmentSample"
 POLL_MS = 100
-
-
-def ensure_dependencies() -> None:
-    """Install missing core dependencies with pip, leaving Slicer's numpy and SimpleITK alone.
-
-    Raises RuntimeError with a readable message when installation fails or is declined.
-    """
-    try:
-        import slicer.pydeps as pydeps  # Slicer >= 5.11
-        from packaging.requirements import Requirement
-
-        requirements = [Requirement(r) for r in REQUIREMENTS]
-        if not pydeps.pip_check(requirements):
-            pydeps.pip_ensure(requirements, skip_packages=list(SLICER_OWNED_PACKAGES), requester="CTQualityAssessment")
-    except Exception as error:  # pip, network or a declined confirmation: all end in the same message
-        raise RuntimeError(
-            _(
-                "Could not install the Python packages CTQualityAssessment needs ({packages}): {error}. "
-                "Install them from the Python console with slicer.util.pip_install, or check the network."
-            ).format(packages=", ".join(REQUIREMENTS), error=error)
-        ) from error
-
-
-#: Packages learned models need beyond PyTorch (which comes from the SlicerPyTorch extension).
-LEARNED_REQUIREMENTS = ("monai>=1.3", "safetensors>=0.4")
-
-
-def ensure_learned_dependencies() -> None:
-    """PyTorch through the SlicerPyTorch extension (it picks the build for this machine's GPU/CPU), then MONAI and
-    safetensors with pip, leaving torch, numpy and SimpleITK alone. RuntimeError with a readable message on failure.
-    """
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        try:
-            import PyTorchUtils
-        except ImportError as error:
-            raise RuntimeError(
-                _(
-                    "Learned quality models need PyTorch: install the PyTorch extension from the Extensions Manager, "
-                    "restart Slicer and try again, or choose the physics model."
-                )
-            ) from error
-        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True, torchVersionRequirement=">=2.3") is None:
-            raise RuntimeError(_("PyTorch was not installed; choose the physics model or install PyTorch.")) from None
-    try:
-        import slicer.pydeps as pydeps
-        from packaging.requirements import Requirement
-
-        requirements = [Requirement(r) for r in LEARNED_REQUIREMENTS]
-        if not pydeps.pip_check(requirements):
-            skip = [*SLICER_OWNED_PACKAGES, "torch"]
-            pydeps.pip_ensure(requirements, skip_packages=skip, requester="CTQualityAssessment")
-    except Exception as error:  # pip, network or a declined confirmation: all end in the same message
-        raise RuntimeError(
-            _("Could not install {packages} for learned models: {error}").format(
-                packages=", ".join(LEARNED_REQUIREMENTS), error=error
-            )
-        ) from error
 
 
 def _models() -> list[str]:
@@ -133,21 +66,34 @@ class CTQualityAssessment(ScriptedLoadableModule):
 
 
 def registerSampleData():
-    """Register the project's synthetic sample CT in Sample Data; its files are generated, never downloaded."""
+    """Register the project's synthetic sample CT in Sample Data; its files are generated, never downloaded.
+
+    uris and fileNames must be lists (empty here): SampleDataSource takes len(uris) and zips fileNames, so leaving
+    them out (None) raises TypeError. With no files, nodeNames and loadFileType(s) are not needed (the button shows
+    sampleName). The button calls customDownloader(source) and ignores what it returns.
+    """
     import SampleData
 
     iconsPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category="CTQualityAssessment",
         sampleName=SAMPLE_NAME,
+        uris=[],
+        fileNames=[],
         thumbnailFileName=os.path.join(iconsPath, "CTQualityAssessment.png"),
-        customDownloader=loadSample,
+        customDownloader=onSampleDataButton,
     )
+
+
+def onSampleDataButton(source=None):
+    """Sample Data button: the click runs as a Qt slot, so errors are shown in a dialog (and logged)."""
+    with slicer.util.tryWithErrorDisplay(_("Failed to load the CTQualityAssessment sample."), waitCursor=True):
+        loadSample()
 
 
 def loadSample(*_args):
     """Write the synthetic low-dose CT (dose falls from 100 % to 10 % along z) into the cache folder and load it."""
-    ensure_dependencies()
+    ensure_dependencies()  # before importing the core, which needs OpenCV
     from ctqa.sample import write_sample
 
     folder = Path(slicer.app.cachePath) / SAMPLE_NAME
@@ -309,7 +255,7 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         parameters = self._parameterNode
         model = resolve_model(self._selectedModel())
         if model.is_learned:
-            ensure_learned_dependencies()
+            ensure_dependencies(learned=True)
         inputs = inputs_from_nodes(parameters.inputVolume, parameters.segmentation, parameters.referenceVolume)
         state = {
             "fraction": 0.0,
@@ -393,12 +339,12 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
         opacity=0.5,
     ):
         """Assess inputVolumeNode on the calling thread; returns the output nodes (CTQualityAssessmentLib.mrml)."""
+        ensure_dependencies()  # before importing the core, which needs OpenCV
         from ctqa.pipeline import resolve_model
         from CTQualityAssessmentLib import mrml
 
-        ensure_dependencies()
         if resolve_model(model).is_learned:
-            ensure_learned_dependencies()
+            ensure_dependencies(learned=True)
 
         def progress(fraction, message):
             logging.info(f"CTQualityAssessment: {message} {100 * fraction:.0f}%")

@@ -1,0 +1,244 @@
+"""Install the Python packages the core (``ctqa``) needs inside 3D Slicer, the way Slicer recommends.
+
+This file imports nothing from ``ctqa``: it runs before the core can be imported. The packages are listed once, in
+``Resources/requirements.txt`` (the core) and ``Resources/requirements-learned.txt`` (learned models).
+
+- Slicer >= 5.11 has ``slicer.packaging``: ``pip_ensure`` checks, asks the user, installs with a progress dialog
+  and offers a restart when a package that was already imported changed.
+- Slicer 5.6-5.10 does not: the missing requirements are computed here (``importlib.metadata`` and
+  ``packaging``), the user confirms, and ``slicer.util.pip_install`` installs them.
+- PyTorch is never installed with pip: it comes from the PyTorch extension (``PyTorchUtils``), which picks the build
+  for this computer's GPU or CPU.
+
+Slicer's own numpy and SimpleITK (and PyTorch's torch) are never replaced: a constraints file pins their installed
+versions, so pip picks versions of our packages that work with them, or fails and says which package conflicts.
+We do not use ``pip_ensure(skip_packages=...)``: Slicer documents it as a "discouraged workaround for transitive
+dependency conflicts" (``Base/Python/slicer/packaging.py``); it installs every requirement with ``--no-deps`` and
+removes the skipped names from the installed metadata, so pip would no longer check that, for example, an OpenCV
+wheel built for numpy 2 matches Slicer's numpy. A constraints file keeps that check and still changes nothing of
+Slicer's.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+try:
+    from slicer.i18n import tr as _
+except ImportError:  # outside Slicer (tests, PythonSlicer without the application)
+
+    def _(text: str) -> str:
+        return text
+
+
+RESOURCES = Path(__file__).resolve().parents[1] / "Resources"
+REQUIREMENTS_FILE = RESOURCES / "requirements.txt"
+LEARNED_REQUIREMENTS_FILE = RESOURCES / "requirements-learned.txt"
+REQUESTER = "CTQualityAssessment"
+#: Packages whose build belongs to Slicer (numpy, SimpleITK with Slicer's IO) or to the PyTorch extension (torch).
+SLICER_OWNED_PACKAGES = ("numpy", "SimpleITK", "torch")
+TORCH_VERSION_REQUIREMENT = ">=2.3"
+
+
+def ensure_dependencies(learned: bool = False) -> None:
+    """Make the core importable: install what Resources/requirements.txt lists and is missing.
+
+    learned=True also makes learned models usable: PyTorch from the PyTorch extension, then
+    Resources/requirements-learned.txt. Nothing is installed when everything is there already.
+    Raises RuntimeError saying what failed and how to fix it (declined, no network, pip error, no PyTorch extension).
+    """
+    ensure_requirements(REQUIREMENTS_FILE)
+    if learned:
+        ensure_torch()
+        ensure_requirements(LEARNED_REQUIREMENTS_FILE)
+
+
+#
+# Pure helpers (no Slicer needed; unit-tested)
+#
+
+
+def read_requirements(path: str | Path) -> list[str]:
+    """Requirement lines of a requirements file, with the rule of slicer.packaging.load_requirements:
+    blank lines, '#' comment lines and pip options ('-c', '-r', '--index-url') are skipped."""
+    lines = (line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith(("#", "-"))]
+
+
+def installed_version(name: str) -> str | None:
+    """Version of the installed distribution name (any spelling: zlib-ng, zlib_ng), or None."""
+    for spelling in dict.fromkeys((name, name.replace("-", "_"), name.replace("_", "-"))):
+        try:
+            return importlib.metadata.version(spelling)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def version_satisfies(requirement_line: str, version: str | None) -> bool:
+    """True when version (None: not installed) meets the requirement's version specifier."""
+    from packaging.requirements import Requirement
+
+    if version is None:
+        return False
+    return Requirement(requirement_line).specifier.contains(version, prereleases=True)
+
+
+def missing_requirements(requirement_lines) -> list[str]:
+    """The requirement lines that the installed packages do not satisfy (not installed, or a version outside the
+    specifier). Lines whose environment marker does not apply here (e.g. ``; sys_platform == "win32"``) are met."""
+    from packaging.requirements import Requirement
+
+    missing = []
+    for line in requirement_lines:
+        requirement = Requirement(line)
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        if not version_satisfies(line, installed_version(requirement.name)):
+            missing.append(line)
+    return missing
+
+
+def slicer_constraints(names=SLICER_OWNED_PACKAGES) -> list[str]:
+    """'name==version' for each installed package of names: pip may then install nothing that replaces them."""
+    return [f"{name}=={version}" for name in names if (version := installed_version(name)) is not None]
+
+
+#
+# Installation (needs Slicer)
+#
+
+
+def ensure_requirements(path: Path) -> None:
+    """Install the requirements of path that are missing; RuntimeError with the fix when they stay missing."""
+    requirement_lines = read_requirements(path)
+    missing = missing_requirements(requirement_lines)
+    if not missing:
+        return
+    logging.info(f"{REQUESTER}: installing {', '.join(missing)}")
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            constraints = Path(folder) / "slicer-constraints.txt"
+            constraints.write_text("\n".join(slicer_constraints()) + "\n", encoding="utf-8")
+            if slicer_packaging() is not None:
+                _pip_ensure(path, constraints)
+            else:
+                _confirm_and_pip_install(missing, constraints)
+    except Exception as error:  # declined, pip failed, no network: the same fix for the user
+        raise RuntimeError(_install_failed_message(missing, error)) from error
+    importlib.invalidate_caches()
+    still_missing = missing_requirements(requirement_lines)
+    if still_missing:
+        raise RuntimeError(_install_failed_message(still_missing, _("still missing after the installation")))
+
+
+def slicer_packaging():
+    """The slicer.packaging module (Slicer >= 5.11), or None on older Slicer, which has no such module."""
+    try:
+        import slicer.packaging
+    except ImportError:
+        return None
+    return slicer.packaging
+
+
+def _pip_ensure(path: Path, constraints: Path) -> None:
+    """Slicer >= 5.11: check, confirm, install with progress, offer a restart (Base/Python/slicer/packaging.py).
+
+    skip_in_testing=False: with the default (True), pip_ensure only logs in testing mode and installs nothing. The
+    module's self-test runs in testing mode, on the extension build machines in a fresh Slicer without OpenCV; it
+    must get the packages the module needs, or it would fail on an ImportError instead of testing the module. In
+    testing mode the confirmation is answered OK without a dialog, and no restart is offered.
+    """
+    import slicer.packaging
+
+    slicer.packaging.pip_ensure(
+        slicer.packaging.load_requirements(path),
+        constraints=constraints,
+        requester=REQUESTER,
+        skip_in_testing=False,
+    )
+
+
+def _confirm_and_pip_install(missing: list[str], constraints: Path) -> None:
+    """Slicer 5.6-5.10: ask, then slicer.util.pip_install (a list of pip arguments, blocking, output in the log).
+
+    slicer.util.confirmOkCancelDisplay returns True without a dialog in testing mode, so the self-test installs too.
+    """
+    import slicer
+
+    message = _(
+        "{requester} needs these Python packages:\n\n{packages}\n\n"
+        "Install them now? This modifies Slicer's Python environment and may take a few minutes."
+    ).format(requester=REQUESTER, packages="\n".join(missing))
+    if not slicer.util.confirmOkCancelDisplay(message, windowTitle=_("Install Python packages")):
+        raise RuntimeError("User declined package installation")
+    slicer.util.pip_install([*missing, "-c", str(constraints)])
+
+
+def ensure_torch() -> None:
+    """PyTorch TORCH_VERSION_REQUIREMENT through the PyTorch extension's PyTorchUtils (never pip here).
+
+    PyTorchUtilsLogic().installTorch(askConfirmation, forceComputationBackend, torchVersionRequirement, ...) returns
+    the torch module, or None when the user declines (fepegar/SlicerPyTorch: PyTorchUtils/PyTorchUtils.py).
+    """
+    requirement = f"torch{TORCH_VERSION_REQUIREMENT}"
+    if not missing_requirements([requirement]):
+        _check_loaded_torch(requirement)
+        return
+    try:
+        import PyTorchUtils
+    except ImportError as error:
+        raise RuntimeError(
+            _(
+                "Learned quality models need PyTorch ({requirement}). Install the PyTorch extension from the "
+                "Extensions Manager, restart Slicer and try again, or choose the physics model."
+            ).format(requirement=requirement)
+        ) from error
+    try:
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+            askConfirmation=True, torchVersionRequirement=TORCH_VERSION_REQUIREMENT
+        )
+    except Exception as error:  # light-the-torch or pip failed
+        raise RuntimeError(_torch_failed_message(requirement, error)) from error
+    if torch is None:
+        raise RuntimeError(_torch_failed_message(requirement, _("the installation was declined")))
+    importlib.invalidate_caches()
+    if missing_requirements([requirement]):
+        installed = installed_version("torch")
+        raise RuntimeError(
+            _torch_failed_message(requirement, _("PyTorch {version} was installed").format(version=installed))
+        )
+    _check_loaded_torch(requirement)
+
+
+def _check_loaded_torch(requirement: str) -> None:
+    """An older torch imported earlier in this session stays in use until Slicer restarts."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    loaded = getattr(torch, "__version__", None)
+    if not version_satisfies(requirement, loaded):
+        reason = _("PyTorch {version} is loaded; restart Slicer to use the updated one").format(version=loaded)
+        raise RuntimeError(_torch_failed_message(requirement, reason))
+
+
+def _install_failed_message(missing: list[str], error) -> str:
+    packages = " ".join(missing)
+    return _(
+        "Could not install the Python packages {requester} needs: {packages} ({error}). "
+        'Install them from the Python console (View > Python Console) with slicer.util.pip_install("{packages}"), '
+        "restart Slicer and try again."
+    ).format(requester=REQUESTER, packages=packages, error=error)
+
+
+def _torch_failed_message(requirement: str, error) -> str:
+    return _(
+        "PyTorch ({requirement}) for learned quality models is not available: {error}. Install it in the "
+        "PyTorch Utils module (PyTorch extension, from the Extensions Manager), restart Slicer and try again, "
+        "or choose the physics model."
+    ).format(requirement=requirement, error=error)

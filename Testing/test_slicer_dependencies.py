@@ -1,0 +1,284 @@
+"""CTQualityAssessmentLib.dependencies: requirement files, the missing-package check, and the install paths.
+
+The pure helpers run on real installed and uninstalled distributions of this environment. The install paths run
+against stand-ins for slicer.packaging (Slicer >= 5.11), slicer.util (5.6-5.10) and PyTorchUtils, which record the
+calls instead of running pip: no package is installed by these tests.
+"""
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from CTQualityAssessmentLib import dependencies
+from CTQualityAssessmentLib.dependencies import (
+    LEARNED_REQUIREMENTS_FILE,
+    REQUIREMENTS_FILE,
+    installed_version,
+    missing_requirements,
+    read_requirements,
+    slicer_constraints,
+    version_satisfies,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Bundled with Slicer (numpy, scipy, pydicom, SimpleITK) or with the PyTorch extension (torch).
+NOT_FROM_PIP = {"numpy", "scipy", "pydicom", "simpleitk", "torch"}
+NOT_INSTALLED = "light-the-torch>=0.5"  # a real package (PyTorchUtils installs it), not in this environment
+
+
+def _names(lines):
+    return {Requirement(line).name.lower() for line in lines}
+
+
+@pytest.fixture(autouse=True)
+def _not_installed_here():
+    if installed_version("light-the-torch") is not None:
+        pytest.skip("light-the-torch is installed here; the tests need a real package that is not")
+
+
+#
+# Requirement files
+#
+
+
+def test_requirement_files_parse_one_requirement_a_line():
+    """slicer.packaging.load_requirements keeps every line that is not blank, '#' or '-': each must be a requirement
+    on its own (a comment after a requirement would make it an invalid requirement)."""
+    for path in (REQUIREMENTS_FILE, LEARNED_REQUIREMENTS_FILE):
+        lines = read_requirements(path)
+        assert lines, path
+        for line in lines:
+            requirement = Requirement(line)
+            assert str(requirement.specifier), f"{path.name}: {line} has no version bound"
+            assert "#" not in line
+        raw = path.read_text(encoding="utf-8").splitlines()
+        assert all(line == line.strip() for line in raw if line and not line.startswith("#"))
+
+
+def test_requirement_files_leave_slicer_and_pytorch_packages_alone():
+    assert _names(read_requirements(REQUIREMENTS_FILE)) == {
+        "opencv-python-headless",
+        "zlib-ng",
+        "nibabel",
+        "tifffile",
+        "tqdm",
+    }
+    assert _names(read_requirements(LEARNED_REQUIREMENTS_FILE)) == {"monai", "safetensors"}
+    for path in (REQUIREMENTS_FILE, LEARNED_REQUIREMENTS_FILE):
+        assert not _names(read_requirements(path)) & NOT_FROM_PIP
+
+
+def test_requirement_files_match_pyproject():
+    """The same bounds as the pip package; pyproject's other dependencies are Slicer's own, or matplotlib, which only
+    draws preview.png (the module runs the core with --no-preview)."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    core = {Requirement(r).name.lower(): str(Requirement(r).specifier) for r in project["dependencies"]}
+    learned = {
+        Requirement(r).name.lower(): str(Requirement(r).specifier) for r in project["optional-dependencies"]["learned"]
+    }
+    for line in read_requirements(REQUIREMENTS_FILE):
+        assert core[Requirement(line).name.lower()] == str(Requirement(line).specifier), line
+    for line in read_requirements(LEARNED_REQUIREMENTS_FILE):
+        assert learned[Requirement(line).name.lower()] == str(Requirement(line).specifier), line
+    assert set(core) - _names(read_requirements(REQUIREMENTS_FILE)) == {
+        "numpy",
+        "scipy",
+        "simpleitk",
+        "pydicom",
+        "matplotlib",
+    }
+    assert learned["torch"] == dependencies.TORCH_VERSION_REQUIREMENT
+
+
+def test_read_requirements_skips_comments_blank_lines_and_pip_options(tmp_path):
+    path = tmp_path / "requirements.txt"
+    path.write_text("# why\n\n  nibabel>=5.0  \n-c constraints.txt\n--index-url https://example.org\ntqdm\n")
+    assert read_requirements(path) == ["nibabel>=5.0", "tqdm"]
+
+
+#
+# Missing requirements, on this environment's real packages
+#
+
+
+def test_missing_requirements_on_installed_and_uninstalled_packages():
+    lines = [
+        "numpy>=1.0",  # installed, new enough
+        "numpy>=999",  # installed, too old
+        "numpy<1",  # installed, too new
+        NOT_INSTALLED,
+        "opencv-python-headless>=4.8",
+        "zlib_ng>=0.4",  # distribution zlib-ng, other spelling
+        "SimpleITK>=2.3",  # distribution simpleitk, other case
+        'pywin32>=300; sys_platform == "win32"',  # a marker that applies on Windows only
+    ]
+    expected = ["numpy>=999", "numpy<1", NOT_INSTALLED]
+    if sys.platform == "win32":
+        expected.append(lines[-1])
+    assert missing_requirements(lines) == expected
+    assert missing_requirements([]) == []
+
+
+def test_installed_version_finds_any_spelling_and_none_for_absent():
+    assert installed_version("zlib-ng") == installed_version("zlib_ng") is not None
+    assert installed_version("light-the-torch") is None
+
+
+def test_version_satisfies_local_and_pre_release_versions():
+    assert version_satisfies("torch>=2.3", "2.13.0+cpu")  # PyTorch builds carry a local version
+    assert version_satisfies("torch>=2.3", "2.4.0rc1")  # an installed pre-release within the bounds is fine
+    assert not version_satisfies("torch>=2.3", "2.2.2+cu121")
+    assert not version_satisfies("torch>=2.3", None)
+
+
+def test_slicer_constraints_pin_the_installed_versions():
+    constraints = slicer_constraints(("numpy", "SimpleITK", "light-the-torch"))
+    assert [Requirement(line).name for line in constraints] == ["numpy", "SimpleITK"]
+    for line in constraints:
+        requirement = Requirement(line)
+        assert str(requirement.specifier).startswith("==")
+        assert version_satisfies(line, installed_version(requirement.name))
+
+
+#
+# Install paths, with stand-ins that record what would be installed
+#
+
+
+@pytest.fixture
+def fake_slicer(monkeypatch):
+    """The real slicer package of the slicer-core wheel (no slicer.packaging), with recording stand-ins."""
+    pytest.importorskip("slicer_core", reason="slicer-core wheel not installed (pip install slicer-core)")
+    import slicer
+    import slicer.util
+
+    calls = {}
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, **kw: calls.setdefault("confirm", True))
+    monkeypatch.setattr(slicer.util, "pip_install", lambda args: calls.setdefault("pip_install", list(args)))
+    return calls
+
+
+def _requirements_file(tmp_path, *lines):
+    path = tmp_path / "requirements.txt"
+    path.write_text("# test\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_nothing_happens_when_everything_is_installed(tmp_path, fake_slicer):
+    dependencies.ensure_requirements(_requirements_file(tmp_path, "numpy>=1.0", "opencv-python-headless>=4.8"))
+    assert fake_slicer == {}
+
+
+def test_older_slicer_confirms_then_pip_installs_only_the_missing_with_constraints(tmp_path, fake_slicer):
+    assert dependencies.slicer_packaging() is None  # the wheel, like Slicer 5.6-5.10, has no slicer.packaging
+    path = _requirements_file(tmp_path, "numpy>=1.0", NOT_INSTALLED)
+    with pytest.raises(RuntimeError) as raised:  # the stand-in installs nothing, so the package stays missing
+        dependencies.ensure_requirements(path)
+    assert fake_slicer["confirm"] is True
+    args = fake_slicer["pip_install"]
+    assert args[:2] == [NOT_INSTALLED, "-c"] and args[2].endswith("slicer-constraints.txt")
+    message = str(raised.value)
+    assert "light-the-torch" in message and "still missing" in message
+    assert f'slicer.util.pip_install("{NOT_INSTALLED}")' in message
+
+
+def test_older_slicer_declined_installation_says_what_and_how(tmp_path, fake_slicer, monkeypatch):
+    import slicer.util
+
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, **kw: False)
+    with pytest.raises(RuntimeError, match="declined") as raised:
+        dependencies.ensure_requirements(_requirements_file(tmp_path, NOT_INSTALLED))
+    assert "pip_install" not in fake_slicer
+    assert "Python console" in str(raised.value)
+
+
+def test_slicer_5_11_uses_pip_ensure_with_constraints_and_installs_in_testing_mode(tmp_path, fake_slicer, monkeypatch):
+    import slicer
+
+    recorded = {}
+
+    def pip_ensure(requirements, **kwargs):
+        recorded.update(kwargs, requirements=requirements)
+        recorded["constraints_text"] = Path(kwargs["constraints"]).read_text(encoding="utf-8")
+
+    fake_packaging = types.SimpleNamespace(
+        pip_ensure=pip_ensure, load_requirements=lambda path: [Requirement(line) for line in read_requirements(path)]
+    )
+    monkeypatch.setitem(sys.modules, "slicer.packaging", fake_packaging)
+    monkeypatch.setattr(slicer, "packaging", fake_packaging, raising=False)
+    assert dependencies.slicer_packaging() is fake_packaging
+
+    with pytest.raises(RuntimeError, match="still missing"):
+        dependencies.ensure_requirements(_requirements_file(tmp_path, NOT_INSTALLED))
+    assert [str(r) for r in recorded["requirements"]] == [NOT_INSTALLED]
+    assert recorded["requester"] == "CTQualityAssessment"
+    assert recorded["skip_in_testing"] is False  # the self-test in a fresh Slicer needs the packages installed
+    assert "skip_packages" not in recorded  # documented as a discouraged workaround; constraints instead
+    assert f"numpy=={installed_version('numpy')}" in recorded["constraints_text"]
+    assert "pip_install" not in fake_slicer and "confirm" not in fake_slicer
+
+
+def test_pip_failure_is_reported_with_the_package_and_the_fix(tmp_path, fake_slicer, monkeypatch):
+    import subprocess
+
+    import slicer.util
+
+    def failing_pip_install(args):
+        raise subprocess.CalledProcessError(1, ["PythonSlicer", "-m", "pip", "install", *args])
+
+    monkeypatch.setattr(slicer.util, "pip_install", failing_pip_install)
+    with pytest.raises(RuntimeError) as raised:
+        dependencies.ensure_requirements(_requirements_file(tmp_path, NOT_INSTALLED))
+    assert isinstance(raised.value.__cause__, subprocess.CalledProcessError)
+    assert NOT_INSTALLED in str(raised.value) and "slicer.util.pip_install" in str(raised.value)
+
+
+def test_torch_present_and_new_enough_needs_no_pytorch_extension(monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # import PyTorchUtils would fail
+    dependencies.ensure_torch()
+
+
+def test_torch_missing_without_pytorch_extension_names_the_extensions_manager(monkeypatch):
+    monkeypatch.setattr(dependencies, "TORCH_VERSION_REQUIREMENT", ">=999")
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
+    with pytest.raises(RuntimeError, match="Extensions Manager") as raised:
+        dependencies.ensure_torch()
+    assert "torch>=999" in str(raised.value)
+
+
+def test_torch_install_goes_through_pytorch_utils_and_a_decline_is_reported(monkeypatch):
+    calls = []
+
+    class PyTorchUtilsLogic:
+        def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None):
+            calls.append((askConfirmation, forceComputationBackend, torchVersionRequirement))
+            return None  # what PyTorchUtils returns when the user declines
+
+    monkeypatch.setattr(dependencies, "TORCH_VERSION_REQUIREMENT", ">=999")
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
+    with pytest.raises(RuntimeError, match="declined") as raised:
+        dependencies.ensure_torch()
+    assert calls == [(True, None, ">=999")]
+    assert "PyTorch Utils" in str(raised.value)
+
+
+def test_learned_installs_the_core_then_torch_then_the_learned_file(monkeypatch):
+    order = []
+    monkeypatch.setattr(dependencies, "ensure_requirements", lambda path: order.append(path.name))
+    monkeypatch.setattr(dependencies, "ensure_torch", lambda: order.append("torch"))
+    dependencies.ensure_dependencies()
+    assert order == ["requirements.txt"]
+    order.clear()
+    dependencies.ensure_dependencies(learned=True)
+    assert order == ["requirements.txt", "torch", "requirements-learned.txt"]
+
+
+def test_requirement_files_are_where_slicer_installs_the_module_resources():
+    """CMake copies MODULE_PYTHON_RESOURCES beside the module's scripts: Resources/ next to CTQualityAssessmentLib/."""
+    assert REQUIREMENTS_FILE == ROOT / "CTQualityAssessment" / "Resources" / "requirements.txt"
+    assert LEARNED_REQUIREMENTS_FILE.parent == REQUIREMENTS_FILE.parent
