@@ -1,14 +1,15 @@
 """3D Slicer module CTQualityAssessment: per-voxel CT quality map overlay, per-slice plot, per-segment table.
 
-The MRML work lives in CTQualityAssessmentLib.mrml (tested headless with slicer-core); this file holds the Slicer-only
-parts: module description, sample data, dependency install, the widget (runs the core in a worker thread so the UI
-stays responsive, with progress and cancel) and the self-test.
+Assessments run out of process (CTQualityAssessmentLib.process: `ctqa assess` in PythonSlicer, progress as JSON
+lines, cancel ends the process tree), so Slicer never freezes and a crash or GPU memory stays in the worker; the MRML
+work lives in CTQualityAssessmentLib.mrml. Both are tested headless with slicer-core. This file holds the Slicer-only
+parts: module description, sample data, the widget (polls the process from a timer) and the self-test.
+Dependencies are installed (CTQualityAssessmentLib.dependencies) before anything imports the core.
 """
 
 import json
 import logging
 import os
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -137,7 +138,8 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._job = None  # the running assessment: (thread, state dict)
+        self._job = None  # the running assessment (CTQualityAssessmentLib.process.AssessmentProcess)
+        self._logLines = 0  # log lines of the job already shown
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_MS)
         self._timer.timeout.connect(self._poll)
@@ -154,6 +156,7 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.opacitySliderWidget.connect("valueChanged(double)", self.onOpacityChanged)
+        self.ui.overlayComboBox.connect("currentIndexChanged(int)", self.onOverlayChanged)
         self.ui.progressBar.hide()
         self.initializeParameterNode()
 
@@ -226,21 +229,33 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             )
         else:
             self.ui.doseValueLabel.text = _("n/a (needs a learned model)") if summary else "-"
-        fallback = summary.get("settings", {}).get("device_fallback")
-        if fallback:
-            slicer.util.showStatusMessage(fallback, 5000)
+        settings = summary.get("settings", {})
+        self.ui.modelValueLabel.text = self.logic.modelDescription(settings.get("model")) if settings else "-"
+        self.ui.acquisitionValueLabel.text = self.logic.acquisitionDescription(self._parameterNode.inputVolume)
 
     def onOpacityChanged(self, value: float) -> None:
-        from CTQualityAssessmentLib.mrml import set_overlay_opacity
+        if self._parameterNode and self._parameterNode.qualityMap:  # outputs exist: the core's packages too
+            from CTQualityAssessmentLib.mrml import set_overlay_opacity
 
-        set_overlay_opacity(value, slicer.mrmlScene)
+            set_overlay_opacity(value, slicer.mrmlScene)
+
+    def onOverlayChanged(self, index: int) -> None:
+        """Show the chosen map of the last run (quality, noise SD or reference SSIM) over the input CT."""
+        parameters = self._parameterNode
+        if not parameters or not parameters.qualityMap or not parameters.inputVolume:
+            return
+        from CTQualityAssessmentLib import mrml
+
+        role = self.ui.overlayComboBox.itemData(index)
+        node = mrml.own_output_nodes(parameters.inputVolume).get(role)
+        if node is not None:
+            mrml.show_overlay(node, parameters.inputVolume, parameters.opacity)
 
     def onApplyButton(self) -> None:
         if self._job is not None:
             self._cancel()
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to assess the CT."), waitCursor=True):
-            ensure_dependencies()
             self._start()
 
     def _selectedModel(self) -> str:
@@ -248,63 +263,92 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         return str(parameters.checkpointPath) if parameters.model == CHECKPOINT_CHOICE else parameters.model
 
     def _start(self) -> None:
-        """Read the nodes (main thread), then run the core in a worker thread polled by a timer."""
-        from ctqa.pipeline import resolve_model
-        from CTQualityAssessmentLib.mrml import inputs_from_nodes
-
+        """Write the inputs (main thread, no segment export), start `ctqa assess` in its own process, poll it."""
         parameters = self._parameterNode
-        model = resolve_model(self._selectedModel())
-        if model.is_learned:
-            ensure_dependencies(learned=True)
-        inputs = inputs_from_nodes(parameters.inputVolume, parameters.segmentation, parameters.referenceVolume)
-        state = {
-            "fraction": 0.0,
-            "message": _("starting"),
-            "cancel": False,
-            "result": None,
-            "error": None,
-            "inputVolume": parameters.inputVolume,
-            "segmentation": parameters.segmentation,
-        }
-        thread = threading.Thread(
-            target=self.logic.runCore, args=(inputs, model, parameters.device, state), daemon=True
+        self.ui.logTextEdit.clear()
+        self._logLines = 0
+        self._job = self.logic.startAssessment(
+            parameters.inputVolume,
+            parameters.segmentation,
+            self._selectedModel(),
+            parameters.referenceVolume,
+            parameters.device,
         )
-        self._job = (thread, state)
+        self.ui.statusLabel.text = _("Running")
         self.ui.progressBar.value = 0
         self.ui.progressBar.show()
-        thread.start()
         self._timer.start()
         self._updateGui()
 
     def _poll(self) -> None:
-        thread, state = self._job
-        self.ui.progressBar.value = int(100 * state["fraction"])
-        self.ui.progressBar.format = f"{state['message']} %p%"
-        if thread.is_alive():
+        """Timer tick: progress and log lines from the process; results into the scene when it has finished."""
+        from CTQualityAssessmentLib import process
+
+        job = self._job
+        state = job.poll()
+        self.ui.progressBar.value = int(100 * job.fraction)
+        self.ui.progressBar.format = f"{job.stage} %p%"
+        for line in job.log[self._logLines :]:
+            self.ui.logTextEdit.appendPlainText(f"{line.seconds:7.1f} s  {line.text}")
+        self._logLines = len(job.log)
+        if state == process.RUNNING:
             return
+        self._finish(job)
+
+    def _finish(self, job) -> None:
+        from CTQualityAssessmentLib import process
+
         self._timer.stop()
         self._job = None
         self.ui.progressBar.hide()
-        with slicer.util.tryWithErrorDisplay(_("Failed to assess the CT."), waitCursor=True):
-            if state["error"] is not None and not isinstance(state["error"], CancelledError):
-                raise state["error"]
-            if state["result"] is not None:
+        parameters = self._parameterNode
+        if job.state == process.CANCELLED:
+            self.ui.statusLabel.text = _("Cancelled")
+        elif job.state == process.FAILED:
+            self.ui.statusLabel.text = _("Failed: {error}").format(error=job.error)
+            slicer.util.errorDisplay(_("Failed to assess the CT: {error}").format(error=job.error))
+        else:
+            with slicer.util.tryWithErrorDisplay(_("Failed to load the results."), waitCursor=True):
                 outputs = self.logic.showResults(
-                    state["result"], state["inputVolume"], state["segmentation"], self._parameterNode.opacity
+                    job, parameters.inputVolume, parameters.segmentation, parameters.opacity
                 )
-                self._parameterNode.qualityMap = outputs.quality_map
+                parameters.qualityMap = outputs.quality_map
+                self._fillOverlayChoices(outputs)
+                self._hideOutputsFromInputSelectors()
+                self.ui.statusLabel.text = _("Done in {seconds:.1f} s").format(seconds=job.log[-1].seconds)
+        job.cleanup()
         self._updateGui()
 
+    def _fillOverlayChoices(self, outputs) -> None:
+        from CTQualityAssessmentLib import mrml
+
+        combo = self.ui.overlayComboBox
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItem(_("quality (1 = best)"), mrml.QUALITY_MAP)
+        combo.addItem(_("noise SD (HU)"), mrml.NOISE_MAP)
+        if outputs.reference_ssim_map is not None:
+            combo.addItem(_("reference SSIM"), mrml.REFERENCE_SSIM_MAP)
+        combo.blockSignals(False)
+
+    def _hideOutputsFromInputSelectors(self) -> None:
+        """The module's own maps never appear as input choices (qMRMLSortFilterProxyModel.hiddenNodeIDs)."""
+        from CTQualityAssessmentLib import mrml
+
+        ownIDs = [
+            node.GetID()
+            for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            if node.GetAttribute(mrml.ROLE_ATTRIBUTE)
+        ]
+        for selector in (self.ui.inputVolumeSelector, self.ui.referenceVolumeSelector):
+            selector.sortFilterProxyModel().hiddenNodeIDs = ownIDs
+
     def _cancel(self) -> None:
-        """Ask the worker to stop at its next progress report and wait for it."""
+        """End the running assessment's process tree; the scene is left as it was."""
         if self._job is None:
             return
-        thread, state = self._job
-        state["cancel"] = True
-        self.ui.progressBar.format = _("cancelling…")
-        slicer.app.processEvents()
-        thread.join()
-        self._poll()
+        self._job.cancel()
+        self._finish(self._job)
 
 
 #
@@ -312,12 +356,8 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 #
 
 
-class CancelledError(Exception):
-    """Raised from the core's progress callback when the user pressed Cancel."""
-
-
 class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
-    """Usable from the Python console and batch scripts:
+    """Runs assessments out of process (CTQualityAssessmentLib.process). From the Python console or a batch script:
 
     outputs = CTQualityAssessmentLogic().process(getNode("CT"), segmentationNode=getNode("Segmentation"))
     """
@@ -327,6 +367,27 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self):
         return CTQualityAssessmentParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def _prepare(model: str) -> None:
+        """Install what the run needs (before any core import), and refuse an unknown model before any work."""
+        ensure_dependencies()
+        from ctqa.pipeline import resolve_model
+
+        if resolve_model(model).is_learned:
+            ensure_dependencies(learned=True)
+
+    def startAssessment(
+        self, inputVolumeNode, segmentationNode=None, model="default", referenceVolumeNode=None, device="auto"
+    ):
+        """Start an assessment process and return it (poll() it; the widget does so from a timer)."""
+        self._prepare(model)
+        from CTQualityAssessmentLib import process
+
+        if inputVolumeNode is None:
+            raise ValueError(_("Select an input volume."))
+        inputs = process.write_inputs(inputVolumeNode, referenceVolumeNode, segmentationNode)
+        return process.AssessmentProcess.start(inputs, model, device)
 
     def process(
         self,
@@ -338,18 +399,14 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
         showResult=True,
         opacity=0.5,
     ):
-        """Assess inputVolumeNode on the calling thread; returns the output nodes (CTQualityAssessmentLib.mrml)."""
-        ensure_dependencies()  # before importing the core, which needs OpenCV
-        from ctqa.pipeline import resolve_model
-        from CTQualityAssessmentLib import mrml
+        """Assess inputVolumeNode, blocking until the process ends; returns the output nodes (mrml.OutputNodes)."""
+        self._prepare(model)
+        from CTQualityAssessmentLib import process
 
-        if resolve_model(model).is_learned:
-            ensure_dependencies(learned=True)
+        def progress(fraction, stage):
+            logging.info(f"CTQualityAssessment: {stage} {100 * fraction:.0f}%")
 
-        def progress(fraction, message):
-            logging.info(f"CTQualityAssessment: {message} {100 * fraction:.0f}%")
-
-        return mrml.process(
+        return process.run(
             inputVolumeNode,
             segmentationNode,
             model,
@@ -361,33 +418,47 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
         )
 
     @staticmethod
-    def runCore(inputs, model: str, device: str, state: dict) -> None:
-        """Worker-thread body: the core assessment only (no MRML access); results and errors go into state."""
-        from ctqa.pipeline import assess
-
-        def progress(fraction, message):
-            state["fraction"], state["message"] = fraction, message
-            if state["cancel"]:
-                raise CancelledError()
-
-        try:
-            state["result"] = assess(
-                inputs.volume, inputs.reference, inputs.rois, model=model, device=device, progress=progress
-            )
-        except Exception as error:  # handed to the main thread, which shows it
-            state["error"] = error
-
-    @staticmethod
-    def showResults(assessment, inputVolumeNode, segmentationNode, opacity: float):
-        """Main thread: output nodes, overlay in the slice views and the per-slice plot in the layout."""
+    def showResults(job, inputVolumeNode, segmentationNode, opacity: float):
+        """Main thread: output nodes from the finished job, overlay, and a layout with the plot and the table."""
         from CTQualityAssessmentLib.mrml import outputs_to_scene, show_overlay
 
-        outputs = outputs_to_scene(assessment, inputVolumeNode, segmentationNode)
+        outputs = outputs_to_scene(job.result(), inputVolumeNode, segmentationNode)
         show_overlay(outputs.quality_map, inputVolumeNode, opacity)
+        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
         slicer.modules.plots.logic().ShowChartInLayout(outputs.slice_chart)
-        if outputs.segment_table is not None:
-            slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(outputs.segment_table.GetID())
+        table = outputs.segment_table or outputs.slice_table
+        applicationLogic = slicer.app.applicationLogic()
+        applicationLogic.GetSelectionNode().SetActiveTableID(table.GetID())
+        applicationLogic.PropagateTableSelection()
         return outputs
+
+    @staticmethod
+    def modelDescription(modelName) -> str:
+        """Name, version and training data of a model, from its card (the registry)."""
+        from ctqa.pipeline import resolve_model
+
+        spec = resolve_model(modelName)
+        if not spec.is_learned:
+            return _("{name} (built-in: local noise, no training)").format(name=spec.name)
+        training = spec.card.get("training", {})
+        return _("{name}, card format {version}, trained {steps} steps on {sources} sources ({reproduce})").format(
+            name=spec.name,
+            version=spec.card.get("format_version"),
+            steps=training.get("step", "?"),
+            sources=len(training.get("dataset_sources", [])),
+            reproduce=spec.card.get("reproduce", "see the model card"),
+        )
+
+    @staticmethod
+    def acquisitionDescription(volumeNode) -> str:
+        """Kernel, CTDIvol and exposure of a volume loaded from DICOM (first instance), else "-"."""
+        uids = volumeNode.GetAttribute("DICOM.instanceUIDs") if volumeNode else None
+        if not uids or not hasattr(slicer, "dicomDatabase") or slicer.dicomDatabase is None:
+            return "-"
+        path = slicer.dicomDatabase.fileForInstance(uids.split()[0])
+        tags = {_("kernel"): "0018,1210", _("CTDIvol (mGy)"): "0018,9345", _("mAs"): "0018,1152"}
+        values = {name: slicer.dicomDatabase.fileValue(path, tag) for name, tag in tags.items()}
+        return ", ".join(f"{name} {value}" for name, value in values.items() if value) or "-"
 
 
 #
@@ -396,7 +467,7 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
 
 
 class CTQualityAssessmentTest(ScriptedLoadableModuleTest):
-    """Runs the Logic on the generated sample inside Slicer, the path the widget and batch scripts use."""
+    """Runs the Logic on the generated sample inside Slicer, through the same process runner the widget uses."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -405,21 +476,25 @@ class CTQualityAssessmentTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_process_sample()
         self.test_checkpoint_file_is_refused()
+        self.test_learned_model()
 
-    def test_process_sample(self):
-        import numpy as np
-
+    def _sample(self):
+        ensure_dependencies()
         from ctqa.sample import write_sample
 
-        self.delayDisplay("Generating the sample")
         paths = write_sample(Path(slicer.app.temporaryPath) / SAMPLE_NAME)
         ct = slicer.util.loadVolume(str(paths["ct"]))
         labels = slicer.util.loadLabelVolume(str(paths["labels"]))
         segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
         slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labels, segmentation)
+        return ct, segmentation
 
-        self.delayDisplay("Assessing")
-        outputs = CTQualityAssessmentLogic().process(ct, segmentationNode=segmentation)
+    def test_process_sample(self):
+        import numpy as np
+
+        self.delayDisplay("Assessing the sample with the physics model")
+        ct, segmentation = self._sample()
+        outputs = CTQualityAssessmentLogic().process(ct, segmentationNode=segmentation, model="physics")
         quality = slicer.util.arrayFromVolume(outputs.quality_map)
         self.assertEqual(quality.shape, slicer.util.arrayFromVolume(ct).shape)
         self.assertTrue(0.0 < np.nanmean(quality) < 1.0)
@@ -428,7 +503,7 @@ class CTQualityAssessmentTest(ScriptedLoadableModuleTest):
         composite = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceCompositeNode()
         self.assertEqual(composite.GetForegroundVolumeID(), outputs.quality_map.GetID())
 
-        again = CTQualityAssessmentLogic().process(ct, segmentationNode=segmentation)
+        again = CTQualityAssessmentLogic().process(ct, segmentationNode=segmentation, model="physics")
         self.assertIs(again.quality_map, outputs.quality_map)
         self.delayDisplay("Test passed")
 
@@ -438,3 +513,14 @@ class CTQualityAssessmentTest(ScriptedLoadableModuleTest):
         ct = slicer.util.getFirstNodeByClassByName("vtkMRMLScalarVolumeNode", "sample_ct")
         with self.assertRaises(InputError):
             CTQualityAssessmentLogic().process(ct, model="/nowhere/model.safetensors")
+
+    def test_learned_model(self):
+        """The bundled learned model, only where PyTorch is installed (the testing mode installs nothing)."""
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            self.delayDisplay("PyTorch is not installed: learned-model check skipped")
+            return
+        ct = slicer.util.getFirstNodeByClassByName("vtkMRMLScalarVolumeNode", "sample_ct")
+        outputs = CTQualityAssessmentLogic().process(ct, model="default", device="cpu")
+        self.assertEqual(outputs.summary["settings"]["model_kind"], "learned")

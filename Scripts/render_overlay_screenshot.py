@@ -26,7 +26,7 @@ from slicer_scene import make_headless_scene  # noqa: E402
 
 from ctqa.colors import QUALITY_COLOR_ANCHORS  # noqa: E402
 from ctqa.sample import SPACING, make_sample  # noqa: E402
-from CTQualityAssessmentLib import mrml  # noqa: E402
+from CTQualityAssessmentLib import mrml, process  # noqa: E402
 
 PIXEL_MM = 0.75  # size of one rendered pixel
 
@@ -51,7 +51,7 @@ def main(output: Path) -> None:
         ct.CreateDefaultDisplayNodes()
         ct.GetDisplayNode().AutoWindowLevelOff()
         ct.GetDisplayNode().SetWindowLevel(400.0, 40.0)  # soft-tissue window, HU
-        outputs = mrml.process(ct, opacity=0.6)
+        outputs = process.run(ct, opacity=0.6)  # the module's path: a real `ctqa assess` process
         nz, ny, nx = sample.low_dose.shape
         width, depth, height = nx * SPACING[0], ny * SPACING[1], nz * SPACING[2]
         headless.slice_logics["Red"].GetSliceNode().SetSliceOffset(0.0)
@@ -76,7 +76,11 @@ def main(output: Path) -> None:
     colorbar = figure.colorbar(legend, ax=figure.axes, location="right", shrink=0.8)
     colorbar.set_label("quality (1 = best); transparent outside the body")
     colorbar.set_ticks([0.0, 0.5, 1.0], labels=["0 poor", "0.5", "1 good"])
-    figure.suptitle(f"CTQualityAssessment overlay (slicer-core slice logic), global quality {score:.2f}", fontsize=10)
+    model = outputs.summary["settings"]["model"]
+    figure.suptitle(
+        f"Overlay as Slicer draws it (slicer-core, process runner), {model}: global quality {score:.2f}",
+        fontsize=10,
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure).print_png(str(output))
 
