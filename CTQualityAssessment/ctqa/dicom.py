@@ -34,6 +34,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 
 from ctqa.errors import InputError, first_line
+from ctqa.volume import Acquisition
 
 #: SOP classes of CT images, accepted as CT when the Modality tag is missing (some anonymisers drop it).
 CT_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1"}  # CT, Enhanced CT Image Storage
@@ -83,6 +84,7 @@ class DicomRead:
 
     image: sitk.Image
     notes: list[str] = field(default_factory=list)
+    header: pydicom.Dataset | None = None  # of the first slice: acquisition tags
 
 
 @contextmanager
@@ -331,19 +333,19 @@ def read_dicom_folder(folder: str, series_uid: str | None = None, regularize: bo
         slices = sorted(entry.slices, key=lambda s: (s.instance, s.path))
         if len(slices) > 1:
             notes.append("slice positions missing: slices ordered by InstanceNumber, spacing not checked")
-        return DicomRead(_read_series([s.path for s in slices], folder), notes)
+        return DicomRead(_read_series([s.path for s in slices], folder), notes, entry.first_header)
     slices = sorted(entry.slices, key=lambda s: (s.position, s.instance))
     steps = _slice_steps(slices, folder)
     if steps.irregular and not regularize:
         raise InputError(f"{folder}: {steps.describe_first()}; --regularize resamples onto a regular grid")
     files = [s.path for s in slices]
     if not steps.irregular:
-        return DicomRead(_read_series(files, folder), notes)
+        return DicomRead(_read_series(files, folder), notes, entry.first_header)
     image = _read_regularized(files, folder, steps)
     notes.append(
         f"{steps.describe_first()}: resampled to {image.GetSize()[2]} slices at {steps.step:.4g} mm (--regularize)"
     )
-    return DicomRead(image, notes)
+    return DicomRead(image, notes, entry.first_header)
 
 
 def read_dicom_file(path: str, header: pydicom.Dataset) -> DicomRead:
@@ -351,6 +353,32 @@ def read_dicom_file(path: str, header: pydicom.Dataset) -> DicomRead:
     notes = _check_ct_image(header, path)
     try:
         with _quiet_itk():
-            return DicomRead(sitk.ReadImage(path), notes)
+            return DicomRead(sitk.ReadImage(path), notes, header)
     except RuntimeError:
         raise InputError(f"{path}: cannot read (truncated or unsupported pixel data)") from None
+
+
+def acquisition_of(header: pydicom.Dataset | None) -> Acquisition | None:
+    """Acquisition tags of a DICOM header (None without a header); missing or unreadable tags are None."""
+    if header is None:
+        return None
+
+    def number(keyword: str) -> float | None:
+        try:
+            value = header.get(keyword)
+            return float(value) if value not in (None, "") else None
+        except (TypeError, ValueError):
+            return None
+
+    kernel = header.get("ConvolutionKernel")
+    if isinstance(kernel, pydicom.multival.MultiValue):
+        kernel = "\\".join(str(k) for k in kernel)
+    return Acquisition(
+        manufacturer=str(header.get("Manufacturer", "")).strip() or None,
+        kernel=str(kernel).strip() if kernel else None,
+        slice_thickness_mm=number("SliceThickness"),
+        ctdivol_mgy=number("CTDIvol"),
+        exposure_mas=number("Exposure"),
+        tube_current_ma=number("XRayTubeCurrent"),
+        kvp=number("KVP"),
+    )

@@ -116,7 +116,9 @@ def _as_3d(image: sitk.Image, source: str) -> sitk.Image:
     return image
 
 
-def _to_volume(stored: np.ndarray, geometry: tuple, source: str, scaling: Scaling, explicit: bool, notes) -> CTVolume:
+def _to_volume(
+    stored: np.ndarray, geometry: tuple, source: str, scaling: Scaling, explicit: bool, notes, acquisition=None
+) -> CTVolume:
     """CTVolume from stored values (z, y, x) with the checks every format shares."""
     if stored.size == 0:
         raise InputError(f"{source}: image has no voxels")
@@ -135,7 +137,7 @@ def _to_volume(stored: np.ndarray, geometry: tuple, source: str, scaling: Scalin
     if not explicit:
         check_plausible_hu(hu, source)
     spacing, origin, direction = geometry
-    return CTVolume(hu, spacing, origin, direction, source, scaling.name, scaling.clipped_hu, tuple(notes))
+    return CTVolume(hu, spacing, origin, direction, source, scaling.name, scaling.clipped_hu, tuple(notes), acquisition)
 
 
 def read_volume(
@@ -158,6 +160,7 @@ def read_volume(
     if not os.path.exists(source):
         raise InputError(f"{source}: no such file or folder")
     notes: list[str] = []
+    header = None
     if _has_extension(source, GEOMETRY_FREE_EXTENSIONS):
         stored = _read_geometry_free(source)
         stored = stored[None] if stored.ndim == 2 else stored
@@ -168,19 +171,20 @@ def read_volume(
         return _to_volume(stored, geometry, source, chosen, scaling is not None, notes)
     if os.path.isdir(source):
         found = dicom.read_dicom_folder(source, series_uid, regularize)
-        image, notes = found.image, found.notes
+        image, notes, header = found.image, found.notes, found.header
     else:
         header = dicom.read_dicom_header(source)
         if header is not None and ("Modality" in header or "PixelData" in header or "SOPClassUID" in header):
             found = dicom.read_dicom_file(source, header)
-            image, notes = found.image, found.notes
+            image, notes, header = found.image, found.notes, found.header
         else:
             if _has_extension(source, (".nii", ".nii.gz")):
                 _check_nifti_voxels(source)
             image = _read_with_sitk(source)
     image = _as_3d(image, source)
     geometry = (image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-    return _to_volume(sitk.GetArrayViewFromImage(image), geometry, source, chosen, scaling is not None, notes)
+    stored = sitk.GetArrayViewFromImage(image)
+    return _to_volume(stored, geometry, source, chosen, scaling is not None, notes, dicom.acquisition_of(header))
 
 
 def read_image(path: str | os.PathLike) -> sitk.Image:

@@ -20,8 +20,19 @@ from ctqa.models import registry
 from ctqa.models.registry import DEFAULT_MODEL, ModelSpec
 from ctqa.outputs import OutputFolder, write_csv
 from ctqa.physics.noise import DEFAULT_WINDOW_MM, NoiseAnalysis, analyse_noise
+from ctqa.physics.series import series_physics
 from ctqa.physics.ssim import ssim_map
-from ctqa.results import ROI_COLUMNS, SLICE_COLUMNS, RoiRow, RunSettings, SliceRow, Summary, table_row, to_json
+from ctqa.results import (
+    ROI_COLUMNS,
+    SLICE_COLUMNS,
+    RoiRow,
+    RunSettings,
+    SeriesMeasures,
+    SliceRow,
+    Summary,
+    table_row,
+    to_json,
+)
 from ctqa.rois import Roi
 from ctqa.slabs import ProgressCallback
 from ctqa.tasks import quality_map
@@ -35,6 +46,8 @@ DEFINITIONS = {
     "snr": "(soft-tissue mean HU + 1000) / GNL",
     "cnr": "(soft-tissue mean HU - fat mean HU) / GNL",
     "global_quality_score": "mean of the quality map over the body (1 = best)",
+    "series": "physics measures of the series: TG-220 water-equivalent diameter, NPS kernel index (mean noise "
+    "frequency in flat tissue, cycles/mm; sharper kernels higher), GNL normalised to a 300 mm patient at 3 mm slices",
 }
 
 
@@ -73,6 +86,18 @@ def resolve_model(model: str | ModelSpec | None) -> ModelSpec:
     return model if isinstance(model, ModelSpec) else registry.resolve("quality_map", model)
 
 
+def _series_measures(volume: CTVolume, noise: NoiseAnalysis) -> SeriesMeasures:
+    measured = series_physics(volume, noise)
+    return SeriesMeasures(
+        water_equivalent_diameter_mm=measured.wed_mm,
+        kernel_index_per_mm=measured.kernel_index_per_mm,
+        kernel_index_patches=measured.nps_patches,
+        noise_normalised_hu=measured.noise_normalised_hu,
+        slice_thickness_mm=measured.slice_thickness_mm,
+        acquisition=volume.acquisition,
+    )
+
+
 def _summary(volume: CTVolume, noise: NoiseAnalysis, result: quality_map.QualityMap, reference_ssim, window_mm):
     body = body_statistics(volume, result.quality, noise.noise_sd)
     reference_body = reference_all = None
@@ -107,6 +132,7 @@ def _summary(volume: CTVolume, noise: NoiseAnalysis, result: quality_map.Quality
         fat_hu_mean=noise.fat_hu,
         body_voxels=int(sum(np.count_nonzero(np.isfinite(s)) for s in result.quality)),
         learned_noise_level=result.noise_level,
+        series=_series_measures(volume, noise),
         reference_ssim_mean_body=reference_body,
         reference_ssim_mean=reference_all,
         definitions={"quality": result.definition, **DEFINITIONS},

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 
+from ctqa.volume import Acquisition
+
 
 @dataclass(frozen=True)
 class RegionStats:
@@ -65,6 +67,24 @@ class LearnedNoiseLevel:
 
 
 @dataclass(frozen=True)
+class SeriesMeasures:
+    """Physics measures of the series (ctqa/physics/series.py); the learned window/dose classes come later.
+
+    water_equivalent_diameter_mm: mean TG-220 D_w over slices; kernel_index_per_mm: mean NPS frequency in flat
+    tissue (sharper kernels score higher), measured in kernel_index_patches patches; noise_normalised_hu: GNL for a
+    300 mm water-equivalent patient at 3 mm slices (approximate); slice_thickness_mm: None when unknown;
+    acquisition: DICOM tags (kernel, CTDIvol, mAs...) when the input was DICOM.
+    """
+
+    water_equivalent_diameter_mm: float
+    kernel_index_per_mm: float
+    kernel_index_patches: int
+    noise_normalised_hu: float
+    slice_thickness_mm: float | None
+    acquisition: Acquisition | None
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """How the figures were made: model, where it ran, the input scaling and the noise window."""
 
@@ -98,6 +118,7 @@ class Summary:
     fat_hu_mean: float
     body_voxels: int
     learned_noise_level: LearnedNoiseLevel | None = None
+    series: SeriesMeasures | None = None
     reference_ssim_mean_body: float | None = None
     reference_ssim_mean: float | None = None
     definitions: dict[str, str] = field(default_factory=dict)

@@ -8,6 +8,19 @@ import numpy as np
 
 
 @dataclass(frozen=True)
+class Acquisition:
+    """Acquisition tags of a DICOM series (first slice); None where a tag is missing."""
+
+    manufacturer: str | None = None
+    kernel: str | None = None
+    slice_thickness_mm: float | None = None
+    ctdivol_mgy: float | None = None
+    exposure_mas: float | None = None
+    tube_current_ma: float | None = None
+    kvp: float | None = None
+
+
+@dataclass(frozen=True)
 class CTVolume:
     """A CT volume in HU with physical geometry.
 
@@ -18,6 +31,7 @@ class CTVolume:
     scaling: how stored values became HU ("hu" when they were HU already; see scaling.py).
     clipped_hu: (low, high) HU the values were clipped to by a display window (voxels at the ends are censored),
         None for full-range CT.
+    acquisition: DICOM acquisition tags (kernel, thickness, CTDIvol, mAs...), None for other formats.
     notes: one-line remarks about the input a user should see (e.g. a tag that was missing), in reading order.
     """
 
@@ -29,6 +43,7 @@ class CTVolume:
     scaling: str = "hu"
     clipped_hu: tuple[float, float] | None = None
     notes: tuple[str, ...] = ()
+    acquisition: Acquisition | None = None
 
     def __post_init__(self):
         if self.hu.ndim != 3:
