@@ -32,6 +32,7 @@ from CTQualityAssessmentLib.dependencies import ensure_dependencies
 
 CHECKPOINT_CHOICE = "user checkpoint file"
 SAMPLE_NAME = "CTQualityAssessmentSample"
+ROLE_ATTRIBUTE = "CTQualityAssessment.Role"  # = CTQualityAssessmentLib.mrml.ROLE_ATTRIBUTE (imports the core)
 POLL_MS = 100
 
 
@@ -60,7 +61,7 @@ class CTQualityAssessment(ScriptedLoadableModule):
             "Per-voxel CT image quality map (1 = best) shown as a colour overlay, quality per slice (plot) and per "
             "segment (table), global quality score and global noise level (GNL, HU). "
             "The physics model estimates local noise SD in HU from the image itself; no reference is needed. "
-            "With a reference (full-dose) CT on the same grid an SSIM map is added."
+            "With a reference (full-dose) CT of the same anatomy an SSIM map is added."
         )
         self.parent.acknowledgementText = _("Quality definition and SSIM settings follow the N2Q approach.")
         slicer.app.connect("startupCompleted()", registerSampleData)
@@ -140,6 +141,8 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self._parameterNodeGuiTag = None
         self._job = None  # the running assessment (CTQualityAssessmentLib.process.AssessmentProcess)
         self._logLines = 0  # log lines of the job already shown
+        self._jobNodes = None  # (input volume, segmentation) the running job assesses, whatever is selected now
+        self._acquisitionText = "-"  # DICOM acquisition of the last assessed input, read once per run
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_MS)
         self._timer.timeout.connect(self._poll)
@@ -183,10 +186,11 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolumeNode:
-                self._parameterNode.inputVolume = firstVolumeNode
+        if not self._parameterNode.inputVolume:  # the first volume that is not one of the module's own maps
+            candidates = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            inputs = [node for node in candidates if not node.GetAttribute(ROLE_ATTRIBUTE)]
+            if inputs:
+                self._parameterNode.inputVolume = inputs[0]
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
@@ -196,6 +200,7 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+            self._hideOutputsFromInputSelectors()
             self._updateGui()
 
     def _updateGui(self, caller=None, event=None) -> None:
@@ -229,9 +234,8 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             )
         else:
             self.ui.doseValueLabel.text = _("n/a (needs a learned model)") if summary else "-"
-        settings = summary.get("settings", {})
-        self.ui.modelValueLabel.text = self.logic.modelDescription(settings.get("model")) if settings else "-"
-        self.ui.acquisitionValueLabel.text = self.logic.acquisitionDescription(self._parameterNode.inputVolume)
+        self.ui.modelInfoValueLabel.text = self.logic.modelDescription(summary.get("settings", {}))
+        self.ui.acquisitionValueLabel.text = self._acquisitionText
 
     def onOpacityChanged(self, value: float) -> None:
         if self._parameterNode and self._parameterNode.qualityMap:  # outputs exist: the core's packages too
@@ -267,6 +271,7 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         parameters = self._parameterNode
         self.ui.logTextEdit.clear()
         self._logLines = 0
+        self._jobNodes = (parameters.inputVolume, parameters.segmentation)
         self._job = self.logic.startAssessment(
             parameters.inputVolume,
             parameters.segmentation,
@@ -332,13 +337,12 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         combo.blockSignals(False)
 
     def _hideOutputsFromInputSelectors(self) -> None:
-        """The module's own maps never appear as input choices (qMRMLSortFilterProxyModel.hiddenNodeIDs)."""
-        from CTQualityAssessmentLib import mrml
-
+        """The module's own maps never appear as input choices (qMRMLSortFilterProxyModel.hiddenNodeIDs); also
+        after a scene with earlier outputs is loaded."""
         ownIDs = [
             node.GetID()
             for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-            if node.GetAttribute(mrml.ROLE_ATTRIBUTE)
+            if node.GetAttribute(ROLE_ATTRIBUTE)
         ]
         for selector in (self.ui.inputVolumeSelector, self.ui.referenceVolumeSelector):
             selector.sortFilterProxyModel().hiddenNodeIDs = ownIDs
@@ -433,20 +437,24 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
         return outputs
 
     @staticmethod
-    def modelDescription(modelName) -> str:
-        """Name, version and training data of a model, from its card (the registry)."""
-        from ctqa.pipeline import resolve_model
-
-        spec = resolve_model(modelName)
-        if not spec.is_learned:
-            return _("{name} (built-in: local noise, no training)").format(name=spec.name)
-        training = spec.card.get("training", {})
-        return _("{name}, card format {version}, trained {steps} steps on {sources} sources ({reproduce})").format(
-            name=spec.name,
-            version=spec.card.get("format_version"),
+    def modelDescription(settings: dict) -> str:
+        """Name and training of the model a run used, from the card it recorded (no core import: works before the
+        core's packages are installed, and shows a user's checkpoint as what it is)."""
+        if not settings:
+            return "-"
+        if settings.get("model_kind") != "learned":
+            return _("{name} (built-in: local noise, no training)").format(name=settings.get("model"))
+        try:
+            card = json.loads(Path(settings["model_card"]).read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError, TypeError):
+            return _("{name} (model card not found)").format(name=settings.get("model"))
+        training = card.get("training", {})
+        return _("{name}: {variant}, {steps} training steps on {sources} sources; reproduce: {reproduce}").format(
+            name=card.get("name", settings.get("model")),
+            variant=training.get("variant", "?"),
             steps=training.get("step", "?"),
             sources=len(training.get("dataset_sources", [])),
-            reproduce=spec.card.get("reproduce", "see the model card"),
+            reproduce=card.get("reproduce", "see the model card"),
         )
 
     @staticmethod

@@ -573,8 +573,25 @@ def case_reference_8_bit(tmp, valid):
     return Case(valid, path, r"8-bit", extra=["--reference", str(path)])
 
 
+def case_float_0_255_rendering(tmp, valid):
+    rendering = np.round(np.clip((ct_like(shape=(6, 64, 64)) + 1000.0) / 2000.0 * 255.0, 0, 255)).astype(np.float32)
+    path = write_volume(rendering, tmp / "rendering.nrrd")
+    return Case(path, path, r"8-bit display values stored in a wider type")
+
+
+def case_input_inside_out(tmp, valid):
+    out = tmp / "results"
+    out.mkdir()
+    inside = out / "quality_map.nrrd"
+    inside.write_bytes(valid.read_bytes())
+    return Case(inside, inside, r"would be overwritten", out=out)
+
+
 CASES.update(
     {
+        "float-0-255-rendering": case_float_0_255_rendering,
+        "input-inside-out-with-an-output-name": case_input_inside_out,
+        "model-dot": lambda tmp, valid: Case(valid, "--model", r"not a checkpoint file", extra=["--model", "."]),
         "npy-with-nan": case_npy_with_nan,
         "tiff-with-nan": case_tiff_with_nan,
         "rgb-tiff": case_rgb_tiff,

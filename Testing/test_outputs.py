@@ -4,6 +4,7 @@ one run at a time; and the streamed NRRD writer against SimpleITK's reader."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -130,3 +131,33 @@ def test_streamed_nrrd_matches_simpleitk(tmp_path):
     data = (tmp_path / "map.nrrd").read_bytes()
     payload = data[data.index(b"\n\n") + 2 :]  # 37 slices = 3 slabs compressed apart, one gzip member
     assert zlib.decompress(payload, wbits=31) == values.astype("<f4").tobytes()
+
+
+def test_files_a_user_left_are_never_removed(sample, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "summary.json").write_text(json.dumps({"outputs": ["thesis.docx", "rois.csv"]}))  # not ctqa's
+    (out / "thesis.docx").write_bytes(b"years of work")
+    (out / "rois.csv").write_text("my own table\n")
+    assert assess(sample, out, "--no-preview") == 0
+    assert (out / "thesis.docx").read_bytes() == b"years of work"
+    assert (out / "rois.csv").read_text() == "my own table\n"  # a contract name, but no ctqa run wrote it
+
+
+def test_sigterm_during_the_commit_is_deferred_until_it_is_complete(sample, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    assert assess(sample, out, "--roi", str(sample["labels"])) == 0
+    replace = os.replace
+    calls = []
+
+    def replace_then_signal(source, target):
+        calls.append(target)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of the commit
+        replace(source, target)
+
+    monkeypatch.setattr("ctqa.outputs.os.replace", replace_then_signal)
+    assert assess(sample, out, "--window-mm", "8") == 143
+    after = listing(out)
+    summary = json.loads(after["summary.json"])
+    assert summary["settings"]["noise_window_mm"] == 8.0 and summary["outputs"] == sorted(after)  # the new run, whole

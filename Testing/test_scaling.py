@@ -104,3 +104,14 @@ def test_noise_free_image_reports_no_gnl_instead_of_zero(tmp_path):
     result = assess(CTVolume(np.stack([hu] * 3), (0.8, 0.8, 2.0)), model="physics")
     assert np.isnan(result.summary.gnl_hu) and np.isnan(result.summary.snr)
     assert any("no measurable noise" in note for note in result.summary.notes)
+
+
+def test_real_ct_clipped_to_a_display_window_is_refused(shared_data, tmp_path):
+    """example_ct clipped to -160..240 HU (bone at the clip is about 1.5 % of voxels): a windowed export, refused."""
+    volume = read_volume(shared_data / "totalseg" / "example_ct.nii.gz")
+    clipped = sitk.GetImageFromArray(np.clip(volume.hu, -160, 240).astype(np.int16))
+    clipped.SetSpacing(volume.spacing)
+    sitk.WriteImage(clipped, str(tmp_path / "clipped.nrrd"))
+    with pytest.raises(InputError, match="display-windowed export"):
+        read_volume(tmp_path / "clipped.nrrd")
+    assert read_volume(tmp_path / "clipped.nrrd", scaling="hu").scaling == "hu"  # the user may insist

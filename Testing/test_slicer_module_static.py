@@ -92,3 +92,16 @@ def test_icon_is_128_pixels_square():
     header = (MODULE_DIR / "Resources" / "Icons" / "CTQualityAssessment.png").read_bytes()[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
     assert int.from_bytes(header[16:20], "big") == int.from_bytes(header[20:24], "big") == 128
+
+
+def test_role_attribute_matches_the_mrml_glue():
+    """The module keeps its own copy of the role attribute (importing mrml would import the core at load time)."""
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    values = [
+        node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and any(getattr(target, "id", "") == "ROLE_ATTRIBUTE" for target in node.targets)
+    ]
+    glue = (MODULE_DIR / "CTQualityAssessmentLib" / "mrml.py").read_text(encoding="utf-8")
+    assert values and f'ROLE_ATTRIBUTE = "{values[0]}"' in glue

@@ -74,7 +74,7 @@ def test_cancel_mid_run_leaves_no_process_no_files_no_nodes(scene):
 def test_cli_refusal_comes_back_as_one_line(scene):
     ct = volume_node(scene, make_sample().low_dose)
     far = CTVolume(make_sample().reference.hu[:3], (1.5, 1.5, 2.5), origin=(9000.0, 0.0, 0.0))
-    with pytest.raises(InputError, match=r"reference\.nrrd: reference does not overlap"):
+    with pytest.raises(InputError, match=r"^far: reference does not overlap"):
         process.run(ct, reference_volume_node=volume_node(scene, far, "far"), model="physics")
     assert mrml.own_output_nodes(ct) == {}
 
@@ -113,3 +113,11 @@ def test_default_learned_model_runs_out_of_process(scene):
     assert outputs.summary["settings"]["model_kind"] == "learned"
     quality = slicer.util.arrayFromVolume(outputs.quality_map)
     assert 0.0 < np.nanmean(quality) < 1.0
+
+
+def test_an_8_bit_rendering_in_a_node_is_still_refused(scene):
+    rendering = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "screenshot")
+    values = np.clip((make_sample().low_dose.hu + 160.0) / 400.0 * 255.0, 0, 255).astype(np.uint8)
+    slicer.util.updateVolumeFromArray(rendering, values)
+    with pytest.raises(InputError, match=r"^screenshot: 8-bit image"):
+        process.run(rendering, model="physics")

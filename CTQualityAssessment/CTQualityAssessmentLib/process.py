@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctqa.errors import InputError
-from ctqa.io import write_map
+from ctqa.io import NRRD_TYPES, write_map
 from ctqa.outputs import SavedOutputs, read_outputs
 from ctqa.pipeline import resolve_model
 
@@ -49,6 +49,7 @@ class InputFiles:
     volume: Path
     reference: Path | None = None
     segmentation: Path | None = None
+    node_names: dict[str, str] = field(default_factory=dict)  # file path -> the node it came from, for messages
 
 
 @dataclass
@@ -65,22 +66,46 @@ def python_executable() -> str:
 
 
 def write_inputs(volume_node, reference_node=None, segmentation_node=None, folder: Path | None = None) -> InputFiles:
-    """Write a run's inputs (main thread; no segment export here); InputError for unusable nodes."""
+    """Write a run's inputs (main thread; no segment export here); InputError for unusable nodes, and then the
+    temporary folder is removed again."""
+    created = folder is None
+    folder = Path(folder or tempfile.mkdtemp(prefix="CTQualityAssessment-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write_input_files(
+            InputFiles(folder, folder / "volume.nrrd"), volume_node, reference_node, segmentation_node
+        )
+    except BaseException:
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _native_or_hu(node, volume):
+    """The node's voxels in their own type (so the CLI still sees an 8-bit rendering as one), else the HU copy."""
+    import slicer
+
+    native = slicer.util.arrayFromVolume(node)
+    return native if native.dtype.name in NRRD_TYPES and native.dtype != volume.hu.dtype else volume.hu
+
+
+def _write_input_files(files: InputFiles, volume_node, reference_node, segmentation_node) -> InputFiles:
     import slicer
 
     from CTQualityAssessmentLib.mrml import volume_from_node
 
-    folder = Path(folder or tempfile.mkdtemp(prefix="CTQualityAssessment-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    files = InputFiles(folder, folder / "volume.nrrd")
+    folder = files.folder
+    files.node_names[str(files.volume)] = volume_node.GetName()
     volume = volume_from_node(volume_node)
-    write_map(volume.hu, volume, files.volume, compress=False)
+    write_map(_native_or_hu(volume_node, volume), volume, files.volume, compress=False)
     if reference_node is not None:
         reference = volume_from_node(reference_node)
         files.reference = folder / "reference.nrrd"
-        write_map(reference.hu, reference, files.reference, compress=False)
+        files.node_names[str(files.reference)] = reference_node.GetName()
+        write_map(_native_or_hu(reference_node, reference), reference, files.reference, compress=False)
     if segmentation_node is not None:
         files.segmentation = folder / "segmentation.seg.nrrd"
+        files.node_names[str(files.segmentation)] = segmentation_node.GetName()
         storage = slicer.vtkMRMLSegmentationStorageNode()
         storage.SetFileName(str(files.segmentation))
         if not storage.WriteData(segmentation_node):
@@ -131,13 +156,25 @@ class AssessmentProcess:
         """Start the assessment of inputs; the outputs go to inputs.folder / "out"."""
         out = inputs.folder / "out"
         job = cls(inputs, out, command_line(inputs, out, model, device, window_mm))
-        environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(MODULE_DIR), os.environ.get("PYTHONPATH", "")]))
+        paths = [str(MODULE_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]  # no empty entry (= the cwd)
+        environment = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
         if os.name == "posix":
             group = {"start_new_session": True}
         else:
             group = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
-        job._process = subprocess.Popen(
-            job.command,
+        try:
+            job._process = job._popen(environment, group)
+        except OSError as error:
+            job.cleanup()
+            raise InputError(f"cannot start the assessment process ({job.command[0]}): {error}") from None
+        for stream, tag in ((job._process.stdout, "out"), (job._process.stderr, "err")):
+            threading.Thread(target=_read_lines, args=(stream, tag, job._lines), daemon=True).start()
+        job._note(f"started: {' '.join(job.command[1:])}")
+        return job
+
+    def _popen(self, environment: dict, group: dict) -> subprocess.Popen:
+        return subprocess.Popen(
+            self.command,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -146,10 +183,6 @@ class AssessmentProcess:
             env=environment,
             **group,
         )
-        for stream, tag in ((job._process.stdout, "out"), (job._process.stderr, "err")):
-            threading.Thread(target=_read_lines, args=(stream, tag, job._lines), daemon=True).start()
-        job._note(f"started: {' '.join(job.command[1:])}")
-        return job
 
     def _note(self, text: str) -> None:
         self.log.append(LogLine(time.monotonic() - self._started, text))
@@ -159,6 +192,8 @@ class AssessmentProcess:
             self._note(line)
             if line.startswith("ctqa: error: "):
                 self.error = line.removeprefix("ctqa: error: ")
+                for path, name in self.inputs.node_names.items():  # name the node, not its temporary file
+                    self.error = self.error.replace(path, name)
             return
         try:
             event = json.loads(line)

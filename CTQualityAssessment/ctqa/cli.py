@@ -54,9 +54,13 @@ def _parser() -> argparse.ArgumentParser:
         epilog=ASSESS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    assess.add_argument("input", metavar="INPUT", help="CT volume: DICOM folder or file, .nii/.nii.gz, .nrrd or .mha")
+    assess.add_argument(
+        "input", metavar="INPUT", help="CT: DICOM folder or file, .nii/.nii.gz, .nrrd, .mha, .tif/.tiff or .npy"
+    )
     assess.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    assess.add_argument("--reference", metavar="REF", help="full-dose/reference CT on the same grid: adds an SSIM map")
+    assess.add_argument(
+        "--reference", metavar="REF", help="full-dose CT of the same anatomy (resampled by position): adds an SSIM map"
+    )
     assess.add_argument(
         "--roi", metavar="LABELS", help="labelmap file, Slicer .seg.nrrd, or a folder of binary masks (one ROI each)"
     )
@@ -165,7 +169,7 @@ def _print_result(input_path: str, summary: Summary, written: int, out: Path) ->
     _print_notes(summary)
     score, gnl, noise_level = summary.global_quality_score, summary.gnl_hu, summary.learned_noise_level
     figures = [
-        f"global quality {score:.3f}" if math.isfinite(score) else "no body found",
+        f"global quality {score:.3f}" if math.isfinite(score) else "quality n/a (no flat tissue to measure noise in)",
         f"GNL {gnl:.1f} HU" if math.isfinite(gnl) else "GNL n/a",
     ]
     if noise_level is not None:
@@ -176,11 +180,12 @@ def _print_result(input_path: str, summary: Summary, written: int, out: Path) ->
 
 def _assess(args: argparse.Namespace) -> None:
     from ctqa.io import read_volume
-    from ctqa.outputs import check_output_folder
+    from ctqa.outputs import check_inputs_survive, check_output_folder
     from ctqa.pipeline import assess, check_window_mm, resolve_model, write_outputs
     from ctqa.rois import load_rois
 
     out = check_output_folder(args.out)
+    check_inputs_survive(out, [args.input, args.reference, args.roi])
     model = resolve_model(args.model)
     window_mm = check_window_mm(args.window_mm)
     if args.pixel_mm is not None and not (math.isfinite(args.pixel_mm) and 0.01 <= args.pixel_mm <= 20.0):

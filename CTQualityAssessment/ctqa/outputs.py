@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ctqa.errors import InputError
+from ctqa.results import RoiRow, SliceRow, table_column_types
 
 OUTPUT_FILES = {
     "quality_map": "quality_map.nrrd",
@@ -46,20 +48,32 @@ def check_output_folder(path: str | os.PathLike) -> Path:
     if not str(path).strip():
         raise InputError("output folder is an empty string; name a folder with --out")
     folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"{folder}: output path is an existing file, not a folder")
-    existing = folder.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InputError(f"{folder}: cannot create the output folder: {existing} is a file")
-    try:  # a real probe: permissions, read-only file systems and root's privileges all answer truthfully
+    try:
+        if folder.is_symlink() and not folder.exists():
+            raise InputError(f"{folder}: output path is a broken symbolic link")
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"{folder}: output path is an existing file, not a folder")
+        occupied = [name for name in OUTPUT_FILES.values() if (folder / name).is_dir()]
+        if occupied:
+            raise InputError(f"{folder / occupied[0]}: a folder where the output file must go")
+        existing = folder.absolute()
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise InputError(f"{folder}: cannot create the output folder: {existing} is a file")
+        # a real probe: permissions, read-only file systems and root's privileges all answer truthfully
         os.rmdir(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=existing))
     except OSError as error:
-        raise InputError(
-            f"{folder}: cannot write the output folder ({error.strerror or error} in {existing})"
-        ) from None
+        raise InputError(f"{str(folder)[:200]}: cannot write the output folder ({error.strerror or error})") from None
     return folder
+
+
+def check_inputs_survive(folder: Path, inputs: list) -> None:
+    """Refuse a run whose outputs would replace one of its own input files (e.g. INPUT = --out/quality_map.nrrd)."""
+    targets = {(folder / name).resolve() for name in OUTPUT_FILES.values()}
+    for path in inputs:
+        if path is not None and Path(path).resolve() in targets:
+            raise InputError(f"{path}: an input inside --out {folder} would be overwritten by this run's outputs")
 
 
 def _lock(handle) -> None:
@@ -69,8 +83,12 @@ def _lock(handle) -> None:
     except ImportError:  # Windows
         import msvcrt
 
-        msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
-        return
+        while True:  # LK_LOCK gives up after 10 attempts of a second: keep waiting for the other run
+            try:
+                msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+                return
+            except OSError:
+                continue
     fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
 
 
@@ -89,17 +107,25 @@ def _acquire_lock(path: Path):
 
 @contextmanager
 def _signals_held():
-    """Hold SIGINT/SIGTERM back (delivered on exit) so a commit is not cut in half; no-op where unsupported."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    except (AttributeError, ValueError, OSError):  # Windows, or not supported here
+    """Defer SIGINT/SIGTERM until the block ends, so a commit is not cut in half.
+
+    Python runs signal handlers in the main thread only, whichever thread the OS delivers to; a handler that just
+    records the signal therefore defers it reliably. It is re-raised when the block ends. No-op outside the main
+    thread (the Slicer runner's worker process runs ctqa in its main thread).
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    arrived: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.signal(number, lambda number, frame: arrived.append(number)) for number in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if arrived:
+            signal.raise_signal(arrived[0])
 
 
 class OutputFolder:
@@ -153,22 +179,34 @@ class OutputFolder:
         return final
 
     def _previous_outputs(self) -> set[str]:
-        """File names an earlier run left: the contract's names, and whatever its summary.json listed."""
-        previous = set(OUTPUT_FILES.values())
+        """Files an earlier ctqa run wrote here: those its summary.json lists (the contract's names for versions
+        that kept no list). Without a summary.json written by ctqa nothing counts: a user's files are never removed.
+        """
         try:
-            listed = json.loads((self.folder / OUTPUT_FILES["summary"]).read_text(encoding="utf-8")).get("outputs", [])
-        except (OSError, ValueError, AttributeError):
-            listed = []
-        previous |= {name for name in listed if isinstance(name, str) and name == Path(name).name}
-        return {name for name in previous if (self.folder / name).is_file()}
+            earlier = json.loads((self.folder / OUTPUT_FILES["summary"]).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return set()
+        if not isinstance(earlier, dict) or not str(earlier.get("tool", "")).startswith("ctqa "):
+            return set()
+        listed = earlier.get("outputs", list(OUTPUT_FILES.values()))
+        known = set(OUTPUT_FILES.values())  # never anything else, whatever a summary says
+        names = {name for name in listed if isinstance(name, str) and name in known}
+        return {name for name in names if (self.folder / name).is_file()}
 
     def _release(self) -> None:
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
             self._staging = None
         if self._lock_handle is not None:
-            Path(self._lock_handle.name).unlink(missing_ok=True)  # still held: no other run can own this file
+            path = Path(self._lock_handle.name)
+            if os.name == "posix":
+                path.unlink(missing_ok=True)  # still held: no other run can own this file
             self._lock_handle.close()  # closing releases the lock
+            if os.name != "posix":  # Windows cannot remove an open file; another run may hold it by now
+                try:
+                    path.unlink(missing_ok=True)
+                except PermissionError:
+                    pass
             self._lock_handle = None
 
     def __exit__(self, *exc_info) -> None:
@@ -199,20 +237,13 @@ class SavedOutputs:
     summary: dict
 
 
-def _cell(text: str):
-    if text == "":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _read_csv(path: Path) -> list[dict]:
+def _read_csv(path: Path, types: dict[str, type]) -> list[dict]:
+    """Rows of a contract table, each cell of its column's type (None for empty cells)."""
     with path.open(newline="", encoding="utf-8") as handle:
-        return [{key: _cell(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+        return [
+            {key: (None if value == "" else types[key](value)) for key, value in row.items()}
+            for row in csv.DictReader(handle)
+        ]
 
 
 def read_outputs(folder: str | os.PathLike) -> SavedOutputs:
@@ -230,5 +261,8 @@ def read_outputs(folder: str | os.PathLike) -> SavedOutputs:
         for role, name in OUTPUT_FILES.items()
         if name.endswith(".nrrd") and name in listed
     }
-    rois = _read_csv(folder / OUTPUT_FILES["rois"]) if OUTPUT_FILES["rois"] in listed else None
-    return SavedOutputs(folder, maps, _read_csv(folder / OUTPUT_FILES["slices"]), rois, summary)
+    rois = None
+    if OUTPUT_FILES["rois"] in listed:
+        rois = _read_csv(folder / OUTPUT_FILES["rois"], table_column_types(RoiRow))
+    slices = _read_csv(folder / OUTPUT_FILES["slices"], table_column_types(SliceRow))
+    return SavedOutputs(folder, maps, slices, rois, summary)

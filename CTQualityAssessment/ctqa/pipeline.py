@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,13 +102,19 @@ def _series_measures(volume: CTVolume, noise: NoiseAnalysis) -> SeriesMeasures:
 def _summary(volume: CTVolume, noise: NoiseAnalysis, result: quality_map.QualityMap, reference_ssim, window_mm):
     body = body_statistics(volume, result.quality, noise.noise_sd)
     reference_body = reference_all = None
+    notes = volume.notes + noise.notes
     if reference_ssim is not None:
-        inside = np.isfinite(result.quality) & np.isfinite(reference_ssim)
+        covered = np.isfinite(reference_ssim)
+        inside = np.isfinite(result.quality) & covered
         reference_body = float(reference_ssim[inside].mean(dtype=np.float64)) if inside.any() else math.nan
-        reference_all = float(np.nanmean(reference_ssim, dtype=np.float64))
+        reference_all = float(reference_ssim[covered].mean(dtype=np.float64)) if covered.any() else math.nan
+        share = covered.mean()
+        if share < 0.999:
+            notes += (f"the reference covers {100 * share:.0f} % of the input; SSIM only where it does",)
     settings = RunSettings(
         model=result.model.name,
         model_kind=result.model.kind,
+        model_card=str(result.model.card_path) if result.model.card_path else None,
         device=result.device,
         precision=result.precision,
         device_fallback=result.device_fallback,
@@ -120,7 +127,7 @@ def _summary(volume: CTVolume, noise: NoiseAnalysis, result: quality_map.Quality
         input=volume.source,
         shape_zyx=volume.shape,
         spacing_mm_xyz=volume.spacing,
-        notes=volume.notes + noise.notes,
+        notes=notes,
         settings=settings,
         global_quality_score=body.quality_mean,
         quality_median=body.quality_median,
@@ -178,13 +185,22 @@ def assess(
     return Assessment(volume, result, noise, reference_ssim, slices, roi_rows, summary)
 
 
+@contextmanager
+def _writing_into(folder: Path):
+    """A failed write (disk full, quota) as one line naming the output folder, not the staging file."""
+    try:
+        yield
+    except OSError as error:
+        raise InputError(f"{folder}: cannot write the outputs ({error.strerror or error})") from None
+
+
 def write_outputs(assessment: Assessment, folder: str | os.PathLike, preview: bool = True) -> dict[str, Path]:
     """Write the output contract (outputs.OUTPUT_FILES) into folder atomically; returns the written paths by role.
 
     preview=False leaves out preview.png (and matplotlib, which Slicer does not bundle).
     """
     volume = assessment.volume
-    with OutputFolder(folder) as out:
+    with OutputFolder(folder) as out, _writing_into(out.folder):
         write_map(assessment.quality, volume, out.stage("quality_map"))
         write_map(assessment.noise.noise_sd, volume, out.stage("noise_map"))
         if assessment.reference_ssim is not None:

@@ -90,6 +90,7 @@ class RunSettings:
 
     model: str
     model_kind: str  # "builtin" or "learned"
+    model_card: str | None  # path of a learned model's JSON card
     device: str
     precision: str
     device_fallback: str | None
@@ -164,6 +165,16 @@ def table_row(row) -> dict:
     return {
         key: (None if isinstance(value, float) and not math.isfinite(value) else value) for key, value in flat.items()
     }
+
+
+def table_column_types(row_type) -> dict[str, type]:
+    """{column: int, float or str} of a row dataclass, for reading its CSV back (a segment named "007" stays "007")."""
+    kinds = {"int": int, "float": float, "str": str}
+    types = {}
+    for item in fields(row_type):
+        nested = fields(RegionStats) if item.name == "stats" else [item]
+        types.update({f.name: kinds[str(f.type)] for f in nested})
+    return types
 
 
 SLICE_COLUMNS = table_columns(SliceRow)

@@ -25,8 +25,13 @@ import numpy as np
 
 from ctqa.errors import InputError
 
-#: Fraction of voxels at both the minimum and the maximum above which an image counts as clipped by a window.
-SATURATED_FRACTION = 0.02
+#: Fraction of voxels at both the minimum and the maximum above which an image counts as clipped by a window
+#: (continuous CT values repeat their extremes on a handful of voxels; a window clips bone or air by the percent).
+SATURATED_FRACTION = 0.001
+#: Fraction of voxels strictly between the clip values that marks anatomy (not a two-level mask or phantom).
+ANATOMY_FRACTION = 0.02
+#: The rendering heuristics need a sample: smaller images pass to the checks that follow (slice size, noise).
+MIN_HEURISTIC_VOXELS = 4096
 
 
 @dataclass(frozen=True)
@@ -109,12 +114,17 @@ def check_plausible_hu(hu: np.ndarray, source: str) -> None:
             f"{source}: values span [{low:g}, {high:g}] with no air or fat: not HU; stored values without the "
             "rescale intercept? pass --scaling hu+1024 (or --scaling hu if these are HU)"
         )
-    count = hu.size
-    at_low = np.count_nonzero(hu == low) / count
-    at_high = np.count_nonzero(hu == high) / count
-    between = 1.0 - at_low - at_high  # a windowed rendering has anatomy between its clip values
-    if min(at_low, at_high) > SATURATED_FRACTION and between > SATURATED_FRACTION and high - low < 2000.0:
+    if low >= 0.0 and high <= 255.0 and hu.size >= MIN_HEURISTIC_VOXELS and not np.any(hu % 1):
         raise InputError(
-            f"{source}: values clipped to [{low:g}, {high:g}] ({100 * at_low:.0f} % and {100 * at_high:.0f} % of "
-            "voxels at the ends): a display-windowed export, not full-range HU (or pass --scaling hu to use it)"
+            f"{source}: whole values within [{low:g}, {high:g}]: 8-bit display values stored in a wider type, not HU "
+            "(or pass --scaling hu to use them as HU)"
         )
+    if high - low < 2000.0 and hu.size >= MIN_HEURISTIC_VOXELS:
+        at_low = np.count_nonzero(hu == low) / hu.size
+        at_high = np.count_nonzero(hu == high) / hu.size
+        between = 1.0 - at_low - at_high  # a windowed rendering has anatomy between its clip values
+        if min(at_low, at_high) > SATURATED_FRACTION and between > ANATOMY_FRACTION:
+            raise InputError(
+                f"{source}: values clipped to [{low:g}, {high:g}] ({100 * at_low:.1f} % and {100 * at_high:.1f} % of "
+                "voxels at the ends): a display-windowed export, not full-range HU (or pass --scaling hu to use it)"
+            )

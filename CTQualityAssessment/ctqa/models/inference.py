@@ -164,11 +164,11 @@ def predict_volume(
 def learned_noise_level(prediction: Prediction) -> LearnedNoiseLevel | None:
     """The dose head's output as a noise level relative to the training full-dose images, or None without one.
 
-    Aggregated over the slices that show the body (all slices when none does): exp(-mean(ln d) / 2), where d is
-    the head's per-slice dose-equivalent, because noise SD scales as 1/sqrt(dose) in the training simulation.
+    Aggregated over the slices that show the body (None when none does): exp(-mean(ln d) / 2), where d is the
+    head's per-slice dose-equivalent, because noise SD scales as 1/sqrt(dose) in the training simulation.
     """
-    if prediction.log_dose is None:
+    if prediction.log_dose is None or not prediction.body_slices.any():
         return None
-    used = prediction.body_slices if prediction.body_slices.any() else np.ones_like(prediction.body_slices)
+    used = prediction.body_slices
     mean_log_dose = float(prediction.log_dose[used].astype(np.float64).mean())
     return LearnedNoiseLevel(relative_noise=math.exp(-0.5 * mean_log_dose), slices_used=int(np.count_nonzero(used)))

@@ -163,6 +163,8 @@ def resolve(task: str, choice: str | os.PathLike | None = DEFAULT_MODEL) -> Mode
     bundled = bundled_models(task)
     if name in bundled:
         return _learned_spec(name, bundled[name], task, bundled=True)
+    if not Path(name).name:  # ".", "/", a folder path ending in a separator: no checkpoint named
+        raise InputError(f"--model {name}: not a checkpoint file (X.json or X.safetensors)")
     card_path, _ = checkpoint_files(name)
     looks_like_path = os.sep in name or Path(name).suffix in (".json", ".safetensors")
     if card_path.is_file():

@@ -244,7 +244,7 @@ def _physics_summary(stats_mean: np.ndarray, window_sd: np.ndarray) -> tuple[flo
     soft = (stats_mean >= SOFT_TISSUE_HU[0]) & (stats_mean <= SOFT_TISSUE_HU[1])
     fat = (stats_mean >= FAT_HU[0]) & (stats_mean <= FAT_HU[1])
     soft_sd = window_sd[soft]
-    gnl = histogram_mode(soft_sd) if soft_sd.size else math.nan
+    gnl = histogram_mode(soft_sd) if soft_sd.size >= MIN_MODE_WINDOWS else math.nan
     soft_mean = float(stats_mean[soft].mean()) if soft.any() else math.nan
     fat_mean = float(stats_mean[fat].mean()) if fat.any() else math.nan
     return gnl, soft_mean, fat_mean
@@ -347,7 +347,9 @@ def analyse_noise(
 
     run_over_slabs(write_maps, depth, progress, (0.5, 1.0), "noise map")
     notes = ()
-    if gnl < MIN_GNL_HU:  # NaN compares False: "no soft tissue" keeps its NaN without a note
+    if math.isnan(gnl):
+        notes = (f"fewer than {MIN_MODE_WINDOWS} soft-tissue windows (0..150 HU): GNL, SNR and CNR not reported",)
+    elif gnl < MIN_GNL_HU:  # NaN compares False: "no soft tissue" keeps its NaN without a note
         notes = (
             f"no measurable noise (GNL {gnl:.2f} HU < {MIN_GNL_HU:g} HU): not an acquired CT, or heavily "
             "processed; GNL, SNR and CNR not reported",
