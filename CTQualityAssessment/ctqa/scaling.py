@@ -25,6 +25,8 @@ import numpy as np
 
 from ctqa.errors import InputError
 
+#: Above this no CT scale reaches (extended-scale CT ends near 30710 HU).
+MAX_HU = 32767.0
 #: Fraction of voxels at both the minimum and the maximum above which an image counts as clipped by a window
 #: (continuous CT values repeat their extremes on a handful of voxels; a window clips bone or air by the percent).
 SATURATED_FRACTION = 0.001
@@ -67,7 +69,7 @@ NAMED = {
     "hu": HU,
     "hu+1024": Scaling("hu+1024", intercept=-1024.0),
     "ldctiqac2023": Scaling("ldctiqac2023", 350.0, -135.0, (0.0, 1.0), (-135.0, 215.0)),
-    "mayo-npy": Scaling("mayo-npy", 4096.0, -1024.0, (0.0, 1.0)),
+    "mayo-npy": Scaling("mayo-npy", 4096.0, -1024.0, (0.0, math.inf)),  # not clipped: metal may exceed 1
 }
 CHOICES = (*NAMED, "window:LOW,HIGH")
 
@@ -108,6 +110,11 @@ def check_plausible_hu(hu: np.ndarray, source: str) -> None:
         raise InputError(
             f"{source}: values span [{low:g}, {high:g}]: normalised, not HU; pass --scaling ldctiqac2023 "
             "(W350/L40 renderings), mayo-npy ((HU+1024)/4096) or window:LOW,HIGH"
+        )
+    if high > MAX_HU:
+        raise InputError(
+            f"{source}: values up to {high:g}, beyond any HU scale (extended scales end near 30000): a 16-bit "
+            "rendering or raw detector values, not HU"
         )
     if low >= -50.0 and high >= 500.0:
         raise InputError(

@@ -79,7 +79,7 @@ def save_preview(assessment: Assessment, path: str | Path) -> None:
     plot.plot(indices, slice_p10, color="tab:orange", lw=1, marker=marker, ms=4, label="10th percentile")
     for index in shown:
         plot.axvline(index, color="0.6", lw=0.8, ls=":")
-    plot.xaxis.set_major_locator(MaxNLocator(integer=True))
+    plot.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     plot.set_xlim(-0.5, max(len(slice_quality) - 0.5, 0.5))
     plot.set_ylim(0.0, 1.0)
     plot.set_xlabel("slice index")
