@@ -2,10 +2,11 @@
 
 1. write_inputs: the input volume (and reference) as uncompressed NRRD and the segmentation as .seg.nrrd into a
    temporary folder (segment export to the CT grid then happens in the worker, not in the GUI);
-2. AssessmentProcess: `ctqa assess ... --progress json --no-preview` in PythonSlicer (Slicer's own Python, found
-   like slicer.util.executePythonModule does), started with subprocess.Popen in its own process group; two reader
-   threads queue its stdout (JSON progress lines) and stderr; poll() drains them without blocking (the module's
-   QTimer calls it; a blocking console call loops over it); cancel() ends the whole process tree;
+2. AssessmentProcess: `ctqa assess ... --progress json --no-preview --no-compress` in PythonSlicer (Slicer's
+   own Python, found like slicer.util.executePythonModule does), started with subprocess.Popen in its own
+   process group; two reader threads queue its stdout (JSON progress lines) and stderr; poll() drains them
+   without blocking (the module's QTimer calls it; a blocking console call loops over it); cancel() ends the
+   whole process tree;
 3. on success the caller loads the completed output folder (ctqa.outputs.read_outputs) into MRML (mrml.py).
 
 subprocess.Popen directly, rather than slicer.util.launchConsoleProcess (which wraps it), because cancel needs the
@@ -116,9 +117,10 @@ def _write_input_files(files: InputFiles, volume_node, reference_node, segmentat
 def command_line(
     inputs: InputFiles, out: Path, model: str = "default", device: str = "auto", window_mm: float | None = None
 ) -> list[str]:
-    """The `ctqa assess` command of a run (JSON progress on stdout, no preview.png)."""
+    """The `ctqa assess` command of a run (JSON progress on stdout, no preview.png, maps uncompressed: they are read
+    back at once and deleted)."""
     command = [python_executable(), "-m", "ctqa.cli", "assess", str(inputs.volume), "--out", str(out)]
-    command += ["--progress", "json", "--no-preview", "--model", str(model), "--device", device]
+    command += ["--progress", "json", "--no-preview", "--no-compress", "--model", str(model), "--device", device]
     if inputs.reference is not None:
         command += ["--reference", str(inputs.reference)]
     if inputs.segmentation is not None:

@@ -109,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     assess.add_argument(
         "--no-preview", action="store_true", help="do not draw preview.png (programs that show the maps themselves)"
     )
+    assess.add_argument(
+        "--no-compress", action="store_true", help="write the maps uncompressed (temporary outputs a program reads)"
+    )
 
     sample = commands.add_parser(
         "sample",
@@ -201,7 +204,7 @@ def _assess(args: argparse.Namespace) -> None:
     try:
         assessment = assess(volume, reference, rois, model=model, window_mm=window_mm, device=args.device, progress=bar)
         bar(1.0, "writing outputs")
-        paths = write_outputs(assessment, out, preview=not args.no_preview)
+        paths = write_outputs(assessment, out, preview=not args.no_preview, compress=not args.no_compress)
     finally:
         bar.close()
     if display == "json":

@@ -194,17 +194,20 @@ def _writing_into(folder: Path):
         raise InputError(f"{folder}: cannot write the outputs ({error.strerror or error})") from None
 
 
-def write_outputs(assessment: Assessment, folder: str | os.PathLike, preview: bool = True) -> dict[str, Path]:
+def write_outputs(
+    assessment: Assessment, folder: str | os.PathLike, preview: bool = True, compress: bool = True
+) -> dict[str, Path]:
     """Write the output contract (outputs.OUTPUT_FILES) into folder atomically; returns the written paths by role.
 
-    preview=False leaves out preview.png (and matplotlib, which Slicer does not bundle).
+    preview=False leaves out preview.png (and matplotlib, which Slicer does not bundle); compress=False writes the
+    maps uncompressed (temporary outputs another program reads at once).
     """
     volume = assessment.volume
     with OutputFolder(folder) as out, _writing_into(out.folder):
-        write_map(assessment.quality, volume, out.stage("quality_map"))
-        write_map(assessment.noise.noise_sd, volume, out.stage("noise_map"))
+        write_map(assessment.quality, volume, out.stage("quality_map"), compress)
+        write_map(assessment.noise.noise_sd, volume, out.stage("noise_map"), compress)
         if assessment.reference_ssim is not None:
-            write_map(assessment.reference_ssim, volume, out.stage("reference_ssim_map"))
+            write_map(assessment.reference_ssim, volume, out.stage("reference_ssim_map"), compress)
         write_csv([table_row(row) for row in assessment.slices], SLICE_COLUMNS, out.stage("slices"))
         if assessment.rois is not None:
             write_csv([table_row(row) for row in assessment.rois], ROI_COLUMNS, out.stage("rois"))
