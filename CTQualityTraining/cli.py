@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="D",
         help="dose fractions in (0, 1] (default: 1 0.75 0.5 0.25 0.1 0.05)",
     )
-    simulate.add_argument("--kernels", nargs="+", metavar="K", help="native, sharp, smooth (default: all three)")
+    simulate.add_argument(
+        "--kernels", nargs="+", metavar="K", help="native, sharp, smooth, lung (default: native sharp smooth)"
+    )
     simulate.add_argument(
         "--views",
         type=int,
