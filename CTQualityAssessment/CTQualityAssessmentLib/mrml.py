@@ -24,7 +24,7 @@ from ctqa.colors import QUALITY_COLOR_ANCHORS
 from ctqa.errors import InputError
 from ctqa.outputs import SavedOutputs
 from ctqa.results import ROI_COLUMNS, SLICE_COLUMNS
-from ctqa.volume import CTVolume
+from ctqa.volume import CTVolume, Grid
 
 ROLE_ATTRIBUTE = "CTQualityAssessment.Role"
 SUMMARY_ATTRIBUTE = "CTQualityAssessment.Summary"  # JSON of Assessment.summary, on the quality map node
@@ -69,8 +69,8 @@ def ijk_to_ras(volume: CTVolume) -> np.ndarray:
     return _LPS_FROM_RAS @ lps
 
 
-def volume_from_node(node) -> CTVolume:
-    """A CTVolume (HU float32 (z, y, x), LPS geometry) from a scalar volume node; InputError for other volumes."""
+def grid_from_node(node) -> Grid:
+    """The LPS grid of a scalar volume node (no voxel copy); InputError for empty or multi-component volumes."""
     import slicer
 
     image = node.GetImageData() if node is not None else None
@@ -81,10 +81,19 @@ def volume_from_node(node) -> CTVolume:
     lps = _LPS_FROM_RAS @ slicer.util.arrayFromVTKMatrix(_vtk_matrix(node.GetIJKToRASMatrix))
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     direction = lps[:3, :3] / spacing
+    shape = tuple(image.GetDimensions()[::-1])
+    return Grid(shape, tuple(spacing), tuple(lps[:3, 3]), tuple(direction.ravel()))
+
+
+def volume_from_node(node) -> CTVolume:
+    """A CTVolume (HU float32 (z, y, x), LPS geometry) from a scalar volume node; InputError for other volumes."""
+    import slicer
+
+    grid = grid_from_node(node)
     hu = np.array(slicer.util.arrayFromVolume(node), dtype=np.float32)
     if not np.isfinite(hu).all():
         raise InputError(f"{node.GetName()}: {int(hu.size - np.isfinite(hu).sum())} NaN/inf voxels")
-    return CTVolume(hu, tuple(spacing), tuple(lps[:3, 3]), tuple(direction.ravel()), node.GetName())
+    return CTVolume(hu, grid.spacing, grid.origin, grid.direction, node.GetName())
 
 
 def update_volume_node(node, array: np.ndarray, volume: CTVolume) -> None:

@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ctqa.errors import InputError
 from ctqa.io import NRRD_TYPES, write_map
 from ctqa.outputs import SavedOutputs, read_outputs
@@ -82,30 +84,29 @@ def write_inputs(volume_node, reference_node=None, segmentation_node=None, folde
         raise
 
 
-def _native_or_hu(node, volume):
-    """The node's voxels in their own type (so the CLI still sees an 8-bit rendering as one), else the HU copy."""
+def _write_node(node, path: Path) -> None:
+    """A volume node's voxels as raw NRRD, in their own type (no float copy on the GUI thread; an 8-bit rendering
+    stays 8-bit for the CLI to refuse). NaN and the other value checks happen in the worker."""
     import slicer
 
-    native = slicer.util.arrayFromVolume(node)
-    return native if native.dtype.name in NRRD_TYPES and native.dtype != volume.hu.dtype else volume.hu
+    from CTQualityAssessmentLib.mrml import grid_from_node
+
+    grid = grid_from_node(node)
+    voxels = slicer.util.arrayFromVolume(node)
+    write_map(voxels if voxels.dtype.name in NRRD_TYPES else voxels.astype(np.float32), grid, path, compress=False)
 
 
 def _write_input_files(files: InputFiles, volume_node, reference_node, segmentation_node) -> InputFiles:
     import slicer
 
-    from CTQualityAssessmentLib.mrml import volume_from_node
-
-    folder = files.folder
     files.node_names[str(files.volume)] = volume_node.GetName()
-    volume = volume_from_node(volume_node)
-    write_map(_native_or_hu(volume_node, volume), volume, files.volume, compress=False)
+    _write_node(volume_node, files.volume)
     if reference_node is not None:
-        reference = volume_from_node(reference_node)
-        files.reference = folder / "reference.nrrd"
+        files.reference = files.folder / "reference.nrrd"
         files.node_names[str(files.reference)] = reference_node.GetName()
-        write_map(_native_or_hu(reference_node, reference), reference, files.reference, compress=False)
+        _write_node(reference_node, files.reference)
     if segmentation_node is not None:
-        files.segmentation = folder / "segmentation.seg.nrrd"
+        files.segmentation = files.folder / "segmentation.seg.nrrd"
         files.node_names[str(files.segmentation)] = segmentation_node.GetName()
         storage = slicer.vtkMRMLSegmentationStorageNode()
         storage.SetFileName(str(files.segmentation))

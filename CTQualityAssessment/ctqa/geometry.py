@@ -10,7 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ctqa.errors import InputError
-from ctqa.volume import CTVolume
+from ctqa.volume import CTVolume, Grid
 
 
 def physical_bounds(size, spacing, origin, direction) -> tuple[np.ndarray, np.ndarray]:
@@ -23,13 +23,21 @@ def physical_bounds(size, spacing, origin, direction) -> tuple[np.ndarray, np.nd
     return points.min(axis=0), points.max(axis=0)
 
 
-def volume_grid(volume: CTVolume, pixel_id: int = sitk.sitkUInt8) -> sitk.Image:
+def _with_geometry(image: sitk.Image, grid: CTVolume | Grid) -> sitk.Image:
+    image.SetSpacing(grid.spacing)
+    image.SetOrigin(grid.origin)
+    image.SetDirection(grid.direction)
+    return image
+
+
+def volume_grid(volume: CTVolume) -> sitk.Image:
     """An empty SimpleITK image on the grid of volume (the reference image for resampling)."""
-    grid = sitk.Image(volume.shape[::-1], pixel_id)
-    grid.SetSpacing(volume.spacing)
-    grid.SetOrigin(volume.origin)
-    grid.SetDirection(volume.direction)
-    return grid
+    return _with_geometry(sitk.Image(volume.shape[::-1], sitk.sitkUInt8), volume)
+
+
+def image_on_grid(array: np.ndarray, grid: CTVolume | Grid) -> sitk.Image:
+    """A SimpleITK image of a (z, y, x) array (copied) with the geometry of grid."""
+    return _with_geometry(sitk.GetImageFromArray(array), grid)
 
 
 def _grid_matches(size, spacing, origin, direction, volume: CTVolume) -> bool:
@@ -64,15 +72,6 @@ def resample_onto(image: sitk.Image, volume: CTVolume, source: str, what: str, l
     return sitk.Resample(image, volume_grid(volume), sitk.Transform(), sitk.sitkNearestNeighbor, 0, image.GetPixelID())
 
 
-def image_of(volume: CTVolume) -> sitk.Image:
-    """A SimpleITK image of volume's HU (a copy) with its geometry."""
-    image = sitk.GetImageFromArray(volume.hu)
-    image.SetSpacing(volume.spacing)
-    image.SetOrigin(volume.origin)
-    image.SetDirection(volume.direction)
-    return image
-
-
 def reference_on_grid(reference: CTVolume, volume: CTVolume) -> np.ndarray:
     """float32 (z, y, x) HU of reference on the grid of volume (linear, by physical position); NaN where it has none.
 
@@ -81,5 +80,6 @@ def reference_on_grid(reference: CTVolume, volume: CTVolume) -> np.ndarray:
     geometry = (reference.shape[::-1], reference.spacing, reference.origin, reference.direction)
     if _grid_matches(*geometry, volume):
         return reference.hu
-    resampled = resample_onto(image_of(reference), volume, reference.source, "reference", linear=True)
+    image = image_on_grid(reference.hu, reference)
+    resampled = resample_onto(image, volume, reference.source, "reference", linear=True)
     return sitk.GetArrayFromImage(resampled)

@@ -24,10 +24,11 @@ except ImportError:  # a Slicer where the zlib-ng wheel could not be installed: 
 
 from ctqa import dicom
 from ctqa.errors import InputError, first_line
+from ctqa.geometry import image_on_grid
 from ctqa.scaling import Scaling, check_plausible_hu, check_stored_type
 from ctqa.scaling import parse as parse_scaling
 from ctqa.slabs import WORKER_THREADS
-from ctqa.volume import CTVolume
+from ctqa.volume import CTVolume, Grid
 
 #: Extensions SimpleITK reads as whole volumes (not DICOM).
 VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -95,9 +96,7 @@ def _read_geometry_free(path: str) -> np.ndarray:
             import tifffile
 
             array = tifffile.imread(path)
-    except (OSError, ValueError) as error:
-        raise InputError(f"{path}: cannot read ({first_line(error)})") from None
-    except Exception as error:  # tifffile raises its own TiffFileError (a ValueError subclass in new versions)
+    except Exception as error:  # OSError, ValueError, and tifffile's own TiffFileError in older versions
         raise InputError(f"{path}: cannot read ({first_line(error)})") from None
     if array.ndim not in (2, 3) or array.dtype.kind not in "iuf" or (array.ndim == 3 and array.shape[-1] in (3, 4)):
         raise InputError(
@@ -194,15 +193,6 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     return _read_with_sitk(str(path))
 
 
-def to_image(array: np.ndarray, like: CTVolume) -> sitk.Image:
-    """A SimpleITK image of a (z, y, x) array on the grid of like."""
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(like.spacing)
-    image.SetOrigin(like.origin)
-    image.SetDirection(like.direction)
-    return image
-
-
 #: NRRD type names of the dtypes maps and labelmaps are written in (teem's format spec).
 NRRD_TYPES = {
     "uint8": "uchar", "int8": "signed char", "uint16": "ushort", "int16": "short", "uint32": "uint", "int32": "int",
@@ -210,7 +200,7 @@ NRRD_TYPES = {
 }  # fmt: skip
 
 
-def _nrrd_header(array: np.ndarray, like: CTVolume, encoding: str) -> bytes:
+def _nrrd_header(array: np.ndarray, like: CTVolume | Grid, encoding: str) -> bytes:
     """NRRD 0004 header of a (z, y, x) array in LPS space with like's geometry (teem's format spec)."""
     direction = np.asarray(like.direction).reshape(3, 3)
     axes = [direction[:, axis] * like.spacing[axis] for axis in range(3)]  # columns are the x, y, z axes
@@ -239,27 +229,31 @@ def _deflate_slab(data: bytes, last: bool) -> bytes:
     return compressor.compress(data) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
 
-def _write_raw_nrrd(array: np.ndarray, like: CTVolume, path: Path) -> None:
+def _slab_bytes(array: np.ndarray, start: int) -> bytes:
+    """Little-endian bytes of the slab of NRRD_SLAB_SLICES slices from start (the NRRD data order)."""
+    slab = array[start : start + NRRD_SLAB_SLICES]
+    return np.ascontiguousarray(slab, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def _write_raw_nrrd(array: np.ndarray, like: CTVolume | Grid, path: Path) -> None:
     """Write an uncompressed NRRD slab by slab: for files a program reads back at once (disk-speed, no CPU)."""
-    little_endian = array.dtype.newbyteorder("<")
     with open(path, "wb") as handle:
         handle.write(_nrrd_header(array, like, "raw"))
         for start in range(0, array.shape[0], NRRD_SLAB_SLICES):
-            handle.write(np.ascontiguousarray(array[start : start + NRRD_SLAB_SLICES], dtype=little_endian).tobytes())
+            handle.write(_slab_bytes(array, start))
 
 
-def _write_nrrd(array: np.ndarray, like: CTVolume, path: Path) -> None:
+def _write_nrrd(array: np.ndarray, like: CTVolume | Grid, path: Path) -> None:
     """Write a gzip-encoded NRRD slab by slab, the slabs compressed in parallel threads (zlib releases the GIL).
 
     The slabs' raw deflate streams, each ended by a sync flush, form one valid deflate stream (as pigz does), so
     the file is a single ordinary gzip member. At most 2 slabs per thread are in flight, so memory stays small;
     SimpleITK would first copy the whole map into an image.
     """
-    little_endian = array.dtype.newbyteorder("<")
     starts = list(range(0, array.shape[0], NRRD_SLAB_SLICES))
 
     def compress(start: int) -> tuple[bytes, bytes]:
-        data = np.ascontiguousarray(array[start : start + NRRD_SLAB_SLICES], dtype=little_endian).tobytes()
+        data = _slab_bytes(array, start)
         return data, _deflate_slab(data, last=start == starts[-1])
 
     crc, size = 0, 0
@@ -269,16 +263,15 @@ def _write_nrrd(array: np.ndarray, like: CTVolume, path: Path) -> None:
         pending: deque = deque()
         for start in starts:
             pending.append(pool.submit(compress, start))
-            if len(pending) >= 2 * WORKER_THREADS or start == starts[-1]:
-                while pending and (len(pending) >= 2 * WORKER_THREADS or start == starts[-1]):
-                    data, compressed = pending.popleft().result()
-                    handle.write(compressed)
-                    crc, size = zlib.crc32(data, crc), size + len(data)
+            while len(pending) >= 2 * WORKER_THREADS or (pending and start == starts[-1]):
+                data, compressed = pending.popleft().result()
+                handle.write(compressed)
+                crc, size = zlib.crc32(data, crc), size + len(data)
         handle.write(struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF))
 
 
-def write_map(array: np.ndarray, like: CTVolume, path: str | os.PathLike, compress: bool = True) -> None:
-    """Write a (z, y, x) map with the geometry of like; format from the extension (NRRD, NIfTI, MHA).
+def write_map(array: np.ndarray, like: CTVolume | Grid, path: str | os.PathLike, compress: bool = True) -> None:
+    """Write a (z, y, x) map with the geometry of like (a CTVolume or a Grid); format from the extension.
 
     NRRD (the output contract's format) is streamed in slabs, so writing needs no copy of the map; compress=False
     writes it uncompressed (temporary files another process reads at once).
@@ -292,7 +285,7 @@ def write_map(array: np.ndarray, like: CTVolume, path: str | os.PathLike, compre
         if _has_extension(target, (".nrrd",)) and array.dtype.name in NRRD_TYPES:
             (_write_nrrd if compress else _write_raw_nrrd)(array, like, target)
         else:
-            sitk.WriteImage(to_image(array, like), str(target), useCompression=True, compressionLevel=1)
+            sitk.WriteImage(image_on_grid(array, like), str(target), useCompression=True, compressionLevel=1)
     except OSError as error:
         raise InputError(f"{target}: cannot write ({error.strerror or error})") from None
     except RuntimeError as error:

@@ -99,7 +99,14 @@ def _series_measures(volume: CTVolume, noise: NoiseAnalysis) -> SeriesMeasures:
     )
 
 
-def _summary(volume: CTVolume, noise: NoiseAnalysis, result: quality_map.QualityMap, reference_ssim, window_mm):
+def _summary(
+    volume: CTVolume,
+    noise: NoiseAnalysis,
+    result: quality_map.QualityMap,
+    slices: list[SliceRow],
+    reference_ssim: np.ndarray | None,
+    window_mm: float,
+) -> Summary:
     body = body_statistics(volume, result.quality, noise.noise_sd)
     reference_body = reference_all = None
     notes = volume.notes + noise.notes
@@ -137,7 +144,7 @@ def _summary(volume: CTVolume, noise: NoiseAnalysis, result: quality_map.Quality
         cnr=noise.cnr,
         soft_tissue_hu_mean=noise.soft_tissue_hu,
         fat_hu_mean=noise.fat_hu,
-        body_voxels=int(sum(np.count_nonzero(np.isfinite(s)) for s in result.quality)),
+        body_voxels=sum(row.voxels for row in slices),
         learned_noise_level=result.noise_level,
         series=_series_measures(volume, noise),
         reference_ssim_mean_body=reference_body,
@@ -181,7 +188,7 @@ def assess(
     roi_rows = roi_table(volume, result.quality, noise.noise_sd, rois) if rois is not None else None
     if progress is not None:
         progress(1.0, "tables")
-    summary = _summary(volume, noise, result, reference_ssim, window_mm)
+    summary = _summary(volume, noise, result, slices, reference_ssim, window_mm)
     return Assessment(volume, result, noise, reference_ssim, slices, roi_rows, summary)
 
 

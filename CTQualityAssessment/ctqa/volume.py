@@ -21,6 +21,17 @@ class Acquisition:
 
 
 @dataclass(frozen=True)
+class Grid:
+    """The geometry of a (z, y, x) voxel array without its voxels (as CTVolume has it): shape, and spacing,
+    origin, direction in ITK order, mm, LPS."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class CTVolume:
     """A CT volume in HU with physical geometry.
 

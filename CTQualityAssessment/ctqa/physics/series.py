@@ -118,7 +118,7 @@ def slice_thickness_mm(volume: CTVolume) -> float | None:
 
 def series_physics(volume: CTVolume, noise: NoiseAnalysis) -> SeriesPhysics:
     """All per-series physics measures of a volume from its noise analysis."""
-    diameters = water_equivalent_diameters(volume, np.isfinite(noise.noise_sd))
+    diameters = water_equivalent_diameters(volume, noise.body_mask)
     wed = float(np.nanmean(diameters)) if np.isfinite(diameters).any() else math.nan
     index, patches = kernel_index(volume, noise)
     thickness = slice_thickness_mm(volume)
