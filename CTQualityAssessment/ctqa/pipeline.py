@@ -90,11 +90,15 @@ def resolve_model(model: str | ModelSpec | None) -> ModelSpec:
 def _series_measures(volume: CTVolume, noise: NoiseAnalysis) -> SeriesMeasures:
     measured = series_physics(volume, noise)
     return SeriesMeasures(
+        applies=True,
+        note=None,
         water_equivalent_diameter_mm=measured.wed_mm,
-        kernel_index_per_mm=measured.kernel_index_per_mm,
+        kernel_index=measured.kernel_index_per_mm,
         kernel_index_patches=measured.nps_patches,
         noise_normalised_hu=measured.noise_normalised_hu,
         slice_thickness_mm=measured.slice_thickness_mm,
+        snr=noise.snr,
+        brisque=math.nan,
         acquisition=volume.acquisition,
     )
 

@@ -67,21 +67,58 @@ class LearnedNoiseLevel:
 
 
 @dataclass(frozen=True)
-class SeriesMeasures:
-    """Physics measures of the series (ctqa/physics/series.py); the learned window/dose classes come later.
+class ClassCall:
+    """A two-class call of a series: label and the probability of that label (0.5..1)."""
 
-    water_equivalent_diameter_mm: mean TG-220 D_w over slices; kernel_index_per_mm: mean NPS frequency in flat
-    tissue (sharper kernels score higher), measured in kernel_index_patches patches; noise_normalised_hu: GNL for a
-    300 mm water-equivalent patient at 3 mm slices (approximate); slice_thickness_mm: None when unknown;
-    acquisition: DICOM tags (kernel, CTDIvol, mAs...) when the input was DICOM.
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class SeriesClasses:
+    """Window (reconstruction) and dose class of a series from one classifier.
+
+    window: "lung" (sharp lung kernel) or "soft_tissue" (smooth kernel); dose: "low" or "standard" exposure for the
+    patient's size, the kernel and the slice thickness; method: the classifier (a model name or "physics").
     """
 
+    window: ClassCall
+    dose: ClassCall
+    method: str
+
+
+@dataclass(frozen=True)
+class SeriesMeasures:
+    """The series panel (Chest CT-IQA): physics measures, window/dose classes and the fitted score of a series.
+
+    applies: False when the panel does not apply (not a body CT, or too little tissue to measure; note says why;
+    the classes and the score are then None). water_equivalent_diameter_mm: mean TG-220 D_w over slices;
+    kernel_index: mean NPS frequency in flat tissue (cycles/mm; sharper kernels score higher), measured in
+    kernel_index_patches patches; noise_normalised_hu: GNL for a 300 mm water-equivalent patient at 3 mm slices
+    (approximate); slice_thickness_mm: None when unknown; snr: (soft-tissue mean HU + 1000) / GNL; brisque: BRISQUE
+    (Mittal et al. 2012; lower = more natural) of body slices in the soft-tissue window; window, dose: the learned
+    classifier's calls (the physics calls when no learned model ran); physics: the physics classifier's calls beside
+    it; fitted_score: the Chest CT-IQA eq. 4 linear fit of the four outputs (its model card says what it was fitted
+    to); classifier: the learned model's name, None when none ran; acquisition: DICOM tags (kernel, CTDIvol, mAs...)
+    when the input was DICOM; tag_disagreements: where the tags contradict a call, one sentence each.
+    """
+
+    applies: bool
+    note: str | None
     water_equivalent_diameter_mm: float
-    kernel_index_per_mm: float
+    kernel_index: float
     kernel_index_patches: int
     noise_normalised_hu: float
     slice_thickness_mm: float | None
-    acquisition: Acquisition | None
+    snr: float
+    brisque: float
+    window: ClassCall | None = None
+    dose: ClassCall | None = None
+    physics: SeriesClasses | None = None
+    fitted_score: float | None = None
+    classifier: str | None = None
+    acquisition: Acquisition | None = None
+    tag_disagreements: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
