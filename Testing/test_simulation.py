@@ -23,6 +23,7 @@ from CTQualityTraining.projection import (
     hu_to_mu,
     measured_noise_sd,
     simulate,
+    thicken,
 )
 
 VIEWS = 360
@@ -175,3 +176,20 @@ def test_lung_kernel_matches_real_kernel_figures(real_slices):
         image = geometry.fbp(line_integrals, filt, pixel_mm)[0].numpy() * 1000 / (pixel_mm * MU_WATER_PER_MM) - 1000
         mtf50[kernel] = disk_mtf50(image, radius, pixel_mm)
     assert mtf50["lung"] > mtf50["ramp"] > mtf50["sharp"] > mtf50["smooth"], mtf50
+
+
+def test_thick_slices_lower_noise_by_sqrt_k(shared_data):
+    """Issue 10: a thick slice averages adjacent thin ones; independent simulated noise falls by sqrt(k), anatomy
+    (the mean HU of the body) stays."""
+    volume = read_volume(shared_data / "totalseg" / "example_ct_dicom")
+    hu, pixel = volume.hu[:4], volume.spacing[0]
+    sims = simulate(hu, pixel, doses=(0.1,), kernels=("smooth",), views=VIEWS, seed=9)["smooth"]
+    noise = sims.hu[0] - sims.reference  # the inserted noise alone, independent per slice
+    thin = float(noise[:, 200:300, 200:300].std())
+    thick = float(thicken(noise, 4)[:, 200:300, 200:300].std())
+    assert thick == pytest.approx(thin / 2.0, rel=0.12)
+    assert thicken(sims.hu[0], 2).shape == (2, *hu.shape[1:])
+    thick_anatomy = thicken(sims.reference, 2)[0].ravel()
+    assert np.corrcoef(thick_anatomy, sims.reference[0].ravel())[0, 1] > 0.95  # anatomy stays, noise falls
+    with pytest.raises(InputError, match="cannot average 5"):
+        thicken(hu, 5)
