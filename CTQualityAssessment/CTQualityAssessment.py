@@ -34,6 +34,8 @@ CHECKPOINT_CHOICE = "user checkpoint file"
 SAMPLE_NAME = "CTQualityAssessmentSample"
 ROLE_ATTRIBUTE = "CTQualityAssessment.Role"  # = CTQualityAssessmentLib.mrml.ROLE_ATTRIBUTE (imports the core)
 POLL_MS = 100
+#: Style of a Chest series row that needs attention (QWidget.styleSheet); orange reads on light and dark themes.
+FLAGGED_STYLE = "color: #d35400; font-weight: bold;"
 
 
 def _models() -> list[str]:
@@ -211,8 +213,8 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui.applyButton.enabled = running or bool(parameters.inputVolume)
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
         self.ui.applyButton.toolTip = _("Stop the running assessment") if running else _("Assess the input volume")
-        summary = {}
-        if parameters.qualityMap:  # a map exists, so the core's dependencies are installed
+        summary = {}  # cleared while a run is under way
+        if parameters.qualityMap and not running:  # a map exists, so the core's dependencies are installed
             from CTQualityAssessmentLib.mrml import SUMMARY_ATTRIBUTE
 
             summary = json.loads(parameters.qualityMap.GetAttribute(SUMMARY_ATTRIBUTE) or "{}")
@@ -235,7 +237,11 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         else:
             self.ui.doseValueLabel.text = _("n/a (needs a learned model)") if summary else "-"
         self.ui.modelInfoValueLabel.text = self.logic.modelDescription(summary.get("settings", {}))
-        self.ui.acquisitionValueLabel.text = self._acquisitionText
+        self.ui.acquisitionValueLabel.text = self._acquisitionText if summary else "-"
+        for name, text, flagged in self.logic.seriesPanelRows(summary):
+            label = getattr(self.ui, name)
+            label.text = text
+            label.styleSheet = FLAGGED_STYLE if flagged else ""
 
     def onOpacityChanged(self, value: float) -> None:
         if self._parameterNode and self._parameterNode.qualityMap:  # outputs exist: the core's packages too
@@ -272,6 +278,7 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui.logTextEdit.clear()
         self._logLines = 0
         self._jobNodes = (parameters.inputVolume, parameters.segmentation)
+        self._acquisitionText = "-"
         self._job = self.logic.startAssessment(
             parameters.inputVolume,
             parameters.segmentation,
@@ -313,10 +320,12 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self.ui.statusLabel.text = _("Failed: {error}").format(error=job.error)
             slicer.util.errorDisplay(_("Failed to assess the CT: {error}").format(error=job.error))
         else:
+            inputVolume, segmentation = self._jobNodes
             with slicer.util.tryWithErrorDisplay(_("Failed to load the results."), waitCursor=True):
-                outputs = self.logic.showResults(
-                    job, parameters.inputVolume, parameters.segmentation, parameters.opacity
-                )
+                outputs = self.logic.showResults(job, inputVolume, segmentation, parameters.opacity)
+                self._acquisitionText = self.logic.acquisitionDescription(inputVolume)
+                if outputs.summary.get("series"):  # a chest series block: open its panel
+                    self.ui.seriesCollapsibleButton.collapsed = False
                 parameters.qualityMap = outputs.quality_map
                 self._fillOverlayChoices(outputs)
                 self._hideOutputsFromInputSelectors()
@@ -458,12 +467,86 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
         )
 
     @staticmethod
+    def seriesPanelRows(summary: dict) -> list[tuple[str, str, bool]]:
+        """The Chest series panel of a run's summary: (value label name in the .ui, text, flagged) for every row,
+        "-" where a figure is missing (no series block, an older summary, a null figure). flagged: the DICOM tags
+        contradict a call. Pure (no Qt, no core import)."""
+        series = summary.get("series") or {}
+
+        def number(key, fmt):
+            value = series.get(key)
+            return fmt.format(value) if value is not None else "-"
+
+        def call(result):
+            label = result["label"].replace("_", " ")
+            probability = result.get("probability")
+            return f"{label} (p {probability:.2f})" if probability is not None else label
+
+        def calls(key):
+            """The learned call with the physics call beside it (without a learned model, the call is the physics
+            one, shown once)."""
+            learned, physics = series.get(key), (series.get("physics") or {}).get(key)
+            parts = [call(learned)] if learned and (series.get("classifier") or not physics) else []
+            if physics:
+                parts.append(_("physics: {call}").format(call=call(physics)))
+            return "; ".join(parts) or "-"
+
+        applies, note = series.get("applies"), series.get("note")
+        if applies is None:
+            appliesText = "-"
+        elif applies:  # a note says what is missing (no series model installed)
+            appliesText = _("yes; {note}").format(note=note) if note else _("yes")
+        else:
+            appliesText = _("does not apply: {note}").format(note=note) if note else _("does not apply")
+
+        classifier = series.get("classifier") or (_("none (physics calls only)") if series.get("physics") else "-")
+        score = series.get("fitted_score")
+        scoreText = "-"
+        if score is not None:
+            scoreText = _("{score:.1f} of 4 (a fitted estimate, not a radiologist's score)").format(score=score)
+
+        kernelText = number("kernel_index", "{:.2f} cycles/mm")  # older summaries' kernel_index_per_mm: "-"
+        if kernelText != "-" and series.get("kernel_index_patches"):
+            kernelText += _(" ({patches} patches)").format(patches=series["kernel_index_patches"])
+
+        acquisition = series.get("acquisition") or {}
+        tagFormats = {
+            "kernel": _("kernel {value}"),
+            "ctdivol_mgy": _("CTDIvol {value:.1f} mGy"),
+            "exposure_mas": "{value:g} mAs",
+        }
+        tags = [
+            fmt.format(value=acquisition[key]) for key, fmt in tagFormats.items() if acquisition.get(key) is not None
+        ]
+        disagreements = series.get("tag_disagreements") or []
+        if disagreements:
+            disagreementText = "\n".join(disagreements)
+        else:
+            disagreementText = _("none") if acquisition else "-"
+
+        return [
+            ("seriesAppliesValueLabel", appliesText, False),
+            ("seriesWindowValueLabel", calls("window"), False),
+            ("seriesDoseValueLabel", calls("dose"), False),
+            ("seriesClassifierValueLabel", classifier, False),
+            ("seriesFittedScoreValueLabel", scoreText, False),
+            ("seriesSnrValueLabel", number("snr", "{:.1f}"), False),
+            ("seriesBrisqueValueLabel", number("brisque", "{:.1f}"), False),
+            ("seriesDiameterValueLabel", number("water_equivalent_diameter_mm", "{:.0f} mm"), False),
+            ("seriesKernelIndexValueLabel", kernelText, False),
+            ("seriesSliceThicknessValueLabel", number("slice_thickness_mm", "{:.1f} mm"), False),
+            ("seriesTagsValueLabel", ", ".join(tags) or "-", False),
+            ("seriesDisagreementValueLabel", disagreementText, bool(disagreements)),
+        ]
+
+    @staticmethod
     def acquisitionDescription(volumeNode) -> str:
         """Kernel, CTDIvol and exposure of a volume loaded from DICOM (first instance), else "-"."""
-        uids = volumeNode.GetAttribute("DICOM.instanceUIDs") if volumeNode else None
-        if not uids or not hasattr(slicer, "dicomDatabase") or slicer.dicomDatabase is None:
+        from CTQualityAssessmentLib.mrml import dicom_file_of
+
+        path = dicom_file_of(volumeNode)
+        if path is None:
             return "-"
-        path = slicer.dicomDatabase.fileForInstance(uids.split()[0])
         tags = {_("kernel"): "0018,1210", _("CTDIvol (mGy)"): "0018,9345", _("mAs"): "0018,1152"}
         values = {name: slicer.dicomDatabase.fileValue(path, tag) for name, tag in tags.items()}
         return ", ".join(f"{name} {value}" for name, value in values.items() if value) or "-"

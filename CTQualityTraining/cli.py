@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("--pixel-mm", type=float, help="pixel size of .npy/.tif sources in mm (default: 0.74)")
     simulate.add_argument("--seed", type=int, help="base random seed (default: 0)")
+    simulate.add_argument(
+        "--noise-model",
+        choices=("insert", "acquire"),
+        help="insert: extra noise on the image as it is (default); acquire: one photon budget for every kernel, "
+        "the original noise removed first (series of one acquisition at several kernels, projection.py)",
+    )
     simulate.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
     simulate.add_argument(
         "--split",
@@ -124,12 +130,55 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--mayo", metavar="DIR", help="folder of Mayo pairs <case>_input.npy / <case>_target.npy")
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     evaluate.add_argument("--out", required=True, metavar="FILE", help="report to write (.md or .json)")
+    series = commands.add_parser(
+        "series",
+        help="train the Chest CT-IQA series classifier (window / dose classes, SNR, BRISQUE) on a simulated dataset",
+        description="Train the 3D multitask series network on DATA's train split (series = source x kernel x dose "
+        "of a dataset simulated with kernels native smooth lung and all slices of each source), fit the physics "
+        "classifier and the eq. 4 score on the same split, evaluate on the test split; writes RUN_DIR/model.json "
+        "(+ .safetensors) and RUN_DIR/evaluation.json.",
+    )
+    series.add_argument("--data", required=True, metavar="DIR", help="dataset folder from ctqa-train simulate")
+    series.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (created)")
+    series.add_argument("--steps", type=int, default=1500, help="optimizer steps (default: 1500)")
+    series.add_argument("--batch", type=int, default=24, help="stacks per step (default: 24)")
+    series.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: 2e-3)")
+    series.add_argument("--variant", default="separate", help="separate (three FC layers per head, default) or shared")
+    series.add_argument(
+        "--loss-weights",
+        type=float,
+        nargs=4,
+        default=(1.0, 1.0, 0.3, 0.3),
+        metavar=("W", "D", "S", "B"),
+        help="lambda1..4 of the window, dose, SNR and BRISQUE losses (default: 1 1 0.3 0.3)",
+    )
+    series.add_argument("--seed", type=int, default=0, help="seed of weights, stacks and augmentation (default: 0)")
+    series.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    evaluate_series = commands.add_parser(
+        "evaluate-series",
+        help="accuracy / precision / recall / F1 per class head and RMSE / SROCC per regression head of a series "
+        "model and of its physics classifier on a held-out split",
+    )
+    evaluate_series.add_argument("--data", required=True, metavar="DIR", help="dataset folder from ctqa-train simulate")
+    evaluate_series.add_argument("--model", required=True, metavar="CHECKPOINT", help="series model (X.json)")
+    evaluate_series.add_argument("--split", default="test", help="train, val or test (default: test)")
+    evaluate_series.add_argument("--out", metavar="FILE", help="also write the results (.md or .json)")
+    fit = commands.add_parser(
+        "fit-chest-score",
+        help="refit the eq. 4 chest score of a series model to your scores (CSV series_id,score)",
+        description="series_id: an output folder of `ctqa assess` made with this series model (absolute or "
+        "relative to the CSV). Fits score = b0 + b1 P(lung) + b2 P(low dose) + b3 SNR + b4 BRISQUE by least squares "
+        "and writes the model with the new fit to --out.",
+    )
+    fit.add_argument("--scores", required=True, metavar="CSV", help="CSV with columns series_id,score")
+    fit.add_argument("--model", required=True, metavar="CHECKPOINT", help="series model (X.json)")
+    fit.add_argument("--out", required=True, metavar="CHECKPOINT", help="refitted model to write (X, no suffix)")
     export = commands.add_parser(
         "export",
         help="bundle a run's final checkpoint as a named model (weights, cards, manifest with sha256)",
         description="Write NAME.safetensors, NAME.json, NAME.md and the manifest entry into the models folder.",
     )
-    export.add_argument("run", metavar="RUN_DIR", help="run folder of ctqa-train maps")
+    export.add_argument("run", metavar="RUN_DIR", help="run folder of ctqa-train maps or ctqa-train series")
     export.add_argument("--name", required=True, help="model name, e.g. n2q_default")
     export.add_argument(
         "--models-dir", metavar="DIR", help="models folder (default: the module's CTQualityAssessment/Resources/Models)"
@@ -174,7 +223,17 @@ def _pairs(items: list[str], option: str) -> dict[str, str]:
 def _simulate(args: argparse.Namespace) -> None:
     from .datasets import build_dataset
 
-    options = ("doses", "kernels", "views", "slices_per_volume", "electronic_noise", "seed", "pixel_mm", "device")
+    options = (
+        "doses",
+        "kernels",
+        "views",
+        "slices_per_volume",
+        "electronic_noise",
+        "seed",
+        "pixel_mm",
+        "device",
+        "noise_model",
+    )
     given = {name: getattr(args, name) for name in options if getattr(args, name) is not None}
     if args.split_groups:
         given["split_groups"] = _pairs(args.split_groups, "--split")
@@ -232,11 +291,78 @@ def _evaluate_maps(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def _series(args: argparse.Namespace) -> None:
+    import json
+
+    from .series import SeriesTrainSettings, evaluate, evaluation_markdown, train
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    settings = SeriesTrainSettings(
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        weights=tuple(args.loss_weights),
+        variant=args.variant,
+        seed=args.seed,
+    )
+    card = train(args.data, Path(args.out) / "model", settings, progress=sys.stderr.isatty())
+    results = evaluate(args.data, card, "test", progress=sys.stderr.isatty())
+    with written_whole(Path(args.out) / "evaluation.json") as partial:
+        partial.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {card}\n{evaluation_markdown(results)}")
+
+
+def _evaluate_series(args: argparse.Namespace) -> None:
+    import json
+    import shlex
+
+    from .series import evaluate, evaluation_markdown
+
+    if args.out and not args.out.endswith((".md", ".json")):
+        raise InputError(f"{args.out}: --out must end in .md or .json")
+    if args.out:
+        check_output_file(args.out)
+    results = evaluate(args.data, args.model, args.split, progress=sys.stderr.isatty())
+    report = evaluation_markdown(results)
+    if args.out:
+        command = shlex.join(["ctqa-train", *args.argv])
+        if args.out.endswith(".json"):
+            text = json.dumps({"command": command, **results}, indent=2)
+        else:
+            text = f"# Series classifier evaluation\n\nMade by: `{command}`\n\n{report}"
+        with written_whole(args.out) as partial:
+            partial.write_text(text + "\n", encoding="utf-8")
+    print(report)
+
+
+def _fit_chest_score(args: argparse.Namespace) -> None:
+    from .series import refit_score
+
+    fit = refit_score(args.model, args.scores, args.out)
+    terms = " + ".join(f"{b:.4g} {r}" for b, r in zip(fit["coefficients"], fit["regressors"]))
+    print(f"wrote {args.out}.json: score = {terms} (n {fit['n']}, RMSE {fit['rmse']:.3f}, R2 {fit['r2']:.3f})")
+
+
 def _export(args: argparse.Namespace) -> None:
+    import json
+
+    from ctqa.models.registry import MODELS_DIR, read_json
+    from ctqa.outputs import check_output_folder
+
     from .export import export_run
 
-    given = {"models_dir": args.models_dir} if args.models_dir else {}
-    card = export_run(args.run, args.name, default=args.default, reproduce=args.reproduce, **given)
+    run, models_dir = Path(args.run), check_output_folder(args.models_dir or MODELS_DIR)  # the output first
+    if read_json(run / "model.json", "model card").get("task") == "series_class":
+        from .series import export
+
+        evaluation_path = run / "evaluation.json"
+        evaluation = json.loads(evaluation_path.read_text(encoding="utf-8")) if evaluation_path.is_file() else None
+        card = export(run / "model", args.name, models_dir, args.default, args.reproduce, evaluation)
+    else:
+        card = export_run(args.run, args.name, models_dir, default=args.default, reproduce=args.reproduce)
     print(f"wrote {card} and its weights, Markdown card and manifest entry")
 
 
@@ -250,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         "maps": _maps,
         "evaluate-maps": _evaluate_maps,
         "export": _export,
+        "series": _series,
+        "evaluate-series": _evaluate_series,
+        "fit-chest-score": _fit_chest_score,
     }
     return exit_status("ctqa-train", lambda: commands[args.command](args))
 

@@ -8,17 +8,18 @@ rebuilds the others. Arrays of a shard (n = samples): ``hu`` int16 (n, y, x) HU;
 fraction; ``dose_class``, ``kernel_class``, ``method`` int8 (n,) (METHODS); ``score`` float32 (n,) on 0-4
 (surrogate, labels.py, or the radiologists' mean for LDCTIQAC2023); ``slice`` int16 (n,); ``pixel_mm`` float32
 (n,); ``build`` the JSON text of the build. Simulated sources also hold ``reference`` int16 (n, y, x) HU (full dose,
-same kernel) and ``ssim`` float16 (n, y, x) label maps.
+same kernel) and the label maps ``ssim`` (soft-tissue window) and ``ssim_lung`` (lung window), float16 (n, y, x).
 
 Sources (readers): a volume file or DICOM folder (the core's read_volume); a folder of Mayo-style pairs
 ``<patient>_<n>_input.npy`` (quarter dose) / ``<patient>_<n>_target.npy`` (full dose) with value = (HU + 1024) /
 4096 (MAYO_NPY_SCALING); a Mayo-style DICOM patient folder with one ``*full*`` and one ``*quarter*`` series subfolder
 (.IMA/.dcm); the LDCTIQAC2023 layout ``image/NNNN.tif`` (float32 in [0, 1] = -135..215 HU, LDCTIQAC_SCALING) +
-``train.json`` (file name -> mean radiologist score). Every file is read by the core's read_volume (NaN/inf, blank,
-8-bit and out-of-range values refused, naming the file), with the core's scalings (ctqa.scaling); a blank slice is
-refused too. Splits are drawn per patient (Mayo) or per volume, never per slice: by a hash of the group name and the
-seed (``split_of``), or chosen explicitly per group (``split_groups``, for small collections where the hash might
-leave the test split empty).
+``train.json`` (file name -> mean radiologist score); a folder of single-slice DICOM files of several patients
+named ``<patient>_<rest>.dcm`` (chest_sbu), one source per file, grouped by patient. Every file is read by the
+core's read_volume (NaN/inf, blank, 8-bit and out-of-range values refused, naming the file), with the core's
+scalings (ctqa.scaling); a blank slice is refused too. Splits are drawn per patient (Mayo, chest_sbu) or per
+volume, never per slice: by a hash of the group name and the seed (``split_of``), or chosen explicitly per group
+(``split_groups``, for small collections where the hash might leave the test split empty).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from tqdm import tqdm
 from ctqa.errors import InputError
 from ctqa.io import read_volume
 from ctqa.outputs import check_output_folder
+from ctqa.physics.lung import LUNG_WINDOW_HU
 
 from .files import written_whole
 from .imagedomain import simulate_from_pair
@@ -68,7 +70,9 @@ class Source:
     load: Callable[[], dict]
 
 
-def _volume_source(path: Path) -> Source:
+def _volume_source(path: Path, group: str | None = None) -> Source:
+    """A volume file or DICOM folder; its group is group, else its name without .gz."""
+
     def load() -> dict:
         volume = read_volume(path)
         if abs(volume.spacing[0] - volume.spacing[1]) > 1e-3 * volume.spacing[0]:
@@ -76,7 +80,22 @@ def _volume_source(path: Path) -> Source:
         return {"hu": volume.hu, "pixel_mm": volume.spacing[0]}
 
     name = path.name.removesuffix(".gz")
-    return Source(name, name, "volume", str(path), load)
+    return Source(name, group or name, "volume", str(path), load)
+
+
+def single_slice_files(folder: Path) -> list[Path]:
+    """The files of a folder of single-slice DICOM files of several patients: only ``<patient>_<rest>.dcm`` files,
+    no subfolders, at least two patients; [] for any other folder."""
+    entries = sorted(Path(folder).iterdir())
+    files = [p for p in entries if p.is_file() and not p.name.startswith(".")]
+    if len(files) != len(entries) or not all(p.suffix.lower() == ".dcm" and "_" in p.stem for p in files):
+        return []
+    return files if len({patient_of(p) for p in files}) > 1 else []
+
+
+def patient_of(path: Path) -> str:
+    """The patient of a single-slice file named ``<patient>_<rest>``: the name before the first "_"."""
+    return path.name.split("_", 1)[0]
 
 
 def mayo_pair_files(folder: Path) -> list[tuple[str, Path, Path]]:
@@ -176,6 +195,8 @@ def find_sources(paths, pixel_mm: float | None = None) -> list[Source]:
             sources += _mayo_sources(entry, pixel_mm)
         elif entry.is_dir() and (pair := _dicom_pair_folders(entry)) is not None:
             sources.append(_dicom_pair_source(entry, *pair))
+        elif entry.is_dir() and (files := single_slice_files(entry)):
+            sources += [_volume_source(path, patient_of(path)) for path in files]
         else:
             sources.append(_volume_source(entry))
     ids = [s.id for s in sources]
@@ -252,6 +273,7 @@ def _samples_of(data: dict, parameters: dict, seed: int, source: str) -> dict[st
         seed,
         parameters["device"],
         source,
+        parameters.get("noise_model", "insert"),
     )
     parts += [(sim.hu, sim.reference, sim.doses, kernel, "projection") for kernel, sim in sims.items()]
     if "quarter" in data:
@@ -264,6 +286,7 @@ def _samples_of(data: dict, parameters: dict, seed: int, source: str) -> dict[st
             "hu",
             "reference",
             "ssim",
+            "ssim_lung",
             "dose",
             "dose_class",
             "kernel_class",
@@ -280,6 +303,7 @@ def _samples_of(data: dict, parameters: dict, seed: int, source: str) -> dict[st
             arrays["hu"].append(np.rint(image).astype(np.int16))
             arrays["reference"].append(np.rint(reference).astype(np.int16))
             arrays["ssim"].append(ssim.astype(np.float16))
+            arrays["ssim_lung"].append(ssim_labels(image, reference, source, LUNG_WINDOW_HU).astype(np.float16))
             arrays["dose"].append(np.full(n, dose, np.float32))
             arrays["dose_class"].append(np.full(n, dose_class(dose), np.int8))
             arrays["kernel_class"].append(np.full(n, kernel_class(kernel), np.int8))
@@ -303,6 +327,7 @@ def build_dataset(
     device: str = "cpu",
     progress: bool = True,
     split_groups: dict[str, str] | None = None,
+    noise_model: str = "insert",
 ) -> dict:
     """Build (or resume) the dataset in out from the sources under paths; returns the manifest.
 
@@ -322,6 +347,7 @@ def build_dataset(
         "pixel_mm": pixel_mm,
         "device": device,
         "split_groups": dict(sorted((split_groups or {}).items())),
+        **({"noise_model": noise_model} if noise_model != "insert" else {}),  # earlier manifests have no key
     }
     manifest_path = folder / "manifest.json"
     if manifest_path.is_file() and _manifest_parameters(manifest_path) != parameters:

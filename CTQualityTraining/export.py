@@ -26,12 +26,14 @@ def _markdown(name: str, card: dict, size_bytes: int) -> str:
         f"  - `{s['id']}` ({s['kind']}, group `{s['group']}`): {s['split']}" for s in t.get("dataset_sources", [])
     )
     reproduce = card.get("reproduce")
+    windows = ", ".join(f"{w} {card['input']['windows_hu'][w]} HU" for w in card["architecture"]["windows"])
     lines = [
         f"# Model card: {name}",
         "",
         f"Noise2Quality-style quality network, variant **{t.get('variant')}**: from one CT slice it predicts the "
-        "per-pixel SSIM against the unseen full-dose image (N2Q SSIM settings, HU window "
-        f"{card['input']['window_hu']}) and, with a dose head, the dose fraction (classes {card['dose_levels']}).",
+        "per-pixel SSIM against the unseen full-dose image (N2Q SSIM settings), one map per HU window "
+        f"({windows}), and, with a dose head, the dose fraction (classes {card['dose_levels']}). `ctqa` shows the "
+        "lung-window map inside the lung mask and the soft-tissue map elsewhere.",
         "",
         f"- Architecture: `{json.dumps(card['architecture'])}`",
         f"- Input: {card['input']['normalisation']}",
@@ -48,12 +50,13 @@ def _markdown(name: str, card: dict, size_bytes: int) -> str:
         f"noise {parameters.get('electronic_noise')}, seed {parameters.get('seed')}.",
         f"- Optimisation: {t.get('step')} steps of {t.get('batch')} random {t.get('patch')}² patches (flips, "
         f"90° rotations), noise-gain augmentation {t.get('noise_gain')} ([1, 1] = off), {t.get('optimizer')}, "
-        f"peak lr {t.get('lr')}, loss MSE(map) + {t.get('alpha')} · (CE(dose class) + MSE(ln dose)), "
+        f"peak lr {t.get('lr')}, loss MSE(maps of all windows) + {t.get('alpha')} · (CE(dose class) + "
+        "MSE(ln dose)), "
         f"seed {t.get('seed')}.",
         f"- Hardware: {t.get('hardware')}, {t.get('precision')}, torch {t.get('torch_version')}; "
         f"training time {t.get('wall_time_s', 0) / 60:.1f} min.",
         "",
-        "## Validation (val split, whole slices)",
+        "## Validation (val split; metrics per window, `CTQualityTraining/evaluate.py`)",
         "",
         "".join(f"- {key}: {value:.4f}\n" for key, value in metrics.items()) or "- none (no val split)\n",
         "## Limits",
@@ -96,16 +99,22 @@ def export_run(
     full_card = json.loads(card_path.read_text(encoding="utf-8"))
     weights = models_dir / f"{name}.safetensors"
     (models_dir / f"{name}.md").write_text(_markdown(name, full_card, weights.stat().st_size), encoding="utf-8")
+    register(models_dir, name, full_card, default)
+    return card_path
+
+
+def register(models_dir: Path, name: str, card: dict, default: bool) -> None:
+    """Add (or replace) the manifest entry {task, weights, card, sha256} of bundled model name; other entries are
+    kept, and the task's default is set when default is true."""
     manifest_path = models_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
     manifest.setdefault("defaults", {})
     manifest.setdefault("models", {})[name] = {
-        "task": full_card["task"],
-        "weights": weights.name,
-        "card": card_path.name,
-        "sha256": full_card["weights_sha256"],
+        "task": card["task"],
+        "weights": f"{name}.safetensors",
+        "card": f"{name}.json",
+        "sha256": card["weights_sha256"],
     }
     if default:
-        manifest["defaults"][full_card["task"]] = name
+        manifest["defaults"][card["task"]] = name
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return card_path

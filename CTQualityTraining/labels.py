@@ -1,5 +1,8 @@
 """Training labels for simulated CT slices: SSIM maps, dose class, kernel class and a global surrogate score.
 
+SSIM maps are made in the soft-tissue window (-160..240 HU, the default) and in the lung window (-1350..150 HU,
+``ctqa.physics.lung.LUNG_WINDOW_HU``): the learned map predicts one channel per window.
+
 Surrogate score (0-4, 4 = best, the scale of the LDCTIQAC2023 radiologist scores): the mean SSIM S (Noise2Quality
 settings, ssim.py) of the slice against its full-dose reference over the body (reference > BODY_HU), mapped
 linearly from S = SCORE_SSIM_FLOOR (score 0) to S = 1 (score 4) and clipped. It ranks images as SSIM does; the score
@@ -11,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ctqa.errors import InputError
-from ctqa.physics.ssim import ssim_map
+from ctqa.physics.ssim import SSIM_WINDOW_HU, ssim_map
 
 from .projection import KERNEL_NAMES
 
@@ -33,12 +36,15 @@ def kernel_class(kernel: str) -> int:
     return KERNEL_CLASSES.index(kernel)
 
 
-def ssim_labels(test_hu: np.ndarray, reference_hu: np.ndarray, source: str) -> np.ndarray:
-    """float32 (z, y, x) SSIM map of test against reference, both (z, y, x) HU (the core's N2Q settings).
+def ssim_labels(
+    test_hu: np.ndarray, reference_hu: np.ndarray, source: str, window: tuple[float, float] = SSIM_WINDOW_HU
+) -> np.ndarray:
+    """float32 (z, y, x) SSIM map of test against reference, both (z, y, x) HU (the core's N2Q settings), on the
+    HU window (default soft tissue).
 
     InputError naming source when the map holds NaN/inf (from NaN in the images): such a label is never written.
     """
-    ssim = ssim_map(test_hu, reference_hu)
+    ssim = ssim_map(test_hu, reference_hu, window)
     bad = ssim.size - int(np.count_nonzero(np.isfinite(ssim)))
     if bad:
         raise InputError(f"{source}: SSIM label has {bad} NaN/inf pixels (NaN in the images); refusing to write it")

@@ -21,6 +21,15 @@ Model (parallel beam, the method behind the Mayo quarter-dose data, simplified t
 
 The original reconstruction kernel is unknown, so I0 is calibrated per output kernel, not shared between them.
 
+Noise model "acquire" (``noise_model="acquire"``, for series of one acquisition reconstructed with several kernels):
+in the default model ("insert") a re-reconstructed kernel inherits the original image's own noise, filtered again,
+so a lung kernel's full-dose image keeps the soft texture of the original kernel (its NPS mean frequency did not rise
+above the native image's). "acquire" removes the original noise first (non-local means, h from the measured noise),
+projects that object, calibrates one I0 per slice with NATIVE_NOISE_FILTER so that the full-dose noise equals the
+original's, and gives every kernel the full-dose quantum noise of that same I0 reconstructed with its own filter:
+noise level and texture then follow the kernel, as on a scanner (a lung kernel ~3x the soft one's noise).
+Kernel "native" stays the acquired image plus the extra noise of each dose, as in "insert".
+
 Slice thickness (``thicken``): a thick slice is the mean of k adjacent thin ones, as scanners make thick
 reconstructions from thin collimation. The simulated noise of each slice is independent, so averaging lowers it by
 sqrt(k) while anatomy stays, as on real thick slices; the thickness becomes k x the slice spacing.
@@ -78,6 +87,9 @@ KERNELS = {
 #: Kernel classes in label order; "native" is the input's own kernel (new kernels are appended: labels keep).
 KERNEL_NAMES = ("native", "sharp", "smooth", "lung")
 NATIVE_NOISE_FILTER = KERNELS["smooth"]
+NOISE_MODELS = ("insert", "acquire")
+#: Non-local means strength for the object of the "acquire" model, times the slice's measured noise SD.
+OBJECT_DENOISE_H = 0.8
 
 
 @dataclass(frozen=True)
@@ -280,15 +292,18 @@ def simulate(
     seed: int = 0,
     device: str | torch.device = "cpu",
     source: str = "<array>",
+    noise_model: str = "insert",
 ) -> dict[str, Simulation]:
     """Low-dose versions of CT slices: (z, y, x) or (y, x) HU with square pixels of pixel_mm.
 
     Returns one Simulation per kernel name (see KERNEL_NAMES); electronic_noise is the SD of the detector's
     additive noise in photon counts per bin and view. views sets the projection angles over 180 deg: for "native"
     only the inserted noise uses them, so sparse-view streaks need "sharp" or "smooth". Reproducible for a given
-    seed and device.
+    seed and device. noise_model: "insert" (default) or "acquire" (module docstring).
     """
     slices = check_ct_slices(hu, source)
+    if noise_model not in NOISE_MODELS:
+        raise InputError(f"unknown noise model {noise_model!r}; choose from {', '.join(NOISE_MODELS)}")
     doses = _check_doses(doses)
     unknown = [k for k in kernels if k not in KERNEL_NAMES]
     if unknown:
@@ -299,6 +314,10 @@ def simulate(
     generator = torch.Generator(device=geometry.device).manual_seed(seed)
     original = torch.as_tensor(slices, device=geometry.device)
     with torch.no_grad():
+        if noise_model == "acquire":
+            return _simulate_acquisition(
+                slices, kernels, geometry, pixel_mm, doses, electronic_noise, generator, source
+            )
         line_integrals = geometry.project(hu_to_mu(original) * pixel_mm)
         return {
             kernel: _simulate_kernel(
@@ -338,14 +357,28 @@ def _simulate_kernel(kernel, original, line_integrals, geometry, pixel_mm, doses
         unit = recon[batch:]
     reference_np, unit = reference.cpu().numpy(), unit.cpu().numpy()
     full_sd = _fill_missing(measured_noise_sd(reference_np, pixel_mm), "the full-dose noise", source)
-    body = (reference_np > -500.0) & geometry.inside.cpu().numpy()
+    i0 = _calibrated_i0(reference_np, unit, full_sd, geometry, pixel_mm, source)
+    return _lowered(
+        kernel, reference, i0, full_sd, line_integrals, geometry, filt, pixel_mm, doses, electronic, generator
+    )
+
+
+def _calibrated_i0(reference, unit, full_sd, geometry, pixel_mm, source) -> np.ndarray:
+    """(z,) I0 at which the noise of the unit-I0 reconstruction `unit` (z, y, x) equals full_sd (z,) HU on top of
+    reference (z, y, x) HU, measured by variance subtraction with the core's GNL (step 5)."""
+    body = (reference > -500.0) & geometry.inside.cpu().numpy()
     rough = np.array([u[m].std() if m.any() else np.nan for u, m in zip(unit, body)])
     scale = 2.0 * full_sd / _fill_missing(rough, "the simulated noise", source)
-    total_sd = measured_noise_sd(reference_np + scale[:, None, None] * unit, pixel_mm)
+    total_sd = measured_noise_sd(reference + scale[:, None, None] * unit, pixel_mm)
     unit_sd = np.sqrt(np.maximum(total_sd**2 - full_sd**2, 1e-12)) / scale
     unit_sd = _fill_missing(np.where(np.isfinite(total_sd), unit_sd, np.nan), "the simulated noise", source)
-    i0 = (unit_sd / full_sd) ** 2
+    return (unit_sd / full_sd) ** 2
 
+
+def _lowered(kernel, reference, i0, full_sd, line_integrals, geometry, filt, pixel_mm, doses, electronic, generator):
+    """The Simulation of one kernel: reference (b, n, n) HU tensor at full dose plus the extra noise of each dose."""
+    to_hu = 1000.0 / (pixel_mm * MU_WATER_PER_MM)
+    reference_np = reference.cpu().numpy()
     lam_full = torch.as_tensor(i0, dtype=torch.float32, device=geometry.device)[:, None, None] * torch.exp(
         -line_integrals
     )
@@ -354,7 +387,7 @@ def _simulate_kernel(kernel, original, line_integrals, geometry, pixel_mm, doses
     if lowered:
         sinograms = [_extra_noise_sinogram(line_integrals, lam_full, doses[i], electronic, generator) for i in lowered]
         noise = geometry.fbp(torch.cat(sinograms), filt, pixel_mm) * to_hu
-        images[lowered] += noise.reshape(len(lowered), *original.shape)
+        images[lowered] += noise.reshape(len(lowered), *reference.shape)
     return Simulation(
         kernel=kernel,
         doses=doses,
@@ -364,3 +397,50 @@ def _simulate_kernel(kernel, original, line_integrals, geometry, pixel_mm, doses
         i0=i0,
         full_dose_noise_sd=full_sd,
     )
+
+
+def denoised_object(slices: np.ndarray, noise_sd: np.ndarray) -> np.ndarray:
+    """(z, y, x) float32 HU: each slice with its own noise removed (scikit-image non-local means, h =
+    OBJECT_DENOISE_H x the slice's noise SD in HU), the object the "acquire" model projects."""
+    from skimage.restoration import denoise_nl_means
+
+    return np.stack(
+        [
+            denoise_nl_means(s, h=OBJECT_DENOISE_H * sd, sigma=sd, patch_size=5, patch_distance=6, fast_mode=True)
+            for s, sd in zip(slices.astype(np.float64), noise_sd)
+        ]
+    ).astype(np.float32)
+
+
+def _simulate_acquisition(slices, kernels, geometry, pixel_mm, doses, electronic, generator, source):
+    """The "acquire" noise model (module docstring): one I0 per slice for every kernel."""
+    to_hu = 1000.0 / (pixel_mm * MU_WATER_PER_MM)
+    original_sd = _fill_missing(measured_noise_sd(slices, pixel_mm), "the acquired noise", source)
+    objects = torch.as_tensor(denoised_object(slices, original_sd), device=geometry.device)
+    line_integrals = geometry.project(hu_to_mu(objects) * pixel_mm)
+    white = torch.randn(line_integrals.shape, generator=generator, device=geometry.device)
+    unit_noise = torch.exp(line_integrals / 2.0) * white
+    unit = geometry.fbp(unit_noise, NATIVE_NOISE_FILTER, pixel_mm) * to_hu
+    recon_smooth = geometry.fbp(line_integrals, NATIVE_NOISE_FILTER, pixel_mm) * to_hu - 1000.0
+    i0 = _calibrated_i0(recon_smooth.cpu().numpy(), unit.cpu().numpy(), original_sd, geometry, pixel_mm, source)
+    lam_full = torch.as_tensor(i0, dtype=torch.float32, device=geometry.device)[:, None, None] * torch.exp(
+        -line_integrals
+    )
+    out = {}
+    if "native" in kernels:  # the acquired image itself, with the extra noise of each dose (as "insert")
+        original = torch.as_tensor(slices, device=geometry.device)
+        original_integrals = geometry.project(hu_to_mu(original) * pixel_mm)
+        out["native"] = _simulate_kernel(
+            "native", original, original_integrals, geometry, pixel_mm, doses, electronic, generator, source
+        )
+    for kernel in (k for k in kernels if k != "native"):
+        filt = KERNELS[kernel]
+        # the extra noise of dose 1/2 has the variance of the full dose, 1 / lam_full
+        full_noise = _extra_noise_sinogram(line_integrals, lam_full, 0.5, electronic, generator)
+        recon = geometry.fbp(line_integrals + full_noise, filt, pixel_mm) * to_hu
+        reference = torch.where(geometry.inside, recon - 1000.0, objects)
+        full_sd = measured_noise_sd(reference.cpu().numpy(), pixel_mm)
+        out[kernel] = _lowered(
+            kernel, reference, i0, full_sd, line_integrals, geometry, filt, pixel_mm, doses, electronic, generator
+        )
+    return out

@@ -12,14 +12,15 @@ A run folder RUN_DIR holds:
 Batches: ``batch`` patches of ``patch`` x ``patch`` pixels from the train split, each from a random sample
 (simulated slice; drawn with probability proportional to its pixel count, so every pixel is equally likely),
 cropped at a random position (retried up to ``BODY_TRIES`` times until at least ``BODY_MIN_FRACTION`` of the
-patch is body), randomly rotated by k x 90 deg and flipped. Slices smaller than the patch are padded with air
-(-1024 HU; label 1, as SSIM is 1 between two equal flat images). Optional noise-gain augmentation
-(``noise_gain`` = (low, high)): the inserted noise (image - full-dose reference) is scaled by g, log-uniform in
-[low, high], which is the same acquisition at dose d' = 1 / (1 + g^2 (1/d - 1)) (extra variance grows as 1/d - 1);
-the SSIM label is recomputed on the patch (with a 5-pixel margin, reflected at the slice border like the stored
-labels, numpy "symmetric" = OpenCV BORDER_REFLECT) and the dose targets follow d'. Schedule: AdamW, linear warm-up over
-``WARMUP_STEPS``, then cosine decay to ``FINAL_LR_FRACTION`` of lr at ``steps``. Mixed precision (autocast) on CUDA
-only; the map sigmoid and the loss stay float32.
+patch is body or lung: full-dose reference above ``BODY_OR_LUNG_HU``), randomly rotated by k x 90 deg and flipped.
+Labels: one SSIM map per window of the variant (``evaluate.LABEL_KEYS``: soft tissue and lung). Slices smaller than
+the patch are padded with air (-1024 HU; labels 1, as SSIM is 1 between two equal flat images). Optional noise-gain
+augmentation (``noise_gain`` = (low, high)): the inserted noise (image - full-dose reference) is scaled by g,
+log-uniform in [low, high], which is the same acquisition at dose d' = 1 / (1 + g^2 (1/d - 1)) (extra variance
+grows as 1/d - 1); the SSIM labels of every window are recomputed on the patch (with a 5-pixel margin, reflected
+at the slice border like the stored labels, numpy "symmetric" = OpenCV BORDER_REFLECT) and the dose targets
+follow d'. Schedule: AdamW, linear warm-up over ``WARMUP_STEPS``, then cosine decay to ``FINAL_LR_FRACTION`` of lr
+at ``steps``. Mixed precision (autocast) on CUDA only; the map sigmoid and the loss stay float32.
 """
 
 from __future__ import annotations
@@ -42,12 +43,15 @@ from ctqa.models import checkpoints
 from ctqa.models.inference import resolve_device
 from ctqa.models.networks import VARIANTS, build_network, loss_terms, nearest_dose_class, network_input
 from ctqa.outputs import check_output_folder
+from ctqa.physics.lung import QUALITY_WINDOWS_HU
 from ctqa.physics.ssim import ssim_map
 
-from .evaluate import evaluate_split, load_split
+from .evaluate import LABEL_KEYS, evaluate_split, load_split, split_masks
 
 AIR_HU = -1024
-BODY_HU = -500.0
+#: Full-dose HU above which a pixel counts as body or lung for the patch choice (air stays below, lung is about
+#: -850 HU).
+BODY_OR_LUNG_HU = -900.0
 BODY_MIN_FRACTION = 0.1
 BODY_TRIES = 10
 WARMUP_STEPS = 100
@@ -110,53 +114,57 @@ class PatchSampler:
         patch: int,
         generator: np.random.Generator,
         noise_gain: tuple[float, float] = (1.0, 1.0),
+        windows: tuple[str, ...] = ("soft_tissue", "lung"),
     ):
         self.split, self.patch, self.rng, self.noise_gain = split, patch, generator, tuple(noise_gain)
+        self.windows = tuple(windows)
         areas = np.array([hu.size for hu in split["hu"]], np.float64)
         self.weights = areas / areas.sum()
 
     def _crop(self, index: int) -> tuple[np.ndarray, np.ndarray, float]:
-        """(HU patch, SSIM label patch, dose fraction) of one sample, noise-gain augmented when enabled."""
-        hu, ssim, p = self.split["hu"][index], self.split["ssim"][index], self.patch
+        """(HU patch (P, P), SSIM labels (windows, P, P), dose fraction) of one sample, noise-gain augmented when
+        enabled."""
+        hu, p = self.split["hu"][index], self.patch
+        labels = [self.split[LABEL_KEYS[window]][index] for window in self.windows]
         reference, dose = self.split["reference"][index], float(self.split["dose"][index])
         pad = ((0, max(0, p - hu.shape[0])), (0, max(0, p - hu.shape[1])))
         if any(after for _, after in pad):
             hu = np.pad(hu, pad, constant_values=AIR_HU)
             reference = np.pad(reference, pad, constant_values=AIR_HU)
-            ssim = np.pad(ssim, pad, constant_values=1.0)
+            labels = [np.pad(label, pad, constant_values=1.0) for label in labels]
         for _ in range(BODY_TRIES):
             y = int(self.rng.integers(0, hu.shape[0] - p + 1))
             x = int(self.rng.integers(0, hu.shape[1] - p + 1))
-            crop = hu[y : y + p, x : x + p]
-            if (crop > BODY_HU).mean() >= BODY_MIN_FRACTION:
+            if (reference[y : y + p, x : x + p] > BODY_OR_LUNG_HU).mean() >= BODY_MIN_FRACTION:
                 break
         low, high = self.noise_gain
         if (low, high) == (1.0, 1.0) or dose >= 1.0:
-            return crop, ssim[y : y + p, x : x + p], dose
+            return hu[y : y + p, x : x + p], np.stack([label[y : y + p, x : x + p] for label in labels]), dose
         gain = float(np.exp(self.rng.uniform(np.log(low), np.log(high))))
         m = LABEL_MARGIN
-        window = (slice(y, y + p + 2 * m), slice(x, x + p + 2 * m))
-        ref = np.pad(reference.astype(np.float32), m, mode="symmetric")[window]
-        noisy = ref + gain * (np.pad(hu.astype(np.float32), m, mode="symmetric")[window] - ref)
-        label = ssim_map(noisy[None], ref[None])[0, m:-m, m:-m]
-        return noisy[m:-m, m:-m], label, 1.0 / (1.0 + gain**2 * (1.0 / dose - 1.0))
+        region = (slice(y, y + p + 2 * m), slice(x, x + p + 2 * m))
+        ref = np.pad(reference.astype(np.float32), m, mode="symmetric")[region]
+        noisy = ref + gain * (np.pad(hu.astype(np.float32), m, mode="symmetric")[region] - ref)
+        recomputed = [ssim_map(noisy[None], ref[None], QUALITY_WINDOWS_HU[w])[0, m:-m, m:-m] for w in self.windows]
+        return noisy[m:-m, m:-m], np.stack(recomputed), 1.0 / (1.0 + gain**2 * (1.0 / dose - 1.0))
 
     def batch(self, size: int) -> dict[str, torch.Tensor]:
-        """{"hu": (B, 1, P, P) float32 HU, "ssim": (B, 1, P, P) float32, "dose_class": (B,) int64, "log_dose": (B,)}."""
+        """{"hu": (B, 1, P, P) float32 HU, "ssim": (B, windows, P, P) float32 labels, "dose_class": (B,) int64,
+        "log_dose": (B,)}."""
         indices = self.rng.choice(len(self.weights), size, p=self.weights)
         hu, ssim, dose = [], [], []
         for index in indices:
             crop, label, fraction = self._crop(int(index))
             dose.append(fraction)
             k, flip = int(self.rng.integers(0, 4)), bool(self.rng.integers(0, 2))
-            crop, label = np.rot90(crop, k), np.rot90(label, k)
+            crop, label = np.rot90(crop, k), np.rot90(label, k, axes=(1, 2))
             if flip:
-                crop, label = crop[:, ::-1], label[:, ::-1]
+                crop, label = crop[:, ::-1], label[:, :, ::-1]
             hu.append(crop.astype(np.float32))
             ssim.append(label.astype(np.float32))
         return {
             "hu": torch.from_numpy(np.stack(hu))[:, None],
-            "ssim": torch.from_numpy(np.stack(ssim))[:, None],
+            "ssim": torch.from_numpy(np.stack(ssim)),
             "dose_class": torch.tensor([nearest_dose_class(d) for d in dose], dtype=torch.int64),
             "log_dose": torch.from_numpy(np.log(np.asarray(dose, np.float32))),
         }
@@ -220,13 +228,14 @@ class Trainer:
         self.dataset_sha256 = manifest_sha256(settings.data)
         self.train = load_split(settings.data, "train")
         self.val = load_split(settings.data, "val")
+        self.val_masks = split_masks(self.val)
         if not self.train["hu"]:
             raise InputError(f"{settings.data}: the train split has no simulated samples")
         torch.manual_seed(settings.seed)
         self.model = build_network(self.config).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.lr, weight_decay=WEIGHT_DECAY)
         self.rng = np.random.default_rng(settings.seed)
-        self.sampler = PatchSampler(self.train, settings.patch, self.rng, settings.noise_gain)
+        self.sampler = PatchSampler(self.train, settings.patch, self.rng, settings.noise_gain, self.config.windows)
         self.step, self.elapsed_s, self.metrics = 0, 0.0, {}
         dtype = None
         if self.device.type == "cuda":
@@ -293,7 +302,7 @@ class Trainer:
         if not self.val["hu"]:
             return {}
         self.model.eval()
-        metrics = evaluate_split(self.model, self.val, device=self.device)
+        metrics = evaluate_split(self.model, self.val, self.device, self.val_masks)
         self.model.train()
         return metrics
 
@@ -302,7 +311,7 @@ class Trainer:
         batch = {k: v.to(self.device) for k, v in self.sampler.batch(self.settings.batch).items()}
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.step, self.settings)
-        x = network_input(batch["hu"], self.config.inputs)
+        x = network_input(batch["hu"], self.config.inputs, self.config.windows)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             outputs = self.model(x)
         dose = (batch["dose_class"], batch["log_dose"]) if self.config.dose_head else (None, None)

@@ -10,12 +10,17 @@ SHARP="$DATA/mayo_sharp/L067_FD_3_SHARP_1.CT.0001"
 VAL=$(basename "$SHARP".0001.*.IMA)
 TEST=$(basename "$SHARP".0002.*.IMA)
 
-# 2 TotalSegmentator volumes for training; the 2 sharp-kernel slices of Mayo patient L067 (never trained on):
-# one for validation, one for the held-out test split.
+# Training: 2 TotalSegmentator volumes and 8 of the 10 chest_sbu patients (16 single chest/abdomen slices; a
+# chest_sbu slice's group is its patient, the file name before "_"). Never trained on: chest_sbu patient A056642
+# and Mayo L067's sharp slice 1 (validation), chest_sbu patient A098752 and L067's slice 2 (held-out test).
+# The Mayo quarter/full-dose pairs are for evaluation only. Kernels: native + noise, sharp, smooth and lung.
 ctqa-train simulate --out "$WORK/dataset" \
-    --input "$DATA/totalseg/example_ct_dicom" "$DATA/totalseg/example_ct.nii.gz" "$SHARP".000[12].*.IMA \
-    --doses 1 0.75 0.5 0.25 0.1 0.05 --kernels native sharp smooth --views 720 --slices-per-volume 20 --seed 0 \
-    --split example_ct_dicom=train example_ct.nii=train "$VAL=val" "$TEST=test"
+    --input "$DATA/totalseg/example_ct_dicom" "$DATA/totalseg/example_ct.nii.gz" "$DATA/chest_sbu" \
+    "$SHARP".000[12].*.IMA \
+    --doses 1 0.75 0.5 0.25 0.1 0.05 --kernels native sharp smooth lung --views 720 --slices-per-volume 10 \
+    --seed 0 --split example_ct_dicom=train example_ct.nii=train A002304=train A027284=train A046441=train \
+    A048383=train A058062=train A062055=train A067967=train A072894=train A056642=val A098752=test \
+    "$VAL=val" "$TEST=test"
 ctqa-train maps --data "$WORK/dataset" --out "$WORK/runs/n2q_default" --variant N2Q \
     --steps 6000 --batch 16 --patch 128 --seed 0 --checkpoint-every 1000 --noise-gain 0.5 2 --threads 1 --device cpu
 ctqa-train export "$WORK/runs/n2q_default" --name n2q_default --default --reproduce "Scripts/train_default_model.sh"

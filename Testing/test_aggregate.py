@@ -7,11 +7,13 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ctqa.aggregate import body_statistics, region_statistics, roi_table, slice_table
+from ctqa.aggregate import body_statistics, lung_quality, region_statistics, roi_table, slice_table
 from ctqa.io import read_volume
+from ctqa.models.registry import resolve
 from ctqa.physics.noise import analyse_noise
 from ctqa.results import SLICE_COLUMNS, table_row
 from ctqa.rois import load_rois, rois_from_labels
+from ctqa.tasks import quality_map
 from ctqa.volume import CTVolume
 
 
@@ -41,17 +43,43 @@ def test_slice_table_rows_follow_geometry_and_match_numpy():
     assert rows[1]["hu_mean"] == pytest.approx(volume.hu[1][2:].mean(), rel=1e-5)
 
 
-def test_roi_table_marks_empty_and_outside_body_rows():
+def test_roi_table_marks_empty_and_outside_body_rows_and_reads_each_roi_in_its_window():
     volume, quality, noise = _volume_and_maps()
+    lung_map = np.where(np.isnan(quality), np.nan, 1.0 - quality).astype(np.float32)
+    lung = np.zeros(volume.shape, bool)
+    lung[:, 6:8, 6:10] = True
     labels = np.zeros(volume.shape, np.uint8)
     labels[:, 4:6, 4:6] = 1  # inside the body
     labels[:, 0, :] = 2  # outside the body (NaN quality)
-    rows = roi_table(volume, quality, noise, rois_from_labels(labels, {1: "liver", 2: "table", 3: "spleen"}))
-    by_name = {row.name: table_row(row) for row in rows}
+    labels[:, 5:8, 6:10] = 4  # 2 of its 3 rows in the lung mask: read in the lung window
+    names = {1: "liver", 2: "table", 3: "spleen", 4: "lung lobe"}
+    windows = {"soft_tissue": quality, "lung": lung_map}
+    by_name = {
+        row.name: table_row(row) for row in roi_table(volume, windows, lung, noise, rois_from_labels(labels, names))
+    }
     assert by_name["liver"]["status"] == "ok" and by_name["liver"]["voxels"] == 12
+    assert by_name["liver"]["window"] == "soft_tissue"
     assert by_name["liver"]["quality_mean"] == pytest.approx(quality[:, 4:6, 4:6].mean(), rel=1e-6)
+    assert by_name["lung lobe"]["window"] == "lung"
+    assert by_name["lung lobe"]["quality_mean"] == pytest.approx(lung_map[:, 5:8, 6:10].mean(), rel=1e-6)
     assert by_name["table"]["status"] == "outside body" and by_name["table"]["quality_mean"] is None
+    assert by_name["table"]["window"] == ""
     assert by_name["spleen"]["status"] == "empty" and by_name["spleen"]["voxels"] == 0
+    # A model without a lung window reads every ROI in the soft-tissue window.
+    (lobe,) = roi_table(volume, {"soft_tissue": quality}, lung, noise, rois_from_labels(labels == 4, {1: "lobe"}))
+    assert lobe.window == "soft_tissue" and lobe.stats.quality_mean == pytest.approx(quality[:, 5:8, 6:10].mean())
+
+
+def test_lung_quality_splits_the_body_by_window():
+    volume, quality, _ = _volume_and_maps()
+    lung_map = np.where(np.isnan(quality), np.nan, 0.5 * quality).astype(np.float32)
+    lung = np.zeros(volume.shape, bool)
+    lung[:, 6:8] = True
+    result = lung_quality({"soft_tissue": quality, "lung": lung_map}, lung)
+    assert result.lung_voxels == lung.sum() and result.lung_window_hu == (-1350.0, 150.0)
+    assert result.lung_quality_mean == pytest.approx(lung_map[lung].mean(), rel=1e-6)
+    assert result.soft_tissue_quality_mean == pytest.approx(quality[:, 2:6].mean(), rel=1e-6)
+    assert math.isnan(lung_quality({"soft_tissue": quality}, lung).lung_quality_mean)
 
 
 def test_body_statistics_stream_slices_and_match_numpy():
@@ -85,12 +113,18 @@ def test_labelmap_on_a_coarser_grid_is_resampled(tmp_path):
 
 
 def test_liver_row_on_real_ct(shared_data):
-    """Liver ROI on the TotalSegmentator example: HU mean 30-60, noise SD within 15 % of a hand-computed SD."""
+    """Liver ROI on the TotalSegmentator example: HU mean 30-60, noise SD within 15 % of a hand-computed SD; the
+    liver reads in the soft-tissue window, a lung lobe in the lung window."""
     volume = read_volume(shared_data / "totalseg" / "example_ct_sm.nii.gz")
-    liver_file = shared_data / "totalseg" / "example_seg_fast" / "liver.nii.gz"
+    masks = shared_data / "totalseg" / "example_seg_fast"
+    liver_file = masks / "liver.nii.gz"
     analysis = analyse_noise(volume)
-    (row,) = roi_table(volume, analysis.physics_quality(), analysis.noise_sd, load_rois(liver_file, volume))
-    row = table_row(row)
+    result = quality_map.run(volume, resolve("quality_map", "physics"), analysis)
+    rois = load_rois(liver_file, volume) + load_rois(masks / "lung_lower_lobe_right.nii.gz", volume)
+    row, lobe = (table_row(r) for r in roi_table(volume, result.windows, result.lung, analysis.noise_sd, rois))
+    assert lobe["window"] == "lung" and row["window"] == "soft_tissue"
+    # the same noise weighs less in the wider lung window
+    assert lobe["quality_mean"] > float(np.nanmean(result.windows["soft_tissue"][rois[1].box][rois[1].mask]))
     assert row["name"] == "liver" and row["status"] == "ok"
     assert 30.0 <= row["hu_mean"] <= 60.0
     liver = sitk.GetArrayFromImage(sitk.ReadImage(str(liver_file))) > 0

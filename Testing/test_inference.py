@@ -50,30 +50,34 @@ def volume() -> np.ndarray:
 
 
 def reference_slice(model, hu_slice: np.ndarray):
-    """The unfolded model on one slice, padded (reflect) by hand: (quality (y, x), probabilities (6,), ln dose)."""
+    """The unfolded model on one slice, padded (reflect) by hand: (quality (windows, y, x), probabilities (6,),
+    ln dose)."""
     height, width = hu_slice.shape
-    x = network_input(torch.from_numpy(hu_slice)[None, None], model.config.inputs)
+    x = network_input(torch.from_numpy(hu_slice)[None, None], model.config.inputs, model.config.windows)
     x = F.pad(x, (0, -width % model.config.required_multiple, 0, -height % model.config.required_multiple), "reflect")
     with torch.inference_mode():
         out = model(x)
-    return out.quality[0, 0, :height, :width].numpy(), torch.softmax(out.dose_logits[0], 0).numpy(), float(out.log_dose)
+    return out.quality[0, :, :height, :width].numpy(), torch.softmax(out.dose_logits[0], 0).numpy(), float(out.log_dose)
 
 
 def test_volume_inference_equals_slice_by_slice(model, volume):
     whole = predict_volume(model, volume, batch_size=5, device="cpu")
     single = predict_volume(model, volume, batch_size=1, device="cpu")
-    assert whole.quality.shape == volume.shape and whole.quality.dtype == np.float32
+    assert list(whole.maps) == ["soft_tissue", "lung"]
+    assert all(m.shape == volume.shape and m.dtype == np.float32 for m in whole.maps.values())
     assert whole.dose_probabilities.shape == (5, len(DOSE_LEVELS)) and whole.log_dose.shape == (5,)
     assert whole.device_used == "cpu" and whole.precision == "float32" and whole.fallback is None
-    np.testing.assert_allclose(whole.quality, single.quality, rtol=0, atol=1e-5)
+    for window in whole.maps:
+        np.testing.assert_allclose(whole.maps[window], single.maps[window], rtol=0, atol=1e-5)
     np.testing.assert_allclose(whole.dose_probabilities, single.dose_probabilities, rtol=0, atol=1e-5)
     np.testing.assert_allclose(whole.log_dose, single.log_dose, rtol=0, atol=1e-5)
     for index in range(volume.shape[0]):
         quality, probabilities, log_dose = reference_slice(model, volume[index])
-        np.testing.assert_allclose(whole.quality[index], quality, rtol=0, atol=1e-5)
+        for channel, window in enumerate(whole.maps):
+            np.testing.assert_allclose(whole.maps[window][index], quality[channel], rtol=0, atol=1e-5)
         np.testing.assert_allclose(whole.dose_probabilities[index], probabilities, rtol=0, atol=1e-5)
         assert whole.log_dose[index] == pytest.approx(log_dose, abs=1e-5)
-    assert 0.0 <= whole.quality.min() and whole.quality.max() <= 1.0
+    assert all(0.0 <= m.min() and m.max() <= 1.0 for m in whole.maps.values())
     np.testing.assert_allclose(whole.dose_probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert model.training is False and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
@@ -81,7 +85,7 @@ def test_volume_inference_equals_slice_by_slice(model, volume):
 def test_model_without_dose_head(volume):
     model = build_network(VARIANTS["RED-CNN"]).eval()
     prediction = predict_volume(model, volume, batch_size=2, device="cpu")
-    assert prediction.quality.shape == volume.shape
+    assert prediction.maps["lung"].shape == volume.shape
     assert prediction.dose_probabilities is None and prediction.log_dose is None
     assert learned_noise_level(prediction) is None
 
@@ -127,7 +131,7 @@ def test_learned_noise_level_averages_body_slices():
     # noise SD scales as 1/sqrt(dose): the geometric-mean dose-equivalent 0.2*0.3*0.45 gives its inverse square root
     assert level.relative_noise == pytest.approx((0.2 * 0.3 * 0.45) ** (-1 / 6), rel=1e-5)
     assert level.slices_used == 3 and "not a dose" in level.definition
-    no_body = Prediction(prediction.quality, probabilities, log_dose, np.zeros(4, bool), "cpu")
+    no_body = Prediction(prediction.maps, probabilities, log_dose, np.zeros(4, bool), "cpu")
     assert learned_noise_level(no_body) is None  # air only: no figure rather than one from nothing
 
 
@@ -162,10 +166,12 @@ def test_save_then_load_gives_identical_outputs(model, tmp_path, no_pickle, no_b
     assert card_path == tmp_path / "small.json" and (tmp_path / "small.safetensors").is_file()
     card = json.loads(card_path.read_text())
     assert card["architecture"] == SMALL.to_dict() and card["dose_levels"] == list(DOSE_LEVELS)
-    assert card["input"]["window_hu"] == [-160.0, 240.0] and card["input"]["hpf_sigma_px"] == 1.0
+    assert card["format_version"] == 2 and card["architecture"]["windows"] == ["soft_tissue", "lung"]
+    assert card["input"]["windows_hu"] == {"soft_tissue": [-160.0, 240.0], "lung": [-1350.0, 150.0]}
+    assert card["input"]["hpf_scale"] == {"soft_tissue": 10.0, "lung": 37.5} and card["input"]["hpf_sigma_px"] == 1.0
     assert card["training"] == {"steps": 0} and card["metrics"] == {} and card["name"] == "test"
     assert len(card["weights_sha256"]) == 64
-    x = network_input(40.0 + 20.0 * torch.randn(2, 1, 32, 40), SMALL.inputs)
+    x = network_input(40.0 + 20.0 * torch.randn(2, 1, 32, 40), SMALL.inputs, SMALL.windows)
     for path in (tmp_path / "small", card_path, tmp_path / "small.safetensors"):
         loaded, loaded_card = checkpoints.load(path)
         assert loaded_card == card and not loaded.training and loaded.config == SMALL
@@ -201,9 +207,38 @@ def test_card_that_does_not_fit_the_weights(model, tmp_path, no_bundled_models):
     with pytest.raises(InputError, match="do not fit the card's architecture"):
         checkpoints.load(card_path)
     card["architecture"]["features"] = SMALL.to_dict()["features"]
-    card["input"]["window_hu"] = [-1000, 1000]
+    card["input"]["windows_hu"]["lung"] = [-1000, 1000]
     card_path.write_text(json.dumps(card))
-    with pytest.raises(InputError, match="window_hu"):
+    with pytest.raises(InputError, match="windows_hu"):
+        checkpoints.load(card_path)
+    card["format_version"] = 3
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(InputError, match="unsupported model card format_version 3"):
+        checkpoints.load(card_path)
+
+
+def test_single_window_cards_of_format_1_still_load(tmp_path, no_bundled_models):
+    """Cards made before the lung window (format 1: no "windows", one "window_hu") load as soft-tissue-only models."""
+    single = SMALL.__class__(**{**SMALL.to_dict(), "windows": ["soft_tissue"]})
+    torch.manual_seed(1)
+    network = build_network(single).eval()
+    card_path = checkpoints.save(network, single, {}, tmp_path / "old")
+    card = json.loads(card_path.read_text())
+    del card["architecture"]["windows"]
+    card["format_version"] = 1
+    card["input"] = {"window_hu": [-160.0, 240.0], "hpf_sigma_px": 1.0, "hpf_scale": 10.0, "normalisation": "..."}
+    card_path.write_text(json.dumps(card))
+    loaded, _ = checkpoints.load(card_path)
+    assert loaded.config.windows == ("soft_tissue",)
+    hu = (40.0 + 20.0 * np.random.default_rng(0).standard_normal((2, 32, 40))).astype(np.float32)
+    prediction = predict_volume(loaded, hu, device="cpu")
+    assert list(prediction.maps) == ["soft_tissue"]
+    np.testing.assert_array_equal(
+        prediction.maps["soft_tissue"], predict_volume(network, hu, device="cpu").maps["soft_tissue"]
+    )
+    card["input"]["window_hu"] = [-1000.0, 1000.0]
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(InputError, match="windows_hu"):
         checkpoints.load(card_path)
 
 

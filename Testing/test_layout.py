@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "CTQualityAssessment" / "ctqa"
 FORBIDDEN = {"slicer", "qt", "ctk", "vtk", "vtkmodules", "CTQualityAssessmentLib", "CTQualityTraining"}
 TORCH_MODULES = {"torch", "monai", "safetensors", "timm"}
-ALLOWED_TORCH = {"models/networks.py", "models/checkpoints.py", "models/inference.py"}
+ALLOWED_TORCH = {"models/networks.py", "models/checkpoints.py", "models/inference.py", "models/series_network.py"}
 
 
 def _imported_roots(path: Path) -> set[str]:
@@ -41,7 +41,7 @@ def test_physics_path_runs_without_torch(tmp_path):
 import importlib, pkgutil, sys
 sys.modules["torch"] = None  # any import of torch now fails
 import ctqa
-learned = {{"ctqa.models.networks", "ctqa.models.checkpoints", "ctqa.models.inference"}}
+learned = {{"ctqa.models.networks", "ctqa.models.checkpoints", "ctqa.models.inference", "ctqa.models.series_network"}}
 for info in pkgutil.walk_packages(ctqa.__path__, "ctqa."):
     if info.name not in learned:
         importlib.import_module(info.name)

@@ -20,7 +20,7 @@ from ctqa.models.inference import predict_volume
 from ctqa.models.networks import network_input
 from ctqa.sample import make_sample
 from CTQualityTraining.cli import main
-from CTQualityTraining.datasets import MAYO_NPY_SCALING, build_dataset, pad_to_square
+from CTQualityTraining.datasets import MAYO_NPY_SCALING, build_dataset, find_sources, pad_to_square, single_slice_files
 from CTQualityTraining.evaluate import load_split, map_metrics
 from CTQualityTraining.projection import simulate
 from CTQualityTraining.trainer import PatchSampler, Trainer, TrainSettings
@@ -73,10 +73,22 @@ def test_split_groups_and_square_padding(dataset):
     assert pad_to_square(np.zeros((1, 3, 5)))[0, 0, 0] == -1024
 
 
+def test_single_slice_collections_are_grouped_by_patient(shared_data, tmp_path):
+    """chest_sbu: 20 single-slice DICOM files, one source each, grouped by patient (name before "_") so that a
+    patient's two examinations share a split."""
+    sources = find_sources([shared_data / "chest_sbu"])
+    assert len(sources) == 20 and len({s.group for s in sources}) == 10
+    assert {s.group for s in sources if s.id.startswith("A098752_")} == {"A098752"}
+    assert single_slice_files(shared_data / "totalseg" / "example_ct_dicom") == []  # one series, not a collection
+    (tmp_path / "A_1.dcm").write_bytes(b"")
+    assert single_slice_files(tmp_path) == []  # one patient only
+
+
 def test_tiny_training_lowers_the_loss(dataset, tmp_path):
     trainer = Trainer(TrainSettings(str(dataset), **TINY), tmp_path / "run", device="cpu", progress=False)
     probe = trainer.sampler.batch(8)  # a fixed batch, scored before and after training
-    x = network_input(probe["hu"], trainer.config.inputs)
+    x = network_input(probe["hu"], trainer.config.inputs, trainer.config.windows)
+    assert probe["ssim"].shape == (8, 2, 64, 64)  # soft-tissue and lung window labels
 
     def probe_loss() -> float:
         trainer.model.eval()
@@ -88,7 +100,8 @@ def test_tiny_training_lowers_the_loss(dataset, tmp_path):
     before = probe_loss()
     card = trainer.run()
     assert probe_loss() < 0.5 * before
-    assert card["training"]["step"] == TINY["steps"] and set(card["metrics"]) >= {"ssim", "mse", "nrmse"}
+    assert card["training"]["step"] == TINY["steps"]
+    assert set(card["metrics"]) >= {f"{w}/{m}" for w in ("soft_tissue", "lung") for m in ("ssim", "ssim_body", "nrmse")}
     assert (tmp_path / "run" / "tensorboard").is_dir()
 
 
@@ -101,7 +114,8 @@ def test_noise_gain_augmentation_scales_noise_label_and_dose(dataset):
             break
     assert dose < 1.0
     assert float(doubled["log_dose"].exp()[0]) == pytest.approx(1 / (1 + 4 * (1 / dose - 1)), rel=1e-5)
-    assert float(doubled["ssim"].mean()) < float(plain["ssim"].mean())
+    for window in range(2):  # both windows' labels recomputed: more noise, lower SSIM
+        assert float(doubled["ssim"][:, window].mean()) < float(plain["ssim"][:, window].mean())
     assert float((doubled["hu"] - plain["hu"]).std()) > 0  # the same patch with twice the inserted noise
 
 
@@ -141,9 +155,9 @@ def test_export_manifest_verifies_and_loads(run, tmp_path):
     model, card = checkpoints.load(models / entry["card"])
     original, _ = checkpoints.load(run / "model")
     hu = np.full((1, 64, 64), 40.0, np.float32)
-    assert np.array_equal(
-        predict_volume(model, hu, device="cpu").quality, predict_volume(original, hu, device="cpu").quality
-    )
+    exported, trained = (predict_volume(m, hu, device="cpu").maps for m in (model, original))
+    assert list(exported) == ["soft_tissue", "lung"]
+    assert all(np.array_equal(exported[w], trained[w]) for w in exported)
     assert card["training"]["variant"] == "N2Q" and card["reproduce"] == "make tiny"
     assert "make tiny" in (models / "tiny.md").read_text()
 
@@ -169,19 +183,32 @@ def test_evaluate_maps_writes_the_table(dataset, run, tmp_path, shared_data):
         == 0
     )
     text = out.read_text()
-    assert "| N2Q | 24 |" in text and "L506_86" in text and "ctqa-train evaluate-maps" in text
+    assert "| n2q | N2Q | 24 |" in text and "L506_86" in text and "ctqa-train evaluate-maps" in text
+    assert "### lung window" in text and "| n2q | L506_18 | lung |" in text
     report = tmp_path / "table.json"
     assert main(["evaluate-maps", "--data", str(dataset), "--runs", str(run), "--out", str(report)]) == 0
-    results = json.loads(report.read_text())["variants"]["N2Q"]
-    assert set(results["test"]) == {"ssim", "mse", "nrmse", "dose_accuracy"}
-    assert results["dose_response"]["doses"] == [0.05, 0.25, 1.0]
+    results = json.loads(report.read_text())["variants"]["n2q"]
+    metrics = {f"{w}/{m}" for w in ("soft_tissue", "lung") for m in ("ssim", "ssim_body", "ssim_lung", "mse", "nrmse")}
+    assert set(results["test"]) == metrics | {"dose_accuracy"}
+    assert results["test"]["soft_tissue/ssim_body"] < results["test"]["soft_tissue/ssim"]  # air's trivial 1 left out
+    assert results["dose_response"]["soft_tissue"]["doses"] == [0.05, 0.25, 1.0]
 
 
 def test_map_metrics_definitions():
-    true = np.full((16, 16), 0.8)
-    assert map_metrics(true, true) == {"ssim": pytest.approx(1.0), "mse": 0.0, "nrmse": 0.0}
+    true = np.full((32, 32), 0.8)
+    perfect = map_metrics(true, true)
+    assert perfect["ssim"] == pytest.approx(1.0) and perfect["mse"] == 0.0 and perfect["nrmse"] == 0.0
+    assert np.isnan(perfect["ssim_body"]) and np.isnan(perfect["ssim_lung"])  # no masks given
     metrics = map_metrics(true + 0.08, true)
     assert metrics["mse"] == pytest.approx(0.0064) and metrics["nrmse"] == pytest.approx(0.1)
+    # Inside the body only: a map right in the air (outside) and wrong in the body scores lower there.
+    body = np.zeros_like(true, bool)
+    body[8:24, 8:24] = True
+    predicted = np.where(body, true + np.random.default_rng(0).normal(0, 0.2, true.shape), true)
+    lung = np.zeros_like(body)
+    lung[8:16, 8:24] = True
+    partial = map_metrics(predicted, true, body, lung)
+    assert partial["ssim_body"] < partial["ssim"] and np.isnan(partial["ssim_lung"])  # 128 < 500 lung pixels
 
 
 def test_bundled_model_map_falls_with_dose_on_held_out_real_slices(shared_data, torch_single_thread):
@@ -191,5 +218,5 @@ def test_bundled_model_map_falls_with_dose_on_held_out_real_slices(shared_data, 
     full = np.concatenate([read_volume(path, scaling=MAYO_NPY_SCALING).hu for path in targets])
     doses = (1.0, 0.5, 0.25, 0.1, 0.05)
     noisy = simulate(full, 0.74, doses, views=360, seed=0)["native"].hu  # (dose, z, y, x)
-    means = [predict_volume(model, images, device="cpu").quality.mean(axis=(1, 2)) for images in noisy]
+    means = [predict_volume(model, images, device="cpu").maps["soft_tissue"].mean(axis=(1, 2)) for images in noisy]
     assert np.all(np.diff(np.array(means), axis=0) < 0), means

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -201,21 +202,24 @@ def _show_as_noise(node) -> None:
 
 
 def fill_table(table_node, rows: list[dict], columns: tuple[str, ...]) -> None:
-    """Replace a table node's content by rows ({column: value}): str -> string, int -> int, else double (None: NaN)."""
+    """Replace a table node's content by rows ({column: value}): str -> string (None: ""), int -> int, else double
+    (None: NaN)."""
     import vtk
 
     table = vtk.vtkTable()
     for column in columns:
         values = [row[column] for row in rows]
-        if values and all(isinstance(v, str) for v in values if v is not None) and any(values):
-            array = vtk.vtkStringArray()
+        known = [v for v in values if v is not None]
+        missing = math.nan
+        if known and all(isinstance(v, str) for v in known):
+            array, missing = vtk.vtkStringArray(), ""
         elif values and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
             array = vtk.vtkIntArray()
         else:
             array = vtk.vtkDoubleArray()
         array.SetName(column)
         for value in values:
-            array.InsertNextValue(math.nan if value is None else value)
+            array.InsertNextValue(missing if value is None else value)
         table.AddColumn(array)
     table_node.SetAndObserveTable(table)
 
@@ -329,3 +333,16 @@ def set_overlay_opacity(opacity: float, scene) -> None:
         foreground = scene.GetNodeByID(composite.GetForegroundVolumeID() or "")
         if foreground is not None and foreground.GetAttribute(ROLE_ATTRIBUTE):
             composite.SetForegroundOpacity(opacity)
+
+
+def dicom_file_of(volume_node) -> str | None:
+    """A DICOM file (the first instance) of the series a volume node was loaded from, through Slicer's DICOM
+    database; None for volumes not loaded from DICOM or when the file is gone."""
+    import slicer
+
+    uids = volume_node.GetAttribute("DICOM.instanceUIDs") if volume_node is not None else None
+    database = getattr(slicer, "dicomDatabase", None)
+    if not uids or database is None:
+        return None
+    path = database.fileForInstance(uids.split()[0])
+    return path if path and os.path.isfile(path) else None

@@ -53,6 +53,7 @@ class InputFiles:
     reference: Path | None = None
     segmentation: Path | None = None
     node_names: dict[str, str] = field(default_factory=dict)  # file path -> the node it came from, for messages
+    acquisition_dicom: str | None = None  # a DICOM file of the series the volume was loaded from (its tags)
 
 
 @dataclass
@@ -99,8 +100,11 @@ def _write_node(node, path: Path) -> None:
 def _write_input_files(files: InputFiles, volume_node, reference_node, segmentation_node) -> InputFiles:
     import slicer
 
+    from CTQualityAssessmentLib.mrml import dicom_file_of
+
     files.node_names[str(files.volume)] = volume_node.GetName()
     _write_node(volume_node, files.volume)
+    files.acquisition_dicom = dicom_file_of(volume_node)
     if reference_node is not None:
         files.reference = files.folder / "reference.nrrd"
         files.node_names[str(files.reference)] = reference_node.GetName()
@@ -128,6 +132,8 @@ def command_line(
         command += ["--roi", str(inputs.segmentation)]
     if window_mm is not None:
         command += ["--window-mm", f"{window_mm:g}"]
+    if inputs.acquisition_dicom is not None:
+        command += ["--acquisition-from", inputs.acquisition_dicom]
     return command
 
 

@@ -2,6 +2,10 @@
 
 Voxels whose quality is not finite (outside the body) are left out everywhere. The whole-body statistics are
 accumulated slice by slice (histograms for the percentiles), so they need no copy of the body's voxels.
+
+Windows: slices and the whole body use the composed quality map (each voxel in the window of its tissue). An ROI is
+read in one window, that of its tissue: the lung window when most of its assessed voxels lie in the lung mask (and
+the model has a lung window), else the soft-tissue window; its row says which.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ import math
 
 import numpy as np
 
-from ctqa.results import RegionStats, RoiRow, SliceRow
+from ctqa.physics.lung import QUALITY_WINDOWS_HU
+from ctqa.results import LungQuality, RegionStats, RoiRow, SliceRow
 from ctqa.rois import Roi
 from ctqa.volume import CTVolume
 
@@ -52,17 +57,59 @@ def slice_table(volume: CTVolume, quality: np.ndarray, noise_sd: np.ndarray) -> 
     ]
 
 
-def roi_table(volume: CTVolume, quality: np.ndarray, noise_sd: np.ndarray, rois: list[Roi]) -> list[RoiRow]:
-    """One row per ROI, in the order given."""
+def roi_window(windows: dict[str, np.ndarray], lung: np.ndarray, roi: Roi) -> str:
+    """ "lung" when windows has a lung map and most of the ROI's assessed voxels lie in the lung mask (z, y, x), else
+    "soft_tissue"."""
+    if "lung" not in windows:
+        return "soft_tissue"
+    assessed = roi.mask & np.isfinite(windows["soft_tissue"][roi.box])
+    in_lung = np.count_nonzero(lung[roi.box][assessed])
+    return "lung" if 2 * in_lung > np.count_nonzero(assessed) else "soft_tissue"
+
+
+def roi_table(
+    volume: CTVolume, windows: dict[str, np.ndarray], lung: np.ndarray, noise_sd: np.ndarray, rois: list[Roi]
+) -> list[RoiRow]:
+    """One row per ROI, in the order given, each read in the window of its tissue (``roi_window``).
+
+    windows: {"soft_tissue": map, optional "lung": map}, float32 (z, y, x), NaN outside the body; lung: bool
+    (z, y, x) lung mask.
+    """
     rows = []
     for roi in rois:
         if roi.voxel_count == 0:
-            rows.append(RoiRow(roi.value, roi.name, 0, "empty", RegionStats()))
+            rows.append(RoiRow(roi.value, roi.name, 0, "empty", "", RegionStats()))
             continue
-        stats = region_statistics(quality[roi.box][roi.mask], noise_sd[roi.box][roi.mask], volume.hu[roi.box][roi.mask])
+        window = roi_window(windows, lung, roi)
+        quality = windows[window][roi.box][roi.mask]
+        stats = region_statistics(quality, noise_sd[roi.box][roi.mask], volume.hu[roi.box][roi.mask])
         status = "ok" if math.isfinite(stats.quality_mean) else "outside body"
-        rows.append(RoiRow(roi.value, roi.name, roi.voxel_count, status, stats))
+        rows.append(RoiRow(roi.value, roi.name, roi.voxel_count, status, window if status == "ok" else "", stats))
     return rows
+
+
+def lung_quality(windows: dict[str, np.ndarray], lung: np.ndarray) -> LungQuality:
+    """Mean quality of the lung (lung mask) in the lung window and of the rest of the body in the soft-tissue
+    window, one slice at a time; the lung mean is NaN without lung or without a lung-window map."""
+    soft, lung_map = windows["soft_tissue"], windows.get("lung")
+    lung_sum = rest_sum = 0.0
+    lung_voxels = rest_voxels = 0
+    for index in range(soft.shape[0]):
+        assessed = np.isfinite(soft[index])
+        inside = lung[index] & assessed
+        rest = assessed & ~lung[index]
+        lung_voxels += int(np.count_nonzero(inside))
+        rest_voxels += int(np.count_nonzero(rest))
+        rest_sum += float(soft[index][rest].sum(dtype=np.float64))
+        if lung_map is not None:
+            lung_sum += float(lung_map[index][inside].sum(dtype=np.float64))
+    return LungQuality(
+        lung_voxels=lung_voxels,
+        lung_quality_mean=lung_sum / lung_voxels if lung_voxels and lung_map is not None else math.nan,
+        soft_tissue_quality_mean=rest_sum / rest_voxels if rest_voxels else math.nan,
+        lung_window_hu=QUALITY_WINDOWS_HU["lung"],
+        soft_tissue_window_hu=QUALITY_WINDOWS_HU["soft_tissue"],
+    )
 
 
 def _histogram_quantile(counts: np.ndarray, edges_step: float, fraction: float) -> float:

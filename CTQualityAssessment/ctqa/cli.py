@@ -84,20 +84,7 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_WINDOW_MM,
         help=f"noise window size in mm (default {DEFAULT_WINDOW_MM:g})",
     )
-    assess.add_argument(
-        "--scaling",
-        metavar="SCALING",
-        help="how stored values become HU: hu (default; checked), hu+1024, ldctiqac2023 ([0, 1] = W350/L40), "
-        "mayo-npy ((HU+1024)/4096) or window:LOW,HIGH ([0, 1] = LOW..HIGH HU)",
-    )
-    assess.add_argument(
-        "--regularize",
-        action="store_true",
-        help="resample a DICOM series with missing slices or uneven spacing onto a regular grid (else refused)",
-    )
-    assess.add_argument(
-        "--pixel-mm", type=float, metavar="MM", help="pixel size of TIFF/.npy inputs, which store none (default 1)"
-    )
+    _add_reading_options(assess)
     assess.add_argument(
         "--progress",
         choices=("bar", "json", "none"),
@@ -113,6 +100,34 @@ def _parser() -> argparse.ArgumentParser:
         "--no-compress", action="store_true", help="write the maps uncompressed (temporary outputs a program reads)"
     )
 
+    assess.add_argument(
+        "--acquisition-from",
+        metavar="DICOM_FILE",
+        help="read the acquisition tags (kernel, CTDIvol, mAs, thickness) from this DICOM file of the series INPUT "
+        "was exported from (INPUT itself carries none, e.g. NRRD written by Slicer)",
+    )
+    assess.add_argument(
+        "--series-model",
+        default="default",
+        metavar="NAME|PATH",
+        help="series panel classifier: default (the bundled series model), physics, a name or a checkpoint",
+    )
+
+    classify = commands.add_parser(
+        "classify",
+        help="one line per CT series: window and dose class, fitted score, SNR, BRISQUE, DICOM tags (quick triage)",
+        description="Classify each CT series (every CT series of a DICOM folder, or one volume file) by its "
+        "reconstruction window (lung / soft tissue) and exposure (low / standard), with the physics classifier "
+        "beside the learned one, and flag DICOM tags (ConvolutionKernel, CTDIvol) that disagree. No maps are written.",
+    )
+    classify.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM folders or files, or volume files")
+    _add_reading_options(classify)
+    classify.add_argument(
+        "--series-model", default="default", metavar="NAME|PATH", help="default, physics, a name or a checkpoint"
+    )
+    classify.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="(default: auto)")
+    classify.add_argument("--json", action="store_true", help="one JSON object per line (the summary's series block)")
+
     sample = commands.add_parser(
         "sample",
         help="write the bundled synthetic sample CT",
@@ -121,6 +136,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     sample.add_argument("out", metavar="DIR", help="folder to write into (created if missing)")
     return parser
+
+
+def _add_reading_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--scaling",
+        metavar="SCALING",
+        help="how stored values become HU: hu (default; checked), hu+1024, ldctiqac2023 ([0, 1] = W350/L40), "
+        "mayo-npy ((HU+1024)/4096) or window:LOW,HIGH ([0, 1] = LOW..HIGH HU)",
+    )
+    command.add_argument(
+        "--regularize",
+        action="store_true",
+        help="resample a DICOM series with missing slices or uneven spacing onto a regular grid (else refused)",
+    )
+    command.add_argument(
+        "--pixel-mm", type=float, metavar="MM", help="pixel size of TIFF/.npy inputs, which store none (default 1)"
+    )
 
 
 class _ProgressBar:
@@ -178,18 +210,21 @@ def _print_result(input_path: str, summary: Summary, written: int, out: Path) ->
     if noise_level is not None:
         figures.append(f"learned noise level {noise_level.relative_noise:.1f}x the training full-dose images")
     print(f"{Path(input_path).name} ({summary.settings.model}, {summary.settings.device}): " + ", ".join(figures))
+    if summary.series is not None:
+        print(series_line("series", summary.series))
     print(f"wrote {written} files to {out}")
 
 
 def _assess(args: argparse.Namespace) -> None:
-    from ctqa.io import read_volume
+    from ctqa.io import read_volume, with_acquisition_from
     from ctqa.outputs import check_inputs_survive, check_output_folder
-    from ctqa.pipeline import assess, check_window_mm, resolve_model, write_outputs
+    from ctqa.pipeline import assess, check_window_mm, resolve_model, resolve_series_model, write_outputs
     from ctqa.rois import load_rois
 
     out = check_output_folder(args.out)
     check_inputs_survive(out, [args.input, args.reference, args.roi])
     model = resolve_model(args.model)
+    series_model = resolve_series_model(args.series_model)
     window_mm = check_window_mm(args.window_mm)
     if args.pixel_mm is not None and not (math.isfinite(args.pixel_mm) and 0.01 <= args.pixel_mm <= 20.0):
         raise InputError(f"--pixel-mm {args.pixel_mm:g}: must be between 0.01 and 20")
@@ -197,12 +232,23 @@ def _assess(args: argparse.Namespace) -> None:
         raise InputError(f"{args.roi_names}: --roi-names needs --roi")
     options = dict(scaling=args.scaling, regularize=args.regularize, pixel_mm=args.pixel_mm)
     volume = read_volume(args.input, series_uid=args.series, **options)
+    if args.acquisition_from:
+        volume = with_acquisition_from(volume, args.acquisition_from)
     reference = read_volume(args.reference, **options) if args.reference else None
     rois = load_rois(args.roi, volume, args.roi_names) if args.roi else None
     display = "none" if args.quiet else args.progress
     bar = _JsonProgress() if display == "json" else _ProgressBar(enabled=display == "bar")
     try:
-        assessment = assess(volume, reference, rois, model=model, window_mm=window_mm, device=args.device, progress=bar)
+        assessment = assess(
+            volume,
+            reference,
+            rois,
+            model=model,
+            window_mm=window_mm,
+            device=args.device,
+            progress=bar,
+            series_model=series_model,
+        )
         bar(1.0, "writing outputs")
         paths = write_outputs(assessment, out, preview=not args.no_preview, compress=not args.no_compress)
     finally:
@@ -212,6 +258,84 @@ def _assess(args: argparse.Namespace) -> None:
         _print_notes(assessment.summary)
     else:
         _print_result(args.input, assessment.summary, len(paths), out)
+
+
+def _call_text(call, physics, learned: bool) -> str:
+    """A call with its probability, and the physics call beside a learned one."""
+    if call is None:
+        return "-"
+    if not learned:
+        return f"{call.label} (p {call.probability:.2f}, physics)"
+    beside = f"; physics {physics.label} {physics.probability:.2f}" if physics is not None else ""
+    return f"{call.label} (p {call.probability:.2f}{beside})"
+
+
+def series_line(name: str, panel) -> str:
+    """One triage line of a series panel (results.SeriesMeasures)."""
+    if not panel.applies:
+        return f"{name}: series panel does not apply: {panel.note}"
+
+    def figure(value, fmt: str, unit: str = "") -> str:
+        return "-" if value is None or not math.isfinite(value) else f"{value:{fmt}}{unit}"
+
+    physics = panel.physics
+    parts = [
+        f"window {_call_text(panel.window, physics.window if physics else None, panel.classifier is not None)}",
+        f"dose {_call_text(panel.dose, physics.dose if physics else None, panel.classifier is not None)}",
+        f"fitted score {figure(panel.fitted_score, '.2f')}",
+        f"SNR {figure(panel.snr, '.1f')}",
+        f"BRISQUE {figure(panel.brisque, '.1f')}",
+        f"WED {figure(panel.water_equivalent_diameter_mm, '.0f', ' mm')}",
+        f"kernel index {figure(panel.kernel_index, '.3f', '/mm')}",
+        f"thickness {figure(panel.slice_thickness_mm, 'g', ' mm')}",
+    ]
+    tags = panel.acquisition
+    if tags is not None:
+        shown = [
+            f"kernel {tags.kernel}" if tags.kernel else None,
+            f"CTDIvol {tags.ctdivol_mgy:g} mGy" if tags.ctdivol_mgy else None,
+            f"{tags.exposure_mas:g} mAs" if tags.exposure_mas else None,
+        ]
+        parts.append("tags " + (", ".join(t for t in shown if t) or "-"))
+    line = f"{name}: " + " | ".join(parts)
+    if panel.note:
+        line += f" | {panel.note}"
+    return line + "".join(f" | DISAGREES: {text}" for text in panel.tag_disagreements)
+
+
+def _series_of(path: str) -> list[str | None]:
+    """The SeriesInstanceUIDs of the CT series in a DICOM folder ([None] for a file: it holds one series)."""
+    from ctqa.dicom import find_dicom_series
+
+    if not Path(path).is_dir():
+        return [None]
+    found = [s.uid for s in find_dicom_series(path).series if s.modality == "CT"]
+    return found or [None]  # reading the folder then says what it holds instead
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from ctqa.io import read_volume
+    from ctqa.physics.noise import analyse_noise
+    from ctqa.pipeline import resolve_series_model
+    from ctqa.results import to_json
+    from ctqa.tasks import series_panel
+
+    spec = resolve_series_model(args.series_model)
+    options = dict(scaling=args.scaling, regularize=args.regularize, pixel_mm=args.pixel_mm)
+    failed = 0
+    for path in args.inputs:
+        uids = _series_of(path)
+        for uid in uids:
+            name = path if uid is None or len(uids) == 1 else f"{path} [{uid}]"
+            try:
+                volume = read_volume(path, series_uid=uid, **options)
+                panel = series_panel.run(volume, analyse_noise(volume), spec, args.device)
+            except InputError as error:
+                failed += 1
+                print(f"ctqa: error: {error}", file=sys.stderr)
+                continue
+            print(json.dumps({"input": name, **to_json(panel)}) if args.json else series_line(name, panel))
+    return 2 if failed else 0
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -225,7 +349,8 @@ def _sample(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `ctqa`; returns the exit status (2 on bad input, with one line on stderr)."""
     args = _parser().parse_args(argv)
-    return exit_status("ctqa", lambda: {"assess": _assess, "sample": _sample}[args.command](args))
+    commands = {"assess": _assess, "classify": _classify, "sample": _sample}
+    return exit_status("ctqa", lambda: commands[args.command](args))
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ class InputError(ValueError):
     """
 
 
-def exit_status(program: str, command: Callable[[], None]) -> int:
-    """Run a command-line action: 0 when it succeeds, 2 with `program: error: reason` on stderr for InputError.
+def exit_status(program: str, command: Callable[[], int | None]) -> int:
+    """Run a command-line action: its status (0 when it returns None), 2 with `program: error: reason` on stderr for
+    InputError.
 
     Ctrl-C and SIGTERM unwind the action (so partial outputs are cleaned up) and give 130 / 143 with one line.
     """
@@ -26,7 +27,7 @@ def exit_status(program: str, command: Callable[[], None]) -> int:
         signal.signal(signal.SIGTERM, terminated) if threading.current_thread() is threading.main_thread() else None
     )
     try:
-        command()
+        status = command()
     except InputError as error:
         print(f"{program}: error: {error}", file=sys.stderr)
         return 2
@@ -39,7 +40,7 @@ def exit_status(program: str, command: Callable[[], None]) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    return 0
+    return status or 0
 
 
 class Terminated(BaseException):

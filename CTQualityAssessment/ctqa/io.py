@@ -7,6 +7,7 @@ can cause raises InputError with one line naming the path; notes a user should s
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import struct
@@ -184,6 +185,17 @@ def read_volume(
     geometry = (image.GetSpacing(), image.GetOrigin(), image.GetDirection())
     stored = sitk.GetArrayViewFromImage(image)
     return _to_volume(stored, geometry, source, chosen, scaling is not None, notes, dicom.acquisition_of(header))
+
+
+def with_acquisition_from(volume: CTVolume, dicom_file: str | os.PathLike) -> CTVolume:
+    """volume with the acquisition tags of dicom_file (a file of the series the volume was exported from); its own
+    tags are kept when it has some. InputError (one line) when the file is not a readable DICOM image."""
+    if volume.acquisition is not None:
+        return volume
+    header = dicom.read_dicom_header(str(dicom_file)) if os.path.isfile(dicom_file) else None
+    if header is None or "PixelData" not in header:
+        raise InputError(f"{dicom_file}: not a DICOM image file (--acquisition-from)")
+    return dataclasses.replace(volume, acquisition=dicom.acquisition_of(header))
 
 
 def read_image(path: str | os.PathLike) -> sitk.Image:

@@ -38,6 +38,8 @@ OUTPUT_FILES = {
 }
 LOCK_NAME = ".ctqa.lock"
 STAGING_PREFIX = ".ctqa-staging-"
+#: Prefix of the writability probe: not STAGING_PREFIX, so a staging folder always means the lock is held.
+PROBE_PREFIX = ".ctqa-probe-"
 
 
 def check_output_folder(path: str | os.PathLike) -> Path:
@@ -62,7 +64,7 @@ def check_output_folder(path: str | os.PathLike) -> Path:
         if not existing.is_dir():
             raise InputError(f"{folder}: cannot create the output folder: {existing} is a file")
         # a real probe: permissions, read-only file systems and root's privileges all answer truthfully
-        os.rmdir(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=existing))
+        os.rmdir(tempfile.mkdtemp(prefix=PROBE_PREFIX, dir=existing))
     except OSError as error:
         raise InputError(f"{str(folder)[:200]}: cannot write the output folder ({error.strerror or error})") from None
     return folder
@@ -153,6 +155,9 @@ class OutputFolder:
         except OSError as error:
             self._release()
             raise InputError(f"{self.folder}: cannot write the output folder: {error.strerror or error}") from None
+        except BaseException:  # Ctrl-C / SIGTERM while entering (no __exit__ then): leave no lock or staging folder
+            self._release()
+            raise
         return self
 
     def stage(self, role: str) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ctqa import __version__
-from ctqa.aggregate import body_statistics, roi_table, slice_table
+from ctqa.aggregate import body_statistics, lung_quality, roi_table, slice_table
 from ctqa.errors import InputError
 from ctqa.geometry import reference_on_grid
 from ctqa.io import write_map
@@ -21,7 +21,6 @@ from ctqa.models import registry
 from ctqa.models.registry import DEFAULT_MODEL, ModelSpec
 from ctqa.outputs import OutputFolder, write_csv
 from ctqa.physics.noise import DEFAULT_WINDOW_MM, NoiseAnalysis, analyse_noise
-from ctqa.physics.series import series_physics
 from ctqa.physics.ssim import ssim_map
 from ctqa.results import (
     ROI_COLUMNS,
@@ -36,7 +35,7 @@ from ctqa.results import (
 )
 from ctqa.rois import Roi
 from ctqa.slabs import ProgressCallback
-from ctqa.tasks import quality_map
+from ctqa.tasks import quality_map, series_panel
 from ctqa.volume import CTVolume
 
 #: Noise window limits (mm): below, a window holds too few voxels at any CT pixel size; above, it averages organs.
@@ -47,8 +46,15 @@ DEFINITIONS = {
     "snr": "(soft-tissue mean HU + 1000) / GNL",
     "cnr": "(soft-tissue mean HU - fat mean HU) / GNL",
     "global_quality_score": "mean of the quality map over the body (1 = best)",
-    "series": "physics measures of the series: TG-220 water-equivalent diameter, NPS kernel index (mean noise "
-    "frequency in flat tissue, cycles/mm; sharper kernels higher), GNL normalised to a 300 mm patient at 3 mm slices",
+    "lung": "lung mask from HU and connectivity (air-like voxels inside the body, not connected to the air around "
+    "the patient); lung_quality_mean: quality in the lung window over it; soft_tissue_quality_mean: quality in the "
+    "soft-tissue window over the rest of the body",
+    "series": "series panel (Chest CT-IQA): TG-220 water-equivalent diameter; NPS kernel index (mean noise frequency "
+    "in flat tissue, cycles/mm; sharper kernels higher); GNL normalised to a 300 mm patient at 3 mm slices; SNR; "
+    "BRISQUE of body slices in the soft-tissue window; window class (lung = sharp lung-kernel reconstruction) and "
+    "dose class (low = exposure well below routine for the size, kernel and thickness) with their probabilities, "
+    "from the learned series model and, beside it, the physics classifier; fitted_score: the eq. 4 linear fit of "
+    "the four outputs on 0-4, fitted to what the model card says (no clinician scores were available)",
 }
 
 
@@ -87,20 +93,9 @@ def resolve_model(model: str | ModelSpec | None) -> ModelSpec:
     return model if isinstance(model, ModelSpec) else registry.resolve("quality_map", model)
 
 
-def _series_measures(volume: CTVolume, noise: NoiseAnalysis) -> SeriesMeasures:
-    measured = series_physics(volume, noise)
-    return SeriesMeasures(
-        applies=True,
-        note=None,
-        water_equivalent_diameter_mm=measured.wed_mm,
-        kernel_index=measured.kernel_index_per_mm,
-        kernel_index_patches=measured.nps_patches,
-        noise_normalised_hu=measured.noise_normalised_hu,
-        slice_thickness_mm=measured.slice_thickness_mm,
-        snr=noise.snr,
-        brisque=math.nan,
-        acquisition=volume.acquisition,
-    )
+def resolve_series_model(model: str | ModelSpec | None) -> ModelSpec:
+    """The series-panel classifier of a user's choice (task series_class); a ModelSpec passes through."""
+    return model if isinstance(model, ModelSpec) else registry.resolve("series_class", model)
 
 
 def _summary(
@@ -110,10 +105,11 @@ def _summary(
     slices: list[SliceRow],
     reference_ssim: np.ndarray | None,
     window_mm: float,
+    series: SeriesMeasures,
 ) -> Summary:
     body = body_statistics(volume, result.quality, noise.noise_sd)
     reference_body = reference_all = None
-    notes = volume.notes + noise.notes
+    notes = volume.notes + noise.notes + result.notes
     if reference_ssim is not None:
         covered = np.isfinite(reference_ssim)
         inside = np.isfinite(result.quality) & covered
@@ -150,7 +146,8 @@ def _summary(
         fat_hu_mean=noise.fat_hu,
         body_voxels=sum(row.voxels for row in slices),
         learned_noise_level=result.noise_level,
-        series=_series_measures(volume, noise),
+        lung=lung_quality(result.windows, result.lung),
+        series=series,
         reference_ssim_mean_body=reference_body,
         reference_ssim_mean=reference_all,
         definitions={"quality": result.definition, **DEFINITIONS},
@@ -166,14 +163,17 @@ def assess(
     device: str = "auto",
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    series_model: str | ModelSpec | None = DEFAULT_MODEL,
 ) -> Assessment:
     """Assess one CT volume: quality and noise maps, optional reference SSIM map, per-slice and per-ROI tables.
 
     model: "default", a registry name, a checkpoint path or a resolved ModelSpec (resolved once, here). The noise
     map, GNL and body mask always come from the physics pass. reference: any grid overlapping volume; resampled by
     physical position. device: where a learned model runs; cancel stops it between batches (inference.Cancelled).
+    series_model: the series panel's classifier ("default", "physics", a name or a checkpoint; tasks/series_panel).
     """
     spec = resolve_model(model)
+    series_spec = resolve_series_model(series_model)
     window_mm = check_window_mm(window_mm)
     reference_hu = reference_on_grid(reference, volume) if reference is not None else None
 
@@ -189,10 +189,15 @@ def assess(
     if reference_hu is not None:
         reference_ssim = ssim_map(volume.hu, reference_hu, progress=stage(0.8, 0.95))
     slices = slice_table(volume, result.quality, noise.noise_sd)
-    roi_rows = roi_table(volume, result.quality, noise.noise_sd, rois) if rois is not None else None
+    roi_rows = None
+    if rois is not None:
+        roi_rows = roi_table(volume, result.windows, result.lung, noise.noise_sd, rois)
+    if progress is not None:
+        progress(0.97, "series panel")
+    series = series_panel.run(volume, noise, series_spec, result.device)
     if progress is not None:
         progress(1.0, "tables")
-    summary = _summary(volume, noise, result, slices, reference_ssim, window_mm)
+    summary = _summary(volume, noise, result, slices, reference_ssim, window_mm, series)
     return Assessment(volume, result, noise, reference_ssim, slices, roi_rows, summary)
 
 

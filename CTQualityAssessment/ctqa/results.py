@@ -39,13 +39,28 @@ class SliceRow:
 
 @dataclass(frozen=True)
 class RoiRow:
-    """One row of rois.csv. status: "ok", "empty" (no voxels) or "outside body" (none assessed)."""
+    """One row of rois.csv. status: "ok", "empty" (no voxels) or "outside body" (none assessed); window: the HU
+    window its quality is read in, "lung" (most of its voxels in the lung mask) or "soft_tissue" ("" unless ok)."""
 
     label: int
     name: str
     voxels: int
     status: str
+    window: str
     stats: RegionStats
+
+
+@dataclass(frozen=True)
+class LungQuality:
+    """Quality by tissue window: the lung (lung mask, from HU and connectivity) in the lung window, the rest of the
+    body in the soft-tissue window. Means of the quality map (1 = best); NaN where there is no such voxel, and the
+    lung mean also when the model has no lung window."""
+
+    lung_voxels: int
+    lung_quality_mean: float
+    soft_tissue_quality_mean: float
+    lung_window_hu: tuple[float, float]
+    soft_tissue_window_hu: tuple[float, float]
 
 
 @dataclass(frozen=True)
@@ -156,6 +171,7 @@ class Summary:
     fat_hu_mean: float
     body_voxels: int
     learned_noise_level: LearnedNoiseLevel | None = None
+    lung: LungQuality | None = None
     series: SeriesMeasures | None = None
     reference_ssim_mean_body: float | None = None
     reference_ssim_mean: float | None = None

@@ -2,12 +2,16 @@
 
 Model card (JSON object)::
 
-    {"format_version": 1,
-     "architecture": QualityNetConfig.to_dict(),
-     "input": {"window_hu": [-160, 240], "hpf_sigma_px": 1.0, "hpf_scale": 10.0, "normalisation": "..."},
+    {"format_version": 2,
+     "architecture": QualityNetConfig.to_dict(),   # "windows": ["soft_tissue", "lung"]: one map channel each
+     "input": {"windows_hu": {"soft_tissue": [-160, 240], "lung": [-1350, 150]}, "hpf_sigma_px": 1.0,
+               "hpf_scale": {"soft_tissue": 10.0, "lung": 37.5}, "normalisation": "..."},
      "dose_levels": [0.05, 0.1, 0.25, 0.5, 0.75, 1.0],
      "training": {...}, "metrics": {...},          # free-form, from the trainer
      "weights_sha256": "<hex digest of X.safetensors>"}
+
+Format 1 cards (before the lung window) have no "windows" and one "window_hu": they load as single-window
+(soft-tissue) models, whose quality maps have no lung-window channel.
 
 Bundled models and their manifest: registry.py.
 """
@@ -24,25 +28,38 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 
 from ctqa.errors import InputError
-from ctqa.models.networks import DOSE_LEVELS, HPF_SCALE, HPF_SIGMA_PX, QualityNet, QualityNetConfig, build_network
+from ctqa.models.networks import DOSE_LEVELS, HPF_SIGMA_PX, QualityNet, QualityNetConfig, build_network, hpf_gain
 from ctqa.models.registry import bundled_sha256, checkpoint_files, manifest_path, read_json
-from ctqa.physics.ssim import SSIM_WINDOW_HU
+from ctqa.physics.lung import QUALITY_WINDOWS_HU
 
 FORMAT_VERSION = 1
+#: format_version of quality-map cards: 2 since the lung window; 1 = single-window (soft-tissue) cards, still loaded.
+QUALITY_MAP_FORMAT = 2
+SINGLE_WINDOW_FORMAT = 1
 
 NORMALISATION = (
-    "CT channel: HU clipped to window_hu and scaled to [0, 1]; "
-    "HPF channel: CT channel minus its Gaussian blur (sigma hpf_sigma_px, reflected borders), times hpf_scale"
+    "per window of windows_hu, in the order of architecture.windows: CT channel: HU clipped to the window and "
+    "scaled to [0, 1]; HPF channel: CT channel minus its Gaussian blur (sigma hpf_sigma_px, reflected borders), "
+    "times the window's hpf_scale"
 )
 
 
-def input_spec() -> dict:
+def input_spec(windows: tuple[str, ...]) -> dict:
     """The "input" section of a model card for this version's preprocessing (``networks.network_input``)."""
     return {
-        "window_hu": list(SSIM_WINDOW_HU),
+        "windows_hu": {name: list(QUALITY_WINDOWS_HU[name]) for name in windows},
         "hpf_sigma_px": HPF_SIGMA_PX,
-        "hpf_scale": HPF_SCALE,
+        "hpf_scale": {name: hpf_gain(name) for name in windows},
         "normalisation": NORMALISATION,
+    }
+
+
+def _single_window_input(card_input: dict) -> dict:
+    """A format-1 card's "input" in the form of input_spec(("soft_tissue",))."""
+    return {
+        "windows_hu": {"soft_tissue": card_input.get("window_hu")},
+        "hpf_sigma_px": card_input.get("hpf_sigma_px"),
+        "hpf_scale": {"soft_tissue": card_input.get("hpf_scale")},
     }
 
 
@@ -62,10 +79,10 @@ def save(model: QualityNet, config: QualityNetConfig, card: dict, path_without_e
     save_file(state, str(weights_path), metadata={"format": "pt"})
     full_card = {"training": {}, "metrics": {}, **card}
     full_card.update(
-        format_version=FORMAT_VERSION,
+        format_version=QUALITY_MAP_FORMAT,
         task="quality_map",
         architecture=config.to_dict(),
-        input=input_spec(),
+        input=input_spec(config.windows),
         dose_levels=list(DOSE_LEVELS),
         weights_sha256=_sha256(weights_path.read_bytes()),
     )
@@ -82,15 +99,20 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[QualityN
     """
     card_path, weights_path = checkpoint_files(path)
     card = read_json(card_path, "model card")
-    if card.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{card_path}: unsupported model card format_version {card.get('format_version')!r}")
+    version = card.get("format_version")
+    if version not in (SINGLE_WINDOW_FORMAT, QUALITY_MAP_FORMAT):
+        raise InputError(f"{card_path}: unsupported model card format_version {version!r}")
+    card_input = card.get("input", {})
     try:
-        config = QualityNetConfig.from_dict(card["architecture"])
+        architecture = dict(card["architecture"])
+        if version == SINGLE_WINDOW_FORMAT:
+            architecture.setdefault("windows", ["soft_tissue"])
+            card_input = _single_window_input(card_input)
+        config = QualityNetConfig.from_dict(architecture)
     except (KeyError, TypeError, ValueError) as error:
         raise InputError(f'{card_path}: bad "architecture" in model card: {error}') from None
-    expected_input = input_spec()
-    card_input = card.get("input", {})
-    for key in ("window_hu", "hpf_sigma_px", "hpf_scale"):
+    expected_input = input_spec(config.windows)
+    for key in ("windows_hu", "hpf_sigma_px", "hpf_scale"):
         if card_input.get(key) != expected_input[key]:
             raise InputError(
                 f"{card_path}: model expects input {key} = {card_input.get(key)!r}, this version computes "
@@ -98,6 +120,15 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[QualityN
             )
     if [float(level) for level in card.get("dose_levels", [])] != list(DOSE_LEVELS):
         raise InputError(f"{card_path}: dose_levels {card.get('dose_levels')!r} differ from {list(DOSE_LEVELS)}")
+    model = build_network(config)
+    load_verified_weights(model, card, card_path, weights_path)
+    return model.to(device).eval(), card
+
+
+def load_verified_weights(model: torch.nn.Module, card: dict, card_path: Path, weights_path: Path) -> None:
+    """Load weights_path into model after checking their sha256 against the card and, for bundled models, the
+    manifest; safetensors only. InputError (one line naming the file) for a missing or unreadable file, a sha256
+    mismatch or weights that do not fit the model."""
     try:
         data = weights_path.read_bytes()
     except FileNotFoundError:
@@ -117,10 +148,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[QualityN
         state = load_safetensors_bytes(data)
     except SafetensorError as error:
         raise InputError(f"{weights_path}: not a valid safetensors file: {error}") from None
-    model = build_network(config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         reason = str(error).splitlines()[0]
         raise InputError(f"{weights_path}: weights do not fit the card's architecture: {reason}") from None
-    return model.to(device).eval(), card

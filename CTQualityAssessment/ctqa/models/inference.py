@@ -36,7 +36,8 @@ class Cancelled(Exception):
 class Prediction:
     """Learned maps of a (z, y, x) volume.
 
-    quality: float32 (z, y, x) predicted SSIM against full dose, in [0, 1] (1 = best).
+    maps: {window name: float32 (z, y, x) predicted SSIM against full dose in that window, in [0, 1] (1 = best)},
+        one per window of the model (``QualityNetConfig.windows``, in its order).
     dose_probabilities: float32 (z, len(DOSE_LEVELS)) per-slice softmax over DOSE_LEVELS, or None without dose head.
     log_dose: float32 (z,) per-slice estimate of ln(dose fraction), or None without dose head.
     body_slices: bool (z,) slices showing the body (see BODY_HU), used by ``learned_noise_level``.
@@ -45,7 +46,7 @@ class Prediction:
     fallback: why inference fell back from CUDA to the CPU, or None.
     """
 
-    quality: np.ndarray
+    maps: dict[str, np.ndarray]
     dose_probabilities: np.ndarray | None
     log_dose: np.ndarray | None
     body_slices: np.ndarray
@@ -87,14 +88,14 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 def _run_batch(net: QualityNet, hu: np.ndarray, device: torch.device) -> tuple[np.ndarray, ...]:
-    """(quality (b, y, x), dose probabilities (b, 6) or None, ln dose (b,) or None) of b slices in HU."""
+    """(quality (b, windows, y, x), dose probabilities (b, 6) or None, ln dose (b,) or None) of b slices in HU."""
     height, width = hu.shape[-2:]
     x = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[:, None].to(device)
-    x = _pad_to_multiple(network_input(x, net.config.inputs), net.config.required_multiple)
+    x = _pad_to_multiple(network_input(x, net.config.inputs, net.config.windows), net.config.required_multiple)
     dtype = _autocast_dtype(device)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         out = net(x.contiguous(memory_format=torch.channels_last))
-    quality = out.quality[:, 0, :height, :width].float().cpu().numpy()
+    quality = out.quality[:, :, :height, :width].float().cpu().numpy()
     if out.dose_logits is None:
         return quality, None, None
     probabilities = torch.softmax(out.dose_logits.float(), dim=1).cpu().numpy()
@@ -123,7 +124,7 @@ def predict_volume(
     device, fallback = resolve_device(device)
     net = fuse_for_inference(model).to(device=device, memory_format=torch.channels_last)
     depth = hu.shape[0]
-    quality = np.empty(hu.shape, dtype=np.float32)
+    maps = {window: np.empty(hu.shape, dtype=np.float32) for window in net.config.windows}
     has_dose = net.dose_head is not None
     probabilities = np.empty((depth, len(DOSE_LEVELS)), dtype=np.float32) if has_dose else None
     log_dose = np.empty(depth, dtype=np.float32) if has_dose else None
@@ -150,7 +151,8 @@ def predict_volume(
             net = net.to(device)
             precision = "float32"
             continue
-        quality[start:stop] = batch[0]
+        for channel, window in enumerate(net.config.windows):
+            maps[window][start:stop] = batch[0][:, channel]
         if has_dose:
             probabilities[start:stop] = batch[1]
             log_dose[start:stop] = batch[2]
@@ -158,7 +160,7 @@ def predict_volume(
         start = stop
         if progress is not None:
             progress(stop / depth, f"learned quality map: {stop}/{depth} slices")
-    return Prediction(quality, probabilities, log_dose, body, str(device), precision, fallback)
+    return Prediction(maps, probabilities, log_dose, body, str(device), precision, fallback)
 
 
 def learned_noise_level(prediction: Prediction) -> LearnedNoiseLevel | None:

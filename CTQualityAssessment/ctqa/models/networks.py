@@ -1,17 +1,27 @@
-"""Noise2Quality (N2Q) networks: a no-reference, per-pixel SSIM map and a dose estimate from one CT slice.
+"""Noise2Quality (N2Q) networks: no-reference, per-pixel SSIM maps and a dose estimate from one CT slice.
 
 The model family follows the N2Q ablations: one configuration option each (``VARIANTS``). All variants are 2D,
 built from MONAI blocks, and share one preprocessing function (``network_input``) and one output type
-(``QualityOutput``). The map head predicts, per pixel, the SSIM (N2Q settings, ``ssim.py``) of the slice against
-its unseen full-dose version; the dose head classifies the slice into ``DOSE_LEVELS`` (fraction of full dose)
-and regresses ln(dose fraction).
+(``QualityOutput``). The map head predicts, per pixel and per HU window of ``config.windows``, the SSIM (N2Q
+settings, ``ssim.py``) of the slice against its unseen full-dose version in that window; the dose head classifies
+the slice into ``DOSE_LEVELS`` (fraction of full dose) and regresses ln(dose fraction).
+
+Windows: soft tissue (-160..240 HU) and lung (-1350..150 HU, ``lung.LUNG_WINDOW_HU``). In the soft-tissue window
+lung parenchyma is clipped to 0 in both images and its SSIM is always about 1, so the lung needs its own window.
+Design choice: one network with one map channel per window, and the input channels (CT + HPF) repeated per
+window, rather than a window given as an input and one pass per window. The input must show lung noise (clipped
+away in the soft-tissue CT channel), the windows share every feature, and the extra cost is one wider first and
+last convolution (about +25 % FLOPs; 0.7x the single-window speed measured side by side) instead of a second pass
+over the volume (about 0.5x).
 
 Speed: the input is folded losslessly by space-to-depth (``pixel_unshuffle``) before the first convolution and
 unfolded by ``pixel_shuffle`` after the last, so all convolutions run at 1/space_to_depth of the resolution.
 Measured on 2 CPU cores (AMD EPYC) at 512 x 512, batch 8, BatchNorm folded (``fuse_for_inference``), channels-last,
 network only: features (16, 32, 48, 64) at space_to_depth 2 = 3.6 GFLOP/slice, 24-30 slices/s; the default
 (32, 32, 48, 64) at space_to_depth 4 = 2.0 GFLOP/slice, 55-90 slices/s, about 40 slices/s through
-``inference.predict_volume`` (benchmarks/bench_inference.py): twice the goal of 20, room for a busy CPU.
+``inference.predict_volume`` (benchmarks/bench_inference.py): twice the goal of 20, room for a busy CPU. These
+figures are for one window; two windows run at about 0.7x (5.5 against 7.9 slices/s side by side on the busy,
+shared CPU).
 
 Imports torch and MONAI: only the learned-model path imports this module.
 """
@@ -30,14 +40,17 @@ from monai.networks.nets.basic_unet import Down, TwoConv, UpCat
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ctqa.physics.lung import QUALITY_WINDOWS_HU
 from ctqa.physics.ssim import SSIM_WINDOW_HU
 
 #: Dose classes of the dose head, fraction of the full (reference) dose.
 DOSE_LEVELS = (0.05, 0.10, 0.25, 0.50, 0.75, 1.00)
 #: Gaussian sigma (pixels) of the blur whose residual is the high-pass-filter (HPF) channel.
 HPF_SIGMA_PX = 1.0
-#: HPF gain: noise of 10-20 HU (full dose) becomes an HPF standard deviation of about 0.2-0.4, O(1) for the network
-#: (a 1 px Gaussian keeps about 0.87 of white noise's SD in the residual; 1 HU is 1/400 of the [0, 1] CT channel).
+#: HPF gain of the soft-tissue window: noise of 10-20 HU (full dose) becomes an HPF standard deviation of about
+#: 0.2-0.4, O(1) for the network (a 1 px Gaussian keeps about 0.87 of white noise's SD in the residual; 1 HU is 1/400
+#: of the [0, 1] CT channel). Other windows scale it by their width over the soft-tissue width (``hpf_gain``), so the
+#: HPF channel has the same gain per HU in every window.
 HPF_SCALE = 10.0
 #: Channels of each input choice, in order.
 INPUT_CHANNELS = {"ct": ("ct",), "hpf": ("hpf",), "ct+hpf": ("ct", "hpf")}
@@ -55,7 +68,8 @@ class QualityNetConfig:
     """Architecture of one quality network; stored as a JSON dict in the model card (``to_dict``/``from_dict``).
 
     architecture: "unet" (encoder-decoder with skips), "autoencoder" (the same without skips) or "redcnn".
-    inputs: "ct", "hpf" or "ct+hpf" (see ``network_input``).
+    inputs: "ct", "hpf" or "ct+hpf" (see ``network_input``), repeated for each window.
+    windows: names in QUALITY_WINDOWS_HU, one map channel each, in this order.
     dose_head: add the dose classifier + ln(dose) regressor on the bottleneck.
     features: channels per level (unet/autoencoder: one per resolution, each level halves H and W; redcnn: the
         width of its convolutions is features[0]).
@@ -67,9 +81,15 @@ class QualityNetConfig:
     dose_head: bool = True
     features: tuple[int, ...] = (32, 32, 48, 64)
     space_to_depth: int = 4
+    windows: tuple[str, ...] = ("soft_tissue", "lung")
 
     def __post_init__(self):
         object.__setattr__(self, "features", tuple(int(f) for f in self.features))
+        object.__setattr__(self, "windows", tuple(self.windows))
+        if not self.windows or len(set(self.windows)) != len(self.windows):
+            raise ValueError(f"windows must name distinct windows, got {self.windows}")
+        if unknown := [name for name in self.windows if name not in QUALITY_WINDOWS_HU]:
+            raise ValueError(f"unknown window {unknown[0]!r}; choose from {tuple(QUALITY_WINDOWS_HU)}")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.inputs not in INPUT_CHANNELS:
@@ -89,9 +109,10 @@ class QualityNetConfig:
         return self.space_to_depth * 2 ** (len(self.features) - 1)
 
     def to_dict(self) -> dict:
-        """JSON-serialisable dict (features as a list)."""
+        """JSON-serialisable dict (features and windows as lists)."""
         out = asdict(self)
         out["features"] = list(self.features)
+        out["windows"] = list(self.windows)
         return out
 
     @classmethod
@@ -121,7 +142,8 @@ DEFAULT_CONFIG = VARIANTS["N2Q"]
 class QualityOutput(NamedTuple):
     """Network outputs for a batch of B slices of H x W pixels.
 
-    quality: (B, 1, H, W) predicted SSIM in [0, 1] (1 = as good as full dose).
+    quality: (B, len(config.windows), H, W) predicted SSIM in [0, 1] (1 = as good as full dose), one channel per
+        window of config.windows.
     dose_logits: (B, len(DOSE_LEVELS)) class logits, or None without a dose head.
     log_dose: (B,) estimate of ln(dose fraction), or None without a dose head.
     """
@@ -138,26 +160,35 @@ def _gaussian_kernel(sigma: float, device: torch.device, dtype: torch.dtype) -> 
     return (weights / weights.sum()).to(dtype)
 
 
-def network_input(hu: torch.Tensor, inputs: str) -> torch.Tensor:
-    """Network input (B, C, H, W) from slices in HU (B, 1, H, W); C = 1 or 2 channels in the order of ``inputs``.
+def hpf_gain(window: str) -> float:
+    """HPF channel gain of a window: HPF_SCALE times its width over the soft-tissue window's width."""
+    low, high = QUALITY_WINDOWS_HU[window]
+    return HPF_SCALE * (high - low) / (SSIM_WINDOW_HU[1] - SSIM_WINDOW_HU[0])
 
-    CT channel: HU clipped to SSIM_WINDOW_HU and scaled to [0, 1] (as ``ssim.scale_to_unit``).
-    HPF channel: CT channel minus its Gaussian blur (sigma HPF_SIGMA_PX px, borders reflected), times HPF_SCALE.
+
+def network_input(hu: torch.Tensor, inputs: str, windows: tuple[str, ...]) -> torch.Tensor:
+    """Network input (B, C, H, W) from slices in HU (B, 1, H, W): for each window in order, the channels of
+    ``inputs`` in their order (C = len(windows) x 1 or 2).
+
+    CT channel: HU clipped to the window (QUALITY_WINDOWS_HU) and scaled to [0, 1] (as ``ssim.scale_to_unit``).
+    HPF channel: CT channel minus its Gaussian blur (sigma HPF_SIGMA_PX px, borders reflected), times
+    ``hpf_gain(window)``.
     """
     if inputs not in INPUT_CHANNELS:
         raise ValueError(f"inputs must be one of {tuple(INPUT_CHANNELS)}, got {inputs!r}")
-    low, high = SSIM_WINDOW_HU
-    ct = ((hu.float() - low) / (high - low)).clamp_(0.0, 1.0)
+    weights = _gaussian_kernel(HPF_SIGMA_PX, hu.device, torch.float32)
+    radius = weights.numel() // 2
     channels = []
-    for name in INPUT_CHANNELS[inputs]:
-        if name == "ct":
-            channels.append(ct)
-            continue
-        weights = _gaussian_kernel(HPF_SIGMA_PX, ct.device, ct.dtype)
-        radius = weights.numel() // 2
-        blurred = F.conv2d(F.pad(ct, (radius, radius, 0, 0), mode="reflect"), weights.view(1, 1, 1, -1))
-        blurred = F.conv2d(F.pad(blurred, (0, 0, radius, radius), mode="reflect"), weights.view(1, 1, -1, 1))
-        channels.append((ct - blurred) * HPF_SCALE)
+    for window in windows:
+        low, high = QUALITY_WINDOWS_HU[window]
+        ct = ((hu.float() - low) / (high - low)).clamp_(0.0, 1.0)
+        for name in INPUT_CHANNELS[inputs]:
+            if name == "ct":
+                channels.append(ct)
+                continue
+            blurred = F.conv2d(F.pad(ct, (radius, radius, 0, 0), mode="reflect"), weights.view(1, 1, 1, -1))
+            blurred = F.conv2d(F.pad(blurred, (0, 0, radius, radius), mode="reflect"), weights.view(1, 1, -1, 1))
+            channels.append((ct - blurred) * hpf_gain(window))
     return torch.cat(channels, dim=1)
 
 
@@ -242,7 +273,8 @@ class _RedCNN(nn.Module):
 
 
 class QualityNet(nn.Module):
-    """A quality network: forward((B, C, H, W) from ``network_input``) -> ``QualityOutput``.
+    """A quality network: forward((B, C, H, W) from ``network_input(hu, config.inputs, config.windows)``) ->
+    ``QualityOutput``.
 
     H and W must be multiples of ``config.required_multiple`` (``inference.predict_volume`` pads).
     """
@@ -251,13 +283,15 @@ class QualityNet(nn.Module):
         super().__init__()
         self.config = config
         factor = config.space_to_depth
-        in_channels = len(INPUT_CHANNELS[config.inputs]) * factor**2
+        in_channels = len(INPUT_CHANNELS[config.inputs]) * len(config.windows) * factor**2
         if config.architecture == "redcnn":
             self.body = _RedCNN(in_channels, config.features[0])
         else:
             self.body = _EncoderDecoder(in_channels, config.features, skips=config.architecture == "unet")
         # 3x3, not 1x1: each of the factor**2 sub-pixels it unfolds into also sees its neighbouring blocks.
-        self.map_head = Convolution(2, self.body.out_channels, factor**2, kernel_size=3, conv_only=True)
+        self.map_head = Convolution(
+            2, self.body.out_channels, len(config.windows) * factor**2, kernel_size=3, conv_only=True
+        )
         self.dose_head = _DoseHead(self.body.bottleneck_channels) if config.dose_head else None
 
     def forward(self, x: torch.Tensor) -> QualityOutput:
@@ -308,8 +342,9 @@ def loss_terms(
 ) -> dict[str, torch.Tensor]:
     """Loss and its parts: {"total", "map_mse"} plus {"dose_ce", "log_dose_mse"} for a network with a dose head.
 
-    target_map: (B, 1, H, W) true SSIM map; dose_class: (B,) int64 index into DOSE_LEVELS; log_dose: (B,)
-    ln(dose fraction). total = MSE(map) + alpha * (CE(dose class) + MSE(ln dose)).
+    target_map: (B, len(windows), H, W) true SSIM maps, one channel per window (all weighted equally);
+    dose_class: (B,) int64 index into DOSE_LEVELS; log_dose: (B,) ln(dose fraction).
+    total = MSE(map) + alpha * (CE(dose class) + MSE(ln dose)).
     """
     terms = {"map_mse": F.mse_loss(outputs.quality.float(), target_map.float())}
     terms["total"] = terms["map_mse"]

@@ -67,7 +67,11 @@ class ModelSpec:
         return self.kind == "learned"
 
 
-BUILTIN_MODELS = {(PHYSICS_MODEL, "quality_map"): ModelSpec(PHYSICS_MODEL, TASKS["quality_map"], "builtin")}
+#: The physics (no training) quality map of physics/noise.py, and the physics series classifier of physics/series.py
+#: (whose coefficients come from the default series model's card).
+BUILTIN_MODELS = {
+    (PHYSICS_MODEL, task): ModelSpec(PHYSICS_MODEL, TASKS[task], "builtin") for task in ("quality_map", "series_class")
+}
 
 
 def checkpoint_files(path: str | Path) -> tuple[Path, Path]:

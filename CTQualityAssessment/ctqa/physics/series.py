@@ -10,6 +10,10 @@ noise normalised for patient size and slice thickness.
   GNL * exp(-mu_w (D_w - 300 mm) / 2) * sqrt(thickness / 3 mm), with mu_w = 0.0194 /mm (water at ~70 keV): noise
   grows with the attenuation of the path through the patient, and falls as 1/sqrt of the slice thickness.
   Approximate (one effective energy, no bow-tie or tube-current modulation), for comparing series, not for dosimetry.
+- Physics classifier (``PhysicsClassifier``): two logistic regressions fitted on simulated series (ctqa-train
+  series), of the window and of the dose class, each on the kernel index in cycles per pixel and ln(normalised
+  noise): both move with either class (a lung kernel has ~3x the noise of a soft one at the same exposure). Its
+  coefficients are stored in the series model's card.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ctqa.physics.noise import NoiseAnalysis
+from ctqa.results import ClassCall, SeriesClasses
 from ctqa.volume import CTVolume
 
 WATER_MU_PER_MM = 0.0194  # linear attenuation of water at about 70 keV effective energy
@@ -29,6 +34,8 @@ NPS_PATCH = 32  # voxels, side of the square patches the NPS is measured in
 NPS_TISSUE_HU = (-100.0, 150.0)  # patch means that count as flat soft tissue
 NPS_FLAT_RATIO = 1.3  # a patch is flat when its detrended SD is at most this times the local noise map
 NPS_MAX_PATCHES = 400
+WINDOW_LABELS = ("soft_tissue", "lung")  # class 0, class 1 (the series network's order too)
+DOSE_LABELS = ("standard", "low")
 
 
 @dataclass(frozen=True)
@@ -125,3 +132,52 @@ def series_physics(volume: CTVolume, noise: NoiseAnalysis) -> SeriesPhysics:
     normalised = noise.gnl * math.exp(-WATER_MU_PER_MM * (wed - REFERENCE_WED_MM) / 2.0)
     normalised *= math.sqrt((thickness or REFERENCE_THICKNESS_MM) / REFERENCE_THICKNESS_MM)
     return SeriesPhysics(wed, index, patches, normalised, thickness)
+
+
+def _logistic(model: dict, features: list[float]) -> float:
+    """P(class 1) of a fitted logistic regression {"mean", "sd", "coefficients"} at features; NaN if one is NaN."""
+    x = (np.asarray(features, np.float64) - model["mean"]) / model["sd"]
+    if not np.isfinite(x).all():
+        return math.nan
+    logit = model["coefficients"][0] + float(np.dot(model["coefficients"][1:], x))
+    return 1.0 / (1.0 + math.exp(-min(max(logit, -50.0), 50.0)))
+
+
+def class_call(labels: tuple[str, str], probability_second: float) -> ClassCall:
+    """The call of a two-class probability: the second label when its probability is >= 0.5, with the probability
+    of the label called."""
+    second = probability_second >= 0.5
+    return ClassCall(labels[int(second)], probability_second if second else 1.0 - probability_second)
+
+
+@dataclass(frozen=True)
+class PhysicsClassifier:
+    """Window and dose logistic regressions on physics measures (module docstring); dicts as in the model card."""
+
+    window: dict
+    dose: dict
+
+    def to_dict(self) -> dict:
+        return {"window": self.window, "dose": self.dose}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PhysicsClassifier:
+        return cls(data["window"], data["dose"])
+
+    @staticmethod
+    def features(measured: SeriesPhysics, pixel_mm: float) -> list[float]:
+        """[kernel index in cycles per pixel, ln(size/thickness-normalised noise in HU)]; NaN where unmeasured."""
+        noise = math.log(measured.noise_normalised_hu) if measured.noise_normalised_hu > 0 else math.nan
+        return [measured.kernel_index_per_mm * pixel_mm, noise]
+
+    def probabilities(self, measured: SeriesPhysics, pixel_mm: float) -> tuple[float, float]:
+        """(P(lung window), P(low dose)); NaN where a measure is missing."""
+        features = self.features(measured, pixel_mm)
+        return _logistic(self.window, features), _logistic(self.dose, features)
+
+    def classify(self, measured: SeriesPhysics, pixel_mm: float) -> SeriesClasses | None:
+        """Window ("soft_tissue"/"lung") and dose ("standard"/"low") calls; None when a measure is missing."""
+        p_lung, p_low = self.probabilities(measured, pixel_mm)
+        if not (math.isfinite(p_lung) and math.isfinite(p_low)):
+            return None
+        return SeriesClasses(class_call(WINDOW_LABELS, p_lung), class_call(DOSE_LABELS, p_low), "physics")

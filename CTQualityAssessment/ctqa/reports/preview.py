@@ -64,12 +64,15 @@ def save_preview(assessment: Assessment, path: str | Path) -> None:
         aspect = volume.spacing[1] / volume.spacing[0]
         axes.imshow(ct, cmap="gray", vmin=DISPLAY_WINDOW_HU[0], vmax=DISPLAY_WINDOW_HU[1], aspect=aspect)
         image = axes.imshow(quality, cmap=QUALITY_COLORMAP, norm=norm, alpha=OVERLAY_ALPHA, aspect=aspect)
+        lung = _display_view(assessment.quality_map.lung[index], volume.direction)
+        if lung.any():  # the lung mask's outline: inside it quality is read in the lung window
+            axes.contour(lung, levels=[0.5], colors="white", linewidths=0.6)
         mean = slice_quality[index]
         score = "n/a" if not math.isfinite(mean) else f"{mean:.2f}"
         axes.set_title(f"slice {index}  z = {positions[index]:.1f} mm\nmean quality {score}", fontsize=9)
         axes.set_axis_off()
     colorbar = figure.colorbar(image, ax=figure.axes, location="right", shrink=0.9)
-    colorbar.set_label("quality (1 = best)")
+    colorbar.set_label("quality (1 = best; lung window inside the white outline)")
     colorbar.set_ticks([0.0, 0.25, 0.5, 0.75, 1.0], labels=["0 poor", "0.25", "0.5", "0.75", "1 good"])
 
     plot = figure.add_subplot(grid[1, :])

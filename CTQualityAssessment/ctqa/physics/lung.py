@@ -1,0 +1,122 @@
+"""The lung: its quality window (W1500/L-600) and a lung mask from HU and connectivity (numpy/scipy only).
+
+Lung mask (``lung_mask``), on one slice (y, x) or a volume (z, y, x):
+1. Body: voxels above BODY_HU, the largest connected component, in-plane holes filled (lungs, airways and bowel
+   gas are holes of the body).
+2. Candidates: air-like voxels (below AIR_LIKE_HU) inside the body that are not connected, within their slice, to
+   the air around the patient (in-plane connectivity, so an airway that leaves the volume at its top or bottom
+   slice does not make the lungs "outside").
+3. Components of the candidates (3D, 6-connected) are kept when they look like lung: the largest cross-section of
+   at least MIN_LUNG_AREA_MM2 and a median above LUNG_MEDIAN_MIN_HU (parenchyma with its vessels is about -850 HU,
+   -600 with ground glass; bowel and stomach gas, and the trachea, read below -900 HU); at most the
+   MAX_LUNG_COMPONENTS largest.
+4. Vessels and small nodules inside the lung (in-plane holes smaller than MAX_HOLE_MM2) are filled, and the rim is
+   closed by CLOSING_MM in-plane, inside the body.
+
+Limits: no anatomy prior, so a large gas pocket with lung-like density (stool mixed with gas) can pass, and dense
+consolidation (above AIR_LIKE_HU) is left out unless it is a small hole.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from ctqa.physics.ssim import SSIM_WINDOW_HU
+
+#: HU window of lung-window quality: the lung display window, width 1500, level -600 (DESIGN.md).
+LUNG_WINDOW_HU = (-1350.0, 150.0)
+#: The windows of the quality maps, by name, in the order of a learned model's map channels.
+QUALITY_WINDOWS_HU = {"soft_tissue": SSIM_WINDOW_HU, "lung": LUNG_WINDOW_HU}
+
+BODY_HU = -500.0
+AIR_LIKE_HU = -400.0
+LUNG_MEDIAN_MIN_HU = -900.0
+MIN_LUNG_AREA_MM2 = 500.0
+MAX_LUNG_COMPONENTS = 2
+MAX_HOLE_MM2 = 300.0
+CLOSING_MM = 3.0
+
+_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
+
+
+def _as_volume(hu: np.ndarray) -> np.ndarray:
+    hu = np.asarray(hu)
+    if hu.ndim == 2:
+        return hu[None]
+    if hu.ndim != 3:
+        raise ValueError(f"hu must be (y, x) or (z, y, x), got shape {hu.shape}")
+    return hu
+
+
+def _border_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels of an in-plane labelling (z, y, x) that touch the border of their slice."""
+    edges = [labels[:, [0, -1], :].ravel(), labels[:, :, [0, -1]].ravel()]
+    return np.unique(np.concatenate(edges))
+
+
+def _fill_holes_in_plane(mask: np.ndarray, max_area_px: float | None = None) -> np.ndarray:
+    """mask (z, y, x) with its in-plane holes filled (only holes of at most max_area_px pixels when given)."""
+    background, count = ndimage.label(~mask, structure=_IN_PLANE)
+    if count == 0:
+        return mask
+    fill = np.ones(count + 1, dtype=bool)
+    fill[_border_labels(background)] = False
+    fill[0] = False
+    if max_area_px is not None:
+        fill &= np.bincount(background.ravel(), minlength=count + 1) <= max_area_px
+    return mask | fill[background]
+
+
+def body_mask(hu: np.ndarray) -> np.ndarray:
+    """bool mask of the body (same shape as hu, (y, x) or (z, y, x) HU): the largest component above BODY_HU,
+    in-plane holes (lungs, airways, gas) filled."""
+    volume = _as_volume(hu)
+    dense = volume > BODY_HU
+    labels, count = ndimage.label(dense)
+    if count == 0:
+        return dense.reshape(np.shape(hu))
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return _fill_holes_in_plane(labels == sizes.argmax()).reshape(np.shape(hu))
+
+
+def lung_mask(hu: np.ndarray, pixel_mm: float, body: np.ndarray | None = None) -> np.ndarray:
+    """bool lung mask (same shape as hu, (y, x) or (z, y, x) HU) with in-plane pixels of pixel_mm (module
+    docstring); body: a body mask to use instead of ``body_mask(hu)``. Empty where no lung is seen."""
+    volume = _as_volume(hu)
+    inside = _as_volume(body_mask(hu) if body is None else np.asarray(body, dtype=bool))
+    air = volume < AIR_LIKE_HU
+    air_labels, _ = ndimage.label(air, structure=_IN_PLANE)
+    touching = np.unique(air_labels[air & ~inside])
+    candidates = air & inside & ~np.isin(air_labels, touching[touching > 0])
+    del air_labels
+    labels, count = ndimage.label(candidates)
+    lung = np.zeros(volume.shape, dtype=bool)
+    if count == 0:
+        return lung.reshape(np.shape(hu))
+    pixel_area = float(pixel_mm) ** 2
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    boxes = ndimage.find_objects(labels)
+    kept = []
+    for label in np.argsort(-sizes) + 1:
+        if len(kept) == MAX_LUNG_COMPONENTS:
+            break
+        component = boxes[label - 1]
+        member = labels[component] == label
+        if member.sum(axis=(1, 2)).max() * pixel_area < MIN_LUNG_AREA_MM2:
+            break  # sorted by size: the rest are smaller still
+        if np.median(volume[component][member]) > LUNG_MEDIAN_MIN_HU:
+            kept.append(label)
+    if not kept:
+        return lung.reshape(np.shape(hu))
+    lung = np.isin(labels, kept).view(np.uint8)
+    radius = max(1, int(round(CLOSING_MM / pixel_mm)))
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    for plane in lung:  # in-plane closing, slice by slice (OpenCV: several times faster than scipy.ndimage)
+        if plane.any():
+            cv2.morphologyEx(plane, cv2.MORPH_CLOSE, disk, dst=plane)
+    lung = _fill_holes_in_plane(lung.view(bool) & inside, MAX_HOLE_MM2 / pixel_area)
+    return lung.reshape(np.shape(hu))
