@@ -121,3 +121,21 @@ def test_an_8_bit_rendering_in_a_node_is_still_refused(scene):
     slicer.util.updateVolumeFromArray(rendering, values)
     with pytest.raises(InputError, match=r"^screenshot: 8-bit image"):
         process.run(rendering, model="physics")
+
+
+def test_dicom_tags_reach_the_series_panel_of_a_node_loaded_from_dicom(scene, shared_data):
+    """A node loaded through the DICOM module is written as NRRD (no tags); the runner passes one of its DICOM files
+    (--acquisition-from) so the series panel still shows the kernel and CTDIvol."""
+    dicom_file = shared_data / "chest_sbu" / "A046441_19010101-23.dcm"
+    from ctqa.io import read_volume
+
+    ct = volume_node(scene, read_volume(dicom_file))
+    inputs = process.write_inputs(ct)
+    assert inputs.acquisition_dicom is None  # no DICOM database here: what dicom_file_of finds in Slicer
+    inputs.acquisition_dicom = str(dicom_file)
+    assert process.command_line(inputs, inputs.folder / "out")[-2:] == ["--acquisition-from", str(dicom_file)]
+    job = process.AssessmentProcess.start(inputs, model="physics")
+    assert job.wait() == process.DONE, job.error
+    series = job.result().summary["series"]
+    assert series["acquisition"]["kernel"] == "FC17" and series["acquisition"]["ctdivol_mgy"] == pytest.approx(2.8)
+    job.cleanup()
