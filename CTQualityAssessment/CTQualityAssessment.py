@@ -499,7 +499,9 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
         else:
             appliesText = _("does not apply: {note}").format(note=note) if note else _("does not apply")
 
-        classifier = series.get("classifier") or (_("none (physics calls only)") if series.get("physics") else "-")
+        classifier = series.get("classifier") or "-"
+        if series.get("calls_from") == "physics":
+            classifier = _("physics classifier of {model}").format(model=series.get("series_model") or "-")
         score = series.get("fitted_score")
         scoreText = "-"
         if score is not None:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from ctqa.errors import InputError
 from ctqa.io import read_volume
-from ctqa.models import series_network
+from ctqa.models import registry, series_network
 from ctqa.models.registry import read_json
 from ctqa.models.series_network import (
     DOSES,
@@ -50,7 +50,7 @@ from ctqa.physics.brisque import series_brisque
 from ctqa.physics.noise import analyse_noise
 from ctqa.physics.series import PhysicsClassifier, series_physics
 from ctqa.tasks.series_panel import LOW_DOSE_CTDIVOL_MGY
-from ctqa.volume import CTVolume
+from ctqa.volume import Acquisition, CTVolume
 
 from .export import register
 from .projection import KERNEL_NAMES, thicken
@@ -375,7 +375,8 @@ def physics_features(series: list[Series]) -> list[tuple[Series, int, object]]:
     """(series, k, SeriesPhysics) for every thickness view (the product's physics measures of the whole series)."""
     out = []
     for item, k, thick in _series_views(series):
-        volume = CTVolume(thick, (item.pixel_mm, item.pixel_mm, item.thickness_mm * k))
+        thickness = Acquisition(slice_thickness_mm=item.thickness_mm * k)  # as the product reads it from the tags
+        volume = CTVolume(thick, (item.pixel_mm, item.pixel_mm, item.thickness_mm * k), acquisition=thickness)
         out.append((item, k, series_physics(volume, analyse_noise(volume))))
     return out
 
@@ -529,7 +530,8 @@ def _markdown(name: str, card: dict, size_bytes: int, evaluation: dict | None) -
         f"- Labels: window: {t['labels']['window']}; dose: {t['labels']['dose']}.",
         f"- Data: simulated series of real anatomy (dataset manifest sha256 `{t['dataset_manifest_sha256']}`), "
         f"{t['train_series']} training series from groups {', '.join(t['train_groups'])}; thick series by averaging "
-        f"{', '.join(map(str, THICKNESS_FACTORS))} adjacent slices.",
+        f"{', '.join(map(str, THICKNESS_FACTORS))} adjacent slices where a source has them (its volumes; single-slice "
+        "sources give single-slice series).",
         f"- Optimisation: {json.dumps(t['settings'])}; {t['hardware']}; {t['minutes']} min.",
         "",
         "## Fitted score (eq. 4)",
@@ -612,30 +614,35 @@ def export(
 
 def refit_score(checkpoint: str | Path, scores_csv: str | Path, out: str | Path) -> dict:
     """Refit eq. 4 to a CSV of series_id,score, where series_id is an output folder of `ctqa assess` made with this
-    model (absolute or relative to the CSV); write the model with the new fit to out; return the fit."""
-    model, card = series_network.load(checkpoint)
+    series model (absolute or relative to the CSV); write the model with the new fit to out; return the fit. Rows
+    whose series got no call are skipped (their count is in the fit's "skipped")."""
+    spec = registry.resolve("series_class", str(checkpoint))
+    if not spec.is_learned:
+        raise InputError(f"--model {checkpoint}: a series model checkpoint or bundled name is needed")
+    model, card = series_network.load(spec.card_path)
     scores_csv = Path(scores_csv)
-    rows, targets = [], []
+    rows, targets, skipped = [], [], 0
     with scores_csv.open(newline="", encoding="utf-8") as handle:
         for line, row in enumerate(csv.DictReader(handle), start=2):
             if not {"series_id", "score"} <= set(row):
                 raise InputError(f"{scores_csv}: needs the columns series_id,score")
-            folder = (
-                Path(row["series_id"]) if Path(row["series_id"]).is_absolute() else scores_csv.parent / row["series_id"]
-            )
-            summary = read_json(folder / "summary.json", "ctqa assess summary")
-            panel = summary.get("series") or {}
-            if panel.get("classifier") != card.get("name") or not panel.get("window") or not panel.get("dose"):
+            folder = Path(row["series_id"])
+            folder = folder if folder.is_absolute() else scores_csv.parent / folder
+            panel = read_json(folder / "summary.json", "ctqa assess summary").get("series") or {}
+            if panel.get("series_model") != card.get("name"):
                 raise InputError(
                     f"{scores_csv}:{line}: {folder} was not assessed with series model {card.get('name')!r}"
                 )
-            lung = _probability_of(panel["window"], "lung")
-            low = _probability_of(panel["dose"], "low")
+            if not panel.get("window") or not panel.get("dose"):
+                skipped += 1
+                continue
+            lung, low = _probability_of(panel["window"], "lung"), _probability_of(panel["dose"], "low")
             rows.append([lung, low, panel.get("snr"), panel.get("brisque")])
             targets.append(float(row["score"]))
-    features = np.array(rows, dtype=np.float64)
+    features = np.array(rows, dtype=np.float64).reshape(-1, 4)
     keep = np.isfinite(features).all(axis=1)
     fit = fit_linear_score(features[keep], np.array(targets)[keep], f"{scores_csv.name}: user-supplied scores")
+    fit["skipped"] = skipped + int((~keep).sum())
     series_network.save(model, {**card, "score_fit": fit}, out)
     return fit
 

@@ -81,6 +81,8 @@ def series_json(**changes) -> dict:
         physics=SeriesClasses(ClassCall("lung", 0.88), ClassCall("standard", 0.6), "physics"),
         fitted_score=2.74,
         classifier="chest-series-v1",
+        calls_from="learned",
+        series_model="chest-series-v1",
         acquisition=Acquisition(
             manufacturer="SIEMENS", kernel="B30f", slice_thickness_mm=3.0, ctdivol_mgy=5.23, exposure_mas=100.0
         ),
@@ -125,10 +127,12 @@ def test_disagreements_one_line_each_and_none_when_tags_agree():
 
 def test_physics_calls_alone_are_shown_once_as_physics():
     physics = SeriesClasses(ClassCall("soft_tissue", 0.91), ClassCall("standard", 0.64), "physics")
-    shown = texts({"series": series_json(window=physics.window, dose=physics.dose, physics=physics, classifier=None)})
+    calls = {"window": physics.window, "dose": physics.dose, "physics": physics}
+    block = series_json(**calls, classifier=None, calls_from="physics")
+    shown = texts({"series": block})
     assert shown["seriesWindowValueLabel"] == "physics: soft tissue (p 0.91)"
     assert shown["seriesDoseValueLabel"] == "physics: standard (p 0.64)"
-    assert shown["seriesClassifierValueLabel"] == "none (physics calls only)"
+    assert shown["seriesClassifierValueLabel"] == "physics classifier of chest-series-v1"
 
 
 def test_partial_block_without_classes_score_brisque_thickness_or_tags():

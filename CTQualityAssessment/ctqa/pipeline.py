@@ -52,8 +52,9 @@ DEFINITIONS = {
     "series": "series panel (Chest CT-IQA): TG-220 water-equivalent diameter; NPS kernel index (mean noise frequency "
     "in flat tissue, cycles/mm; sharper kernels higher); GNL normalised to a 300 mm patient at 3 mm slices; SNR; "
     "BRISQUE of body slices in the soft-tissue window; window class (lung = sharp lung-kernel reconstruction) and "
-    "dose class (low = exposure well below routine for the size, kernel and thickness) with their probabilities, "
-    "from the learned series model and, beside it, the physics classifier; fitted_score: the eq. 4 linear fit of "
+    "dose class (low = noise well above what a routine exposure gives for the size and thickness) with their "
+    "probabilities, from the classifier the series model chose on validation (calls_from) and the physics "
+    "classifier beside it; fitted_score: the eq. 4 linear fit of "
     "the four outputs on 0-4, fitted to what the model card says (no clinician scores were available)",
 }
 

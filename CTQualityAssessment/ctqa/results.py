@@ -112,10 +112,12 @@ class SeriesMeasures:
     kernel_index_patches patches; noise_normalised_hu: GNL for a 300 mm water-equivalent patient at 3 mm slices
     (approximate); slice_thickness_mm: None when unknown; snr: (soft-tissue mean HU + 1000) / GNL; brisque: BRISQUE
     (Mittal et al. 2012; lower = more natural) of body slices in the soft-tissue window; window, dose: the learned
-    classifier's calls (the physics calls when no learned model ran); physics: the physics classifier's calls beside
-    it; fitted_score: the Chest CT-IQA eq. 4 linear fit of the four outputs (its model card says what it was fitted
-    to); classifier: the learned model's name, None when none ran; acquisition: DICOM tags (kernel, CTDIvol, mAs...)
-    when the input was DICOM; tag_disagreements: where the tags contradict a call, one sentence each.
+    classifier's calls when the series model's card says they validated better, else the physics classifier's;
+    physics: the physics classifier's calls beside them; fitted_score: the Chest CT-IQA eq. 4 linear fit of the four
+    outputs (its model card says what it was fitted to); classifier: the learned model's name when its calls are
+    shown, else None; calls_from: "learned" or "physics" (None without calls); series_model: the series model whose
+    card supplied the physics classifier and the fit; acquisition: DICOM tags (kernel, CTDIvol, mAs...) when known;
+    tag_disagreements: where the tags contradict a call, one sentence each.
     """
 
     applies: bool
@@ -132,6 +134,8 @@ class SeriesMeasures:
     physics: SeriesClasses | None = None
     fitted_score: float | None = None
     classifier: str | None = None
+    calls_from: str | None = None
+    series_model: str | None = None
     acquisition: Acquisition | None = None
     tag_disagreements: tuple[str, ...] = ()
 

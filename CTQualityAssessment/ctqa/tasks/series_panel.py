@@ -5,8 +5,8 @@ and dose classes from the learned series network (``ctqa.models.series_network``
 and from the physics classifier beside it, the eq. 4 fitted score, and the DICOM tags that contradict a call.
 
 The panel applies to body CT (chest, abdomen, pelvis: what the classifier was trained on): it is marked as not
-applying, with the reason, when the water-equivalent diameter is below BODY_MIN_WED_MM (head, limbs, small
-phantoms) or the noise cannot be measured.
+applying, with the reason, when the water-equivalent diameter is below BODY_MIN_WED_MM (limbs, children, small
+phantoms; an adult head, about 160-180 mm, is not caught by this) or the noise cannot be measured.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ STANDARD_CTDIVOL_MGY = 8.0
 FIRM_PROBABILITY = 0.8
 SHARP_KERNEL_NAMES = {"LUNG", "BONE", "BONEPLUS", "EDGE", "SHARP", "YC", "YD", "L", "D"}
 SOFT_KERNEL_NAMES = {"STANDARD", "SOFT", "SMOOTH", "DETAIL", "A", "B", "C"}
-#: Siemens (B30f, Br40d, I26f, Hr64) and Canon/Toshiba (FC17, FC52) kernels: a number of 50 or more is sharp.
+#: Siemens (B30f, Br40d, I26f, Hr64) and Canon/Toshiba (FC17, FC52) kernels: a number of 50 or more is sharp, below
+#: 40 soft; 40-49 (e.g. Mayo's D45f) are medium-sharp and not compared.
+SHARP_KERNEL_FROM, SOFT_KERNEL_BELOW = 50, 40
 _NUMBERED_KERNEL = re.compile(r"^(?:[BDIHQ]R?|FC)(\d{2})", re.IGNORECASE)
 
 
@@ -50,7 +52,10 @@ def kernel_window(kernel: str | None) -> str | None:
     name = kernel.strip().upper()
     numbered = _NUMBERED_KERNEL.match(name)
     if numbered:
-        return "lung" if int(numbered.group(1)) >= 50 else "soft_tissue"
+        number = int(numbered.group(1))
+        if number >= SHARP_KERNEL_FROM:
+            return "lung"
+        return "soft_tissue" if number < SOFT_KERNEL_BELOW else None
     if name in SHARP_KERNEL_NAMES:
         return "lung"
     return "soft_tissue" if name in SOFT_KERNEL_NAMES else None
@@ -81,7 +86,9 @@ def tag_disagreements(acquisition: Acquisition | None, window: ClassCall | None,
 def _not_applying(measured: SeriesPhysics, noise: NoiseAnalysis) -> str | None:
     if not math.isfinite(noise.gnl):
         return "the noise cannot be measured (no flat soft tissue), so the series cannot be classified"
-    if not measured.wed_mm >= BODY_MIN_WED_MM:
+    if not math.isfinite(measured.wed_mm):
+        return "no body slice to measure the water-equivalent diameter on"
+    if measured.wed_mm < BODY_MIN_WED_MM:
         return (
             f"water-equivalent diameter {measured.wed_mm:.0f} mm is below {BODY_MIN_WED_MM:.0f} mm: not a body CT "
             "(the classifier was trained on chest and abdomen CT)"
@@ -89,16 +96,13 @@ def _not_applying(measured: SeriesPhysics, noise: NoiseAnalysis) -> str | None:
     return None
 
 
-def physics_classifier(spec: ModelSpec) -> PhysicsClassifier | None:
-    """The physics classifier stored in a learned model's card, or in the default series model's card (read as
-    JSON, no torch) for the built-in physics choice; None when no series model is installed."""
-    card = spec.card
-    if not spec.is_learned:
-        default = registry.default_model(spec.task.name)
-        if default in (None, PHYSICS_MODEL):
-            return None
-        card = registry.resolve(spec.task.name, default).card
-    return PhysicsClassifier.from_dict(card["physics_classifier"]) if "physics_classifier" in card else None
+def calls_card(spec: ModelSpec) -> dict:
+    """The card that supplies the physics classifier and the eq. 4 fit: the learned model's own, or the default
+    series model's (read as JSON, no torch) for the built-in physics choice; {} when no series model is installed."""
+    if spec.is_learned:
+        return spec.card
+    default = registry.default_model(spec.task.name)
+    return {} if default in (None, PHYSICS_MODEL) else registry.resolve(spec.task.name, default).card
 
 
 def fitted_score(fit: dict, lung: float, low: float, snr: float, brisque: float) -> float:
@@ -128,33 +132,37 @@ def run(volume: CTVolume, noise: NoiseAnalysis, spec: ModelSpec, device: str = "
     reason = _not_applying(measured, noise)
     if reason is not None:
         return replace(panel, applies=False, note=reason)
-    physics = physics_classifier(spec)
+    card = calls_card(spec)
+    physics = PhysicsClassifier.from_dict(card["physics_classifier"]) if "physics_classifier" in card else None
     physics_calls = physics.classify(measured, volume.spacing[0]) if physics is not None else None
-    window = dose = score = None
-    notes = []
-    if physics is None:
-        notes.append("no series model is installed: window and dose are not classified")
-    elif physics_calls is None:
-        notes.append("no flat soft tissue to measure the kernel index in: window and dose are not classified")
     p_lung, p_low = physics.probabilities(measured, volume.spacing[0]) if physics_calls else (math.nan, math.nan)
-    if physics_calls:
-        window, dose = physics_calls.window, physics_calls.dose
-    learned = spec.is_learned and spec.card.get("calls", {}).get("source", "learned") == "learned"
-    if spec.is_learned and not learned:
-        notes.append(f"physics calls: the series network validated worse ({spec.card['calls']['reason']})")
-    if learned:
+    window, dose = (physics_calls.window, physics_calls.dose) if physics_calls else (None, None)
+    notes, learned = [], False
+    if spec.is_learned and card.get("calls", {}).get("source", "learned") == "learned":
         from ctqa.models import series_network
         from ctqa.models.inference import resolve_device
 
-        model, card = series_network.load(spec.card_path, resolve_device(device)[0])
+        model, _ = series_network.load(spec.card_path, resolve_device(device)[0])
         reading = series_network.predict_series(
             model, card, volume.hu, volume.spacing[0], measured.slice_thickness_mm, measured.wed_mm
         )
-        if reading is not None:
+        if reading is None:
+            notes.append("no 64-pixel crop of body fits the series network: physics calls shown")
+        else:
+            learned = True
             p_lung, p_low = reading.lung_probability, reading.low_dose_probability
             window, dose = class_call(WINDOW_LABELS, p_lung), class_call(DOSE_LABELS, p_low)
-    if "score_fit" in spec.card and window is not None:
-        score = fitted_score(spec.card["score_fit"], p_lung, p_low, panel.snr, panel.brisque)
+    elif spec.is_learned:
+        notes.append(f"physics calls: the series network validated worse ({card['calls']['reason']})")
+    if window is None:
+        notes.append(
+            "no series model is installed: window and dose are not classified"
+            if physics is None
+            else "no flat soft tissue to measure the kernel index in: window and dose are not classified"
+        )
+    elif window.label == "lung" and not learned:
+        notes.append("the physics dose call does not allow for a lung kernel's higher noise: read it with care")
+    score = fitted_score(card["score_fit"], p_lung, p_low, panel.snr, panel.brisque) if "score_fit" in card else None
     return replace(
         panel,
         note="; ".join(notes) or None,
@@ -163,5 +171,7 @@ def run(volume: CTVolume, noise: NoiseAnalysis, spec: ModelSpec, device: str = "
         physics=physics_calls,
         fitted_score=score,
         classifier=spec.name if learned else None,
+        calls_from=None if window is None else ("learned" if learned else "physics"),
+        series_model=card.get("name") if card else None,
         tag_disagreements=tag_disagreements(volume.acquisition, window, dose),
     )
