@@ -102,3 +102,21 @@ def test_bundled_model_calls_mayo_quarter_dose_low_and_full_dose_standard(real_p
     for case in ("L506_18", "L506_86"):
         quarter, full = mayo[f"{case}_input"], mayo[f"{case}_target"]
         assert quarter.dose.label == "low" and full.dose.label == "standard", (case, quarter.dose, full.dose)
+
+
+def test_classify_names_each_series_of_a_folder_and_skips_localizers(shared_data, tmp_path, capsys):
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    exam = tmp_path / "exam"
+    exam.mkdir()
+    for name, image_type in (("axial.dcm", ["ORIGINAL", "PRIMARY", "AXIAL"]), ("scout.dcm", ["ORIGINAL", "LOCALIZER"])):
+        header = pydicom.dcmread(shared_data / CHEST)
+        header.SeriesInstanceUID, header.SOPInstanceUID = generate_uid(), generate_uid()
+        header.ImageType = image_type
+        header.save_as(exam / name)
+    header = pydicom.dcmread(shared_data / "chest_sbu" / "A046441_19010101-23.dcm")  # a third, second axial series
+    header.save_as(exam / "other.dcm")
+    assert main(["classify", str(exam)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"{exam} [series ") for line in lines)

@@ -303,14 +303,23 @@ def series_line(name: str, panel) -> str:
     return line + "".join(f" | DISAGREES: {text}" for text in panel.tag_disagreements)
 
 
-def _series_of(path: str) -> list[str | None]:
-    """The SeriesInstanceUIDs of the CT series in a DICOM folder ([None] for a file: it holds one series)."""
+def _series_of(path: str) -> list[tuple[str | None, str]]:
+    """(SeriesInstanceUID, label) of each CT image series in a DICOM folder, localizers (scouts) left out; [(None,
+    path)] for a file or a folder without one (reading it then says what it holds)."""
     from ctqa.dicom import find_dicom_series
 
     if not Path(path).is_dir():
-        return [None]
-    found = [s.uid for s in find_dicom_series(path).series if s.modality == "CT"]
-    return found or [None]  # reading the folder then says what it holds instead
+        return [(None, path)]
+    found = []
+    for series in find_dicom_series(path).series:
+        header = series.first_header
+        if series.modality != "CT" or "LOCALIZER" in [str(v).upper() for v in header.get("ImageType", [])]:
+            continue
+        number, description = header.get("SeriesNumber", ""), header.get("SeriesDescription", "")
+        found.append((series.uid, f"{path} [series {number} {description}]".replace(" ]", "]")))
+    if len(found) == 1:
+        return [(found[0][0], path)]
+    return found or [(None, path)]
 
 
 def _classify(args: argparse.Namespace) -> int:
@@ -324,9 +333,7 @@ def _classify(args: argparse.Namespace) -> int:
     options = dict(scaling=args.scaling, regularize=args.regularize, pixel_mm=args.pixel_mm)
     failed = 0
     for path in args.inputs:
-        uids = _series_of(path)
-        for uid in uids:
-            name = path if uid is None or len(uids) == 1 else f"{path} [{uid}]"
+        for uid, name in _series_of(path):
             try:
                 volume = read_volume(path, series_uid=uid, **options)
                 panel = series_panel.run(volume, analyse_noise(volume), spec, args.device)
