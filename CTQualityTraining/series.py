@@ -48,7 +48,7 @@ from ctqa.models.series_network import (
 )
 from ctqa.physics.brisque import series_brisque
 from ctqa.physics.noise import analyse_noise
-from ctqa.physics.series import PhysicsClassifier, series_physics
+from ctqa.physics.series import PhysicsClassifier, series_physics, slice_thickness_mm
 from ctqa.tasks.series_panel import LOW_DOSE_CTDIVOL_MGY
 from ctqa.volume import Acquisition, CTVolume
 
@@ -112,9 +112,9 @@ def dose_label(dose: float, source_ctdivol_mgy: float | None = None) -> int:
 def _source_acquisition(path: str) -> tuple[float, float | None]:
     """(slice thickness mm: DICOM SliceThickness, else the slice spacing; CTDIvol mGy or None) of a source."""
     volume = read_volume(path)
-    tags = volume.acquisition
-    thickness = tags.slice_thickness_mm if tags is not None and tags.slice_thickness_mm else volume.spacing[2]
-    return float(thickness), (tags.ctdivol_mgy if tags is not None else None)
+    return float(slice_thickness_mm(volume) or volume.spacing[2]), (
+        volume.acquisition.ctdivol_mgy if volume.acquisition is not None else None
+    )
 
 
 def load_series(data: str | Path) -> list[Series]:

@@ -160,6 +160,14 @@ def _gaussian_kernel(sigma: float, device: torch.device, dtype: torch.dtype) -> 
     return (weights / weights.sum()).to(dtype)
 
 
+def gaussian_blur(images: torch.Tensor, sigma_px: float = HPF_SIGMA_PX) -> torch.Tensor:
+    """(N, 1, H, W) images blurred by a separable Gaussian of sigma_px pixels, borders reflected."""
+    weights = _gaussian_kernel(sigma_px, images.device, images.dtype)
+    radius = weights.numel() // 2
+    blurred = F.conv2d(F.pad(images, (radius, radius, 0, 0), mode="reflect"), weights.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(blurred, (0, 0, radius, radius), mode="reflect"), weights.view(1, 1, -1, 1))
+
+
 def hpf_gain(window: str) -> float:
     """HPF channel gain of a window: HPF_SCALE times its width over the soft-tissue window's width."""
     low, high = QUALITY_WINDOWS_HU[window]
@@ -176,8 +184,6 @@ def network_input(hu: torch.Tensor, inputs: str, windows: tuple[str, ...]) -> to
     """
     if inputs not in INPUT_CHANNELS:
         raise ValueError(f"inputs must be one of {tuple(INPUT_CHANNELS)}, got {inputs!r}")
-    weights = _gaussian_kernel(HPF_SIGMA_PX, hu.device, torch.float32)
-    radius = weights.numel() // 2
     channels = []
     for window in windows:
         low, high = QUALITY_WINDOWS_HU[window]
@@ -186,9 +192,7 @@ def network_input(hu: torch.Tensor, inputs: str, windows: tuple[str, ...]) -> to
             if name == "ct":
                 channels.append(ct)
                 continue
-            blurred = F.conv2d(F.pad(ct, (radius, radius, 0, 0), mode="reflect"), weights.view(1, 1, 1, -1))
-            blurred = F.conv2d(F.pad(blurred, (0, 0, radius, radius), mode="reflect"), weights.view(1, 1, -1, 1))
-            channels.append((ct - blurred) * hpf_gain(window))
+            channels.append((ct - gaussian_blur(ct)) * hpf_gain(window))
     return torch.cat(channels, dim=1)
 
 

@@ -35,19 +35,17 @@ from torch import nn
 
 from ctqa.errors import InputError
 from ctqa.models.checkpoints import FORMAT_VERSION, load_verified_weights
+from ctqa.models.networks import gaussian_blur
 from ctqa.models.registry import checkpoint_files, read_json
-from ctqa.physics.series import DOSE_LABELS, WINDOW_LABELS
+from ctqa.physics.lung import LUNG_WINDOW_HU
+from ctqa.physics.series import DOSE_LABELS, REFERENCE_THICKNESS_MM, REFERENCE_WED_MM, WINDOW_LABELS
+from ctqa.physics.ssim import SSIM_WINDOW_HU
 
 WINDOWS = WINDOW_LABELS
 DOSES = DOSE_LABELS
 VARIANTS = ("separate", "shared")
-LUNG_WINDOW_HU = (-1350.0, 150.0)
-SOFT_WINDOW_HU = (-160.0, 240.0)
-HPF_SIGMA_PX = 1.0
 HPF_UNIT_HU = 100.0
-REFERENCE_THICKNESS_MM = 3.0
 REFERENCE_PIXEL_MM = 0.75
-REFERENCE_WED_MM = 300.0
 SIDE_FEATURES = 3
 CROP_BODY_HU = -500.0  # a crop centre must lie in tissue or lung inside the body (see crop_centres)
 CROP_AIR_HU = -950.0
@@ -145,15 +143,9 @@ def _window(hu: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
 
 def network_input(hu: torch.Tensor) -> torch.Tensor:
     """(B, 3, D, H, W) network input from stacks (B, D, H, W) in HU: lung window, soft-tissue window, HPF residual."""
-    radius = max(1, int(3.0 * HPF_SIGMA_PX + 0.5))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=hu.device)
-    weights = torch.exp(-0.5 * (offsets / HPF_SIGMA_PX) ** 2)
-    weights = weights / weights.sum()
     flat = hu.float().reshape(-1, 1, *hu.shape[-2:])
-    blurred = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"), weights.view(1, 1, 1, -1))
-    blurred = F.conv2d(F.pad(blurred, (0, 0, radius, radius), mode="reflect"), weights.view(1, 1, -1, 1))
-    hpf = ((flat - blurred) / HPF_UNIT_HU).reshape(hu.shape)
-    return torch.stack([_window(hu.float(), LUNG_WINDOW_HU), _window(hu.float(), SOFT_WINDOW_HU), hpf], dim=1)
+    hpf = ((flat - gaussian_blur(flat)) / HPF_UNIT_HU).reshape(hu.shape)
+    return torch.stack([_window(hu.float(), LUNG_WINDOW_HU), _window(hu.float(), SSIM_WINDOW_HU), hpf], dim=1)
 
 
 def side_features(thickness_mm: float, pixel_mm: float, wed_mm: float) -> np.ndarray:
