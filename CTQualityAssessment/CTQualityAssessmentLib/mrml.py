@@ -342,7 +342,7 @@ def dicom_file_of(volume_node) -> str | None:
 
     uids = volume_node.GetAttribute("DICOM.instanceUIDs") if volume_node is not None else None
     database = getattr(slicer, "dicomDatabase", None)
-    if not uids or database is None:
+    if not uids or database is None or not database.isOpen:
         return None
     path = database.fileForInstance(uids.split()[0])
     return path if path and os.path.isfile(path) else None
