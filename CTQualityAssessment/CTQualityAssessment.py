@@ -36,6 +36,13 @@ ROLE_ATTRIBUTE = "CTQualityAssessment.Role"  # = CTQualityAssessmentLib.mrml.ROL
 POLL_MS = 100
 #: Style of a Chest series row that needs attention (QWidget.styleSheet); orange reads on light and dark themes.
 FLAGGED_STYLE = "color: #d35400; font-weight: bold;"
+#: Score model choice that skips the 0-4 score (= ctqa.tasks.global_score.NO_SCORE_MODEL).
+NO_SCORE_MODEL = "none"
+#: Start of the summary note of a run whose score was skipped because no score model is installed
+#: (= ctqa.tasks.global_score.NOT_INSTALLED_NOTE).
+SCORE_NOT_INSTALLED = "no global-score model is installed"
+#: What the per-slice plot can show (= CTQualityAssessmentLib.mrml.PLOT_QUALITY / PLOT_SCORE).
+PLOT_QUALITY, PLOT_SCORE = "quality", "score"
 
 
 def _models() -> list[str]:
@@ -45,6 +52,16 @@ def _models() -> list[str]:
     except ImportError:  # dependencies not installed yet: the selector still shows the built-in choices
         return ["default", "physics", CHECKPOINT_CHOICE]
     return [*available_models("quality_map"), CHECKPOINT_CHOICE]
+
+
+def _scoreModels() -> list[str]:
+    """Score model selector entries: "default" (skipped with a note when none is installed), the bundled score
+    models, and "none"."""
+    try:
+        from ctqa.models.registry import available_models
+    except ImportError:  # dependencies not installed yet
+        return ["default", NO_SCORE_MODEL]
+    return [*available_models("global_score"), NO_SCORE_MODEL]
 
 
 #
@@ -61,7 +78,8 @@ class CTQualityAssessment(ScriptedLoadableModule):
         self.parent.contributors = ["CTQualityAssessment developers"]
         self.parent.helpText = _(
             "Per-voxel CT image quality map (1 = best) shown as a colour overlay, quality per slice (plot) and per "
-            "segment (table), global quality score and global noise level (GNL, HU). "
+            "segment (table), global quality, the 0-4 quality score (LDCTIQAC2023 scale, when a score model is "
+            "installed) and global noise level (GNL, HU). "
             "The physics model estimates local noise SD in HU from the image itself; no reference is needed. "
             "With a reference (full-dose) CT of the same anatomy an SSIM map is added."
         )
@@ -116,6 +134,7 @@ class CTQualityAssessmentParameterNode:
 
     inputVolume: CT in HU. referenceVolume: optional full-dose CT on the same grid. segmentation: optional segments.
     model: core model name or CHECKPOINT_CHOICE; checkpointPath: a user checkpoint file (.safetensors).
+    scoreModel: the 0-4 score's model ("default", a bundled name, or "none").
     device: where learned models run. opacity: overlay opacity 0..1. qualityMap: the last output map.
     """
 
@@ -124,6 +143,7 @@ class CTQualityAssessmentParameterNode:
     segmentation: vtkMRMLSegmentationNode
     model: Annotated[str, Choice(_models())] = "physics"
     checkpointPath: Path
+    scoreModel: Annotated[str, Choice(_scoreModels())] = "default"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     qualityMap: vtkMRMLScalarVolumeNode
@@ -162,6 +182,7 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.opacitySliderWidget.connect("valueChanged(double)", self.onOpacityChanged)
         self.ui.overlayComboBox.connect("currentIndexChanged(int)", self.onOverlayChanged)
+        self.ui.plotComboBox.connect("currentIndexChanged(int)", self.onPlotChanged)
         self.ui.progressBar.hide()
         self.initializeParameterNode()
 
@@ -226,6 +247,7 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             return fmt.format(value) if value is not None else "-"
 
         self.ui.scoreValueLabel.text = text("global_quality_score", "{:.3f}")
+        self.ui.globalScoreValueLabel.text = self.logic.globalScoreText(summary)
         self.ui.gnlValueLabel.text = text("gnl_hu", "{:.1f} HU")
         self.ui.snrValueLabel.text = text("snr", "{:.1f}")
         self.ui.cnrValueLabel.text = text("cnr", "{:.1f}")
@@ -261,6 +283,18 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if node is not None:
             mrml.show_overlay(node, parameters.inputVolume, parameters.opacity)
 
+    def onPlotChanged(self, index: int) -> None:
+        """Show the chosen quantity in the per-slice plot of the last run (quality map mean or the 0-4 score)."""
+        parameters = self._parameterNode
+        if not parameters or not parameters.qualityMap or not parameters.inputVolume:
+            return
+        from CTQualityAssessmentLib import mrml
+
+        quantity = self.ui.plotComboBox.itemData(index)
+        if quantity:
+            with slicer.util.tryWithErrorDisplay(_("Failed to switch the per-slice plot."), waitCursor=True):
+                mrml.show_slice_plot(parameters.inputVolume, quantity)
+
     def onApplyButton(self) -> None:
         if self._job is not None:
             self._cancel()
@@ -285,6 +319,7 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self._selectedModel(),
             parameters.referenceVolume,
             parameters.device,
+            parameters.scoreModel,
         )
         self.ui.statusLabel.text = _("Running")
         self.ui.progressBar.value = 0
@@ -328,6 +363,7 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                     self.ui.seriesCollapsibleButton.collapsed = False
                 parameters.qualityMap = outputs.quality_map
                 self._fillOverlayChoices(outputs)
+                self._fillPlotChoices(outputs)
                 self._hideOutputsFromInputSelectors()
                 self.ui.statusLabel.text = _("Done in {seconds:.1f} s").format(seconds=job.log[-1].seconds)
         job.cleanup()
@@ -344,6 +380,19 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if outputs.reference_ssim_map is not None:
             combo.addItem(_("reference SSIM"), mrml.REFERENCE_SSIM_MAP)
         combo.blockSignals(False)
+
+    def _fillPlotChoices(self, outputs) -> None:
+        """The per-slice plot choices of a finished run: the quality map's mean always, the 0-4 score when the run
+        has one; the plot starts on the quality (as mrml.outputs_to_scene leaves it)."""
+        scored = bool(outputs.summary.get("global_score"))
+        combo = self.ui.plotComboBox
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItem(_("quality map mean and 10th percentile"), PLOT_QUALITY)
+        if scored:
+            combo.addItem(_("0-4 quality score"), PLOT_SCORE)
+        combo.blockSignals(False)
+        combo.enabled = scored
 
     def _hideOutputsFromInputSelectors(self) -> None:
         """The module's own maps never appear as input choices (qMRMLSortFilterProxyModel.hiddenNodeIDs); also
@@ -382,25 +431,41 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
         return CTQualityAssessmentParameterNode(super().getParameterNode())
 
     @staticmethod
-    def _prepare(model: str) -> None:
-        """Install what the run needs (before any core import), and refuse an unknown model before any work."""
-        ensure_dependencies()
-        from ctqa.pipeline import resolve_model
+    def _prepare(model: str, scoreModel: str = "default") -> None:
+        """Install what the run needs (before any core import), and refuse an unknown model before any work.
 
-        if resolve_model(model).is_learned:
+        The learned packages are installed for a learned quality model, for a score model chosen by name, and for
+        the default score model once PyTorch is there (then only timm & co. come from pip). Without PyTorch the
+        default score is left out with a note in the run's summary: PyTorch is never installed just for it.
+        """
+        ensure_dependencies()
+        import importlib.util
+
+        from ctqa.pipeline import resolve_model, resolve_score_model
+
+        learned = resolve_model(model).is_learned
+        if resolve_score_model(scoreModel, require_packages=False) is not None:
+            learned = learned or scoreModel != "default" or importlib.util.find_spec("torch") is not None
+        if learned:
             ensure_dependencies(learned=True)
 
     def startAssessment(
-        self, inputVolumeNode, segmentationNode=None, model="default", referenceVolumeNode=None, device="auto"
+        self,
+        inputVolumeNode,
+        segmentationNode=None,
+        model="default",
+        referenceVolumeNode=None,
+        device="auto",
+        scoreModel="default",
     ):
         """Start an assessment process and return it (poll() it; the widget does so from a timer)."""
-        self._prepare(model)
+        self._prepare(model, scoreModel)
         from CTQualityAssessmentLib import process
 
         if inputVolumeNode is None:
             raise ValueError(_("Select an input volume."))
         inputs = process.write_inputs(inputVolumeNode, referenceVolumeNode, segmentationNode)
-        return process.AssessmentProcess.start(inputs, model, device)
+        return process.AssessmentProcess.start(inputs, model, device, score_model=scoreModel)
 
     def process(
         self,
@@ -411,9 +476,13 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
         device="auto",
         showResult=True,
         opacity=0.5,
+        scoreModel="default",
     ):
-        """Assess inputVolumeNode, blocking until the process ends; returns the output nodes (mrml.OutputNodes)."""
-        self._prepare(model)
+        """Assess inputVolumeNode, blocking until the process ends; returns the output nodes (mrml.OutputNodes).
+
+        scoreModel: the 0-4 score's model ("default", a name, a checkpoint file, or "none" to skip it).
+        """
+        self._prepare(model, scoreModel)
         from CTQualityAssessmentLib import process
 
         def progress(fraction, stage):
@@ -428,6 +497,7 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
             progress=progress,
             show=showResult,
             opacity=opacity,
+            score_model=scoreModel,
         )
 
     @staticmethod
@@ -465,6 +535,32 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
             sources=len(training.get("dataset_sources", [])),
             reproduce=card.get("reproduce", "see the model card"),
         )
+
+    @staticmethod
+    def globalScoreText(summary: dict) -> str:
+        """The 0-4 quality score of a run's summary as the panel shows it: "2.7 ± 0.3 (0-4 LDCTIQAC2023, model
+        NAME)", a second line with the worst 10 % of slices when more than one slice was scored; why it is missing
+        otherwise; "-" without a summary or for summaries older than the score. Pure (no Qt, no core import)."""
+        if not summary or "global_score" not in summary:
+            return "-"
+        score = summary.get("global_score")
+        if not score:
+            notes = summary.get("notes") or []
+            if any(note.startswith(SCORE_NOT_INSTALLED) for note in notes):
+                return _("n/a: no score model is installed")
+            return _("n/a (not computed in this run)")
+        value, spread = score.get("value"), score.get("sd")
+        if value is None:
+            return "-"
+        text = f"{value:.1f}" + (f" ± {spread:.1f}" if spread is not None else "")
+        details = [score.get("scale") or "0-4", _("model {name}").format(name=score.get("model") or "?")]
+        if score.get("calibrated"):
+            details.append(_("calibrated"))
+        text += f" ({', '.join(details)})"
+        worst = score.get("worst_decile")
+        if worst is not None and (score.get("slices_scored") or 0) > 1:
+            text += "\n" + _("worst 10 % of slices: {worst:.1f}").format(worst=worst)
+        return text
 
     @staticmethod
     def seriesPanelRows(summary: dict) -> list[tuple[str, str, bool]]:
@@ -588,6 +684,7 @@ class CTQualityAssessmentTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Assessing the sample with the physics model")
         ct, segmentation = self._sample()
         outputs = CTQualityAssessmentLogic().process(ct, segmentationNode=segmentation, model="physics")
+        self.assertIn("global_score", outputs.summary)  # a block, or null with a note when no score model exists
         quality = slicer.util.arrayFromVolume(outputs.quality_map)
         self.assertEqual(quality.shape, slicer.util.arrayFromVolume(ct).shape)
         self.assertTrue(0.0 < np.nanmean(quality) < 1.0)

@@ -173,6 +173,129 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--scores", required=True, metavar="CSV", help="CSV with columns series_id,score")
     fit.add_argument("--model", required=True, metavar="CHECKPOINT", help="series model (X.json)")
     fit.add_argument("--out", required=True, metavar="CHECKPOINT", help="refitted model to write (X, no suffix)")
+    score_data = commands.add_parser(
+        "score-data",
+        help="build the global-score dataset: simulated dose x view grid with a surrogate 0-4 score, LDCTIQAC2023 "
+        "images, unlabelled real slices (resumable)",
+        description="Degrade real full-dose slices on a grid of dose fractions x view counts (projection simulation, "
+        "smooth kernel, 512x512 slices), score each by the surrogate (mean SSIM in W350/L40 against the full-dose "
+        "720-view image, linear to 0-4), keep every real slice as acquired as unlabelled, import LDCTIQAC2023 folders "
+        "(image/*.tif + train.json) with their scores; write DIR/manifest.json and DIR/shards/*.npz and print the "
+        "score histogram per dose and view count. Rerun to resume.",
+    )
+    score_data.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        metavar="PATH",
+        help="sources to simulate (as simulate) or LDCTIQAC2023 folders",
+    )
+    score_data.add_argument("--unlabelled", nargs="+", metavar="PATH", help="sources for the unlabelled pool only")
+    score_data.add_argument("--out", required=True, metavar="DIR", help="dataset folder (created)")
+    # Defaults live in score_data.build_score_dataset (options left out are not passed), so --help needs no torch.
+    score_data.add_argument(
+        "--doses",
+        type=float,
+        nargs="+",
+        metavar="D",
+        help="dose fractions (photons per view) in (0, 1] (default: 1 0.75 0.5 0.35 0.25 0.15 0.1 0.05)",
+    )
+    score_data.add_argument(
+        "--views",
+        type=int,
+        nargs="+",
+        metavar="V",
+        help="view counts over 180 deg, 8..720; 720 is the full acquisition (default: 720 512 360 256 180 128 64)",
+    )
+    score_data.add_argument(
+        "--slices-per-volume", type=int, metavar="N", help="evenly spaced slices simulated per source (default: 4)"
+    )
+    score_data.add_argument(
+        "--unlabelled-per-volume", type=int, metavar="N", help="evenly spaced slices kept as acquired (default: all)"
+    )
+    score_data.add_argument(
+        "--ssim-range",
+        type=float,
+        nargs=2,
+        metavar=("FLOOR", "CEILING"),
+        help="mean SSIM mapped to score 0 and to score 4 (default: 0.2 1)",
+    )
+    score_data.add_argument("--pixel-mm", type=float, help="pixel size of .npy/.tif sources in mm (default: 0.74)")
+    score_data.add_argument("--seed", type=int, help="base random seed (default: 0)")
+    score_data.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
+    score_data.add_argument(
+        "--split",
+        nargs="+",
+        metavar="GROUP=SPLIT",
+        dest="split_groups",
+        help="put a patient/volume group in train, val or test (default: score_data.DEFAULT_SPLIT_GROUPS for the "
+        "shared data, other groups by hash, val and test given a patient of every collection of >= 3)",
+    )
+    score = commands.add_parser(
+        "score",
+        help="train a global 0-4 score network (MD-IQA, TFKT or a CNN baseline) on a score dataset",
+        description="Train on DATA's scored train slices (whole slices in W350/L40, rotations and flips), validating "
+        "on its val split. --teachers turns on MD-IQA's semi-supervised step: the teachers' ensemble pseudo-labels "
+        "the unlabelled slices and a student trains jointly with an EMA teacher. Writes RUN_DIR/model.json "
+        "(+ .safetensors) and the trainer state; --resume continues RUN_DIR's last checkpoint.",
+    )
+    score.add_argument("--data", required=True, metavar="DIR", help="dataset folder from ctqa-train score-data")
+    score.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (created)")
+    score.add_argument("--backbone", default="mdiqa", choices=("cnn", "tfkt", "mdiqa"), help="default: mdiqa")
+    score.add_argument(
+        "--head",
+        default="distribution",
+        choices=("distribution", "regression"),
+        help="MD head or plain regression (default: distribution)",
+    )
+    score.add_argument("--steps", type=int, default=1500, help="optimizer steps (default: 1500)")
+    score.add_argument("--batch", type=int, default=8, help="slices per step (default: 8)")
+    score.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    score.add_argument("--beta", type=float, default=0.1, help="weight of the KL term (default: 0.1)")
+    score.add_argument("--seed", type=int, default=0, help="seed of weights, batches and augmentation (default: 0)")
+    score.add_argument("--checkpoint-every", type=int, default=250, metavar="N", help="default: 250")
+    score.add_argument(
+        "--teachers",
+        nargs="+",
+        default=(),
+        metavar="CHECKPOINT",
+        help="supervised models whose ensemble pseudo-labels the unlabelled slices (semi-supervised)",
+    )
+    score.add_argument("--ema", type=float, default=0.997, help="EMA teacher decay alpha (default: 0.997)")
+    score.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="TFKT phase one: steps training the CNN branch alone first (default: 0)",
+    )
+    score.add_argument("--pretrained", metavar="FILE", help="local backbone weights (.safetensors) to start from")
+    score.add_argument("--init", metavar="CHECKPOINT", help="score model to fine-tune (e.g. the bundled default)")
+    score.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default: auto)")
+    score.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    score.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    ablation = commands.add_parser(
+        "score-ablation",
+        help="train and compare the score variants (regression vs MD head, semi-supervision, CNN vs TFKT vs MD-IQA)",
+        description="Train every variant of CTQualityTraining.score.ABLATION into RUNS (finished runs are reused, "
+        "interrupted ones resumed) and write the agreement table on the held-out split to --out (.md).",
+    )
+    ablation.add_argument("--data", required=True, metavar="DIR", help="dataset folder from ctqa-train score-data")
+    ablation.add_argument("--runs", required=True, metavar="DIR", help="folder of the runs (created)")
+    ablation.add_argument("--steps", type=int, default=1500, help="optimizer steps per run (default: 1500)")
+    ablation.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    ablation.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    ablation.add_argument("--out", required=True, metavar="FILE", help="Markdown table to write (.md)")
+    calibrate = commands.add_parser(
+        "calibrate-score",
+        help="fit a monotone map from a score model to your radiologists' scores (CSV path,score)",
+        description="Score each rated image with --model, fit the ratings on the raw scores by isotonic regression "
+        "and write the model with the calibration to --out (same weights; the card holds the knots).",
+    )
+    calibrate.add_argument("--ratings", required=True, metavar="CSV", help="CSV with columns path,score (0-4)")
+    calibrate.add_argument("--model", required=True, metavar="CHECKPOINT", help="score model (X.json or a name)")
+    calibrate.add_argument("--out", required=True, metavar="CHECKPOINT", help="calibrated model to write (X)")
+    calibrate.add_argument("--scaling", help="how the rated images' values become HU (ctqa assess --scaling)")
     export = commands.add_parser(
         "export",
         help="bundle a run's final checkpoint as a named model (weights, cards, manifest with sha256)",
@@ -346,6 +469,80 @@ def _fit_chest_score(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}.json: score = {terms} (n {fit['n']}, RMSE {fit['rmse']:.3f}, R2 {fit['r2']:.3f})")
 
 
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _score_data(args: argparse.Namespace) -> None:
+    from .score_data import cli_score_data
+
+    cli_score_data(args)
+
+
+def _score(args: argparse.Namespace) -> None:
+    from ctqa.models import registry
+
+    from .score import ScoreTrainSettings, train
+
+    _set_threads(args.threads)
+    data = Path(args.data)
+    if (data / "train.json").is_file() and (data / "image").is_dir() and not (data / "manifest.json").exists():
+        from .score_data import build_score_dataset  # the LDCTIQAC2023 layout: import it as a score dataset first
+
+        build_score_dataset([data], Path(args.out) / "data", progress=sys.stderr.isatty())
+        data = Path(args.out) / "data"
+    init = registry.resolve("global_score", args.init).card_path if args.init else None
+    settings = ScoreTrainSettings(
+        data=str(data),
+        backbone=args.backbone,
+        head=args.head,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        beta=args.beta,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        teachers=tuple(args.teachers),
+        ema=args.ema,
+        pretrain_steps=args.pretrain_steps,
+        pretrained=args.pretrained,
+        init=str(init) if init else None,
+    )
+    print(f"wrote {train(settings, args.out, args.device, args.resume)}")
+
+
+def _score_ablation(args: argparse.Namespace) -> None:
+    import shlex
+
+    from .score import ablation, ablation_markdown
+
+    _set_threads(args.threads)
+    if not args.out.endswith(".md"):
+        raise InputError(f"{args.out}: --out must end in .md")
+    check_output_file(args.out)
+    rows = ablation(args.data, args.runs, args.steps, args.device)
+    report = ablation_markdown(rows, shlex.join(["ctqa-train", *args.argv]))
+    with written_whole(args.out) as partial:
+        partial.write_text(report, encoding="utf-8")
+    print(report)
+
+
+def _calibrate_score(args: argparse.Namespace) -> None:
+    from ctqa.models import registry
+
+    from .score import calibrate_score
+
+    model = registry.resolve("global_score", args.model).card_path
+    record = calibrate_score(model, args.ratings, args.out, args.scaling)
+    print(
+        f"wrote {args.out}.json: {record['ratings']} ratings, RMSE {record['rmse_before']:.3f} -> "
+        f"{record['rmse_after']:.3f} (in-sample)"
+    )
+
+
 def _export(args: argparse.Namespace) -> None:
     import json
 
@@ -355,7 +552,12 @@ def _export(args: argparse.Namespace) -> None:
     from .export import export_run
 
     run, models_dir = Path(args.run), check_output_folder(args.models_dir or MODELS_DIR)  # the output first
-    if read_json(run / "model.json", "model card").get("task") == "series_class":
+    task = read_json(run / "model.json", "model card").get("task")
+    if task == "global_score":
+        from .score import export
+
+        card = export(run / "model", args.name, models_dir, args.default, args.reproduce)
+    elif task == "series_class":
         from .series import export
 
         evaluation_path = run / "evaluation.json"
@@ -379,6 +581,10 @@ def main(argv: list[str] | None = None) -> int:
         "series": _series,
         "evaluate-series": _evaluate_series,
         "fit-chest-score": _fit_chest_score,
+        "score-data": _score_data,
+        "score": _score,
+        "score-ablation": _score_ablation,
+        "calibrate-score": _calibrate_score,
     }
     return exit_status("ctqa-train", lambda: commands[args.command](args))
 

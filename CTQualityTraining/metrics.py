@@ -3,10 +3,11 @@ figure the challenge ranks by), from scipy.stats."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import kendalltau, pearsonr, spearmanr
+from scipy.stats import ConstantInputWarning, kendalltau, pearsonr, spearmanr
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,11 @@ def agreement(predicted, reference) -> Agreement:
     if keep.sum() < 3:
         raise ValueError("need at least 3 finite score pairs")
     p, r = predicted[keep], reference[keep]
-    return Agreement(
-        n=int(keep.sum()),
-        plcc=abs(float(pearsonr(p, r).statistic)),
-        srocc=abs(float(spearmanr(p, r).statistic)),
-        krocc=abs(float(kendalltau(p, r).statistic)),
-    )
+    with warnings.catch_warnings():  # a constant input has no correlation: NaN, said by the value itself
+        warnings.simplefilter("ignore", ConstantInputWarning)
+        return Agreement(
+            n=int(keep.sum()),
+            plcc=abs(float(pearsonr(p, r).statistic)),
+            srocc=abs(float(spearmanr(p, r).statistic)),
+            krocc=abs(float(kendalltau(p, r).statistic)),
+        )

@@ -25,7 +25,7 @@ from CTQualityAssessmentLib.dependencies import (
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Bundled with Slicer (numpy, scipy, pydicom, SimpleITK) or with the PyTorch extension (torch).
-NOT_FROM_PIP = {"numpy", "scipy", "pydicom", "simpleitk", "torch"}
+NOT_FROM_PIP = {"numpy", "scipy", "pydicom", "simpleitk", "torch", "torchvision"}
 NOT_INSTALLED = "light-the-torch>=0.5"  # a real package (PyTorchUtils installs it), not in this environment
 
 
@@ -66,7 +66,7 @@ def test_requirement_files_leave_slicer_and_pytorch_packages_alone():
         "tifffile",
         "tqdm",
     }
-    assert _names(read_requirements(LEARNED_REQUIREMENTS_FILE)) == {"monai", "safetensors"}
+    assert _names(read_requirements(LEARNED_REQUIREMENTS_FILE)) == {"monai", "safetensors", "timm"}
     for path in (REQUIREMENTS_FILE, LEARNED_REQUIREMENTS_FILE):
         assert not _names(read_requirements(path)) & NOT_FROM_PIP
 
@@ -265,6 +265,25 @@ def test_torch_install_goes_through_pytorch_utils_and_a_decline_is_reported(monk
         dependencies.ensure_torch()
     assert calls == [(True, None, ">=999")]
     assert "PyTorch Utils" in str(raised.value)
+
+
+def test_torch_without_torchvision_goes_through_pytorch_utils(monkeypatch):
+    """timm needs torchvision; pip would take one for another torch build, so PyTorchUtils installs it (light-the-
+    torch picks the build that matches torch), and the constraints keep pip off it afterwards."""
+    pytest.importorskip("torch")
+    calls = []
+
+    class PyTorchUtilsLogic:
+        def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None):
+            calls.append(torchVersionRequirement)
+            return sys.modules["torch"]  # "installed": torchvision is still missing (the requirement below)
+
+    monkeypatch.setattr(dependencies, "TORCHVISION_REQUIREMENT", "torchvision>=999")
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
+    with pytest.raises(RuntimeError, match="still missing: torchvision>=999"):
+        dependencies.ensure_torch()
+    assert calls == [dependencies.TORCH_VERSION_REQUIREMENT]
+    assert "torchvision" in dependencies.SLICER_OWNED_PACKAGES
 
 
 def test_learned_installs_the_core_then_torch_then_the_learned_file(monkeypatch):

@@ -46,9 +46,9 @@ def _class_with(class_name: str, method_names: set[str], namespace: dict) -> typ
     return namespace[class_name]
 
 
-CONSTANTS = _module_constants("CHECKPOINT_CHOICE", "FLAGGED_STYLE")
+CONSTANTS = _module_constants("CHECKPOINT_CHOICE", "FLAGGED_STYLE", "SCORE_NOT_INSTALLED")
 NAMESPACE = {"_": lambda text: text, "json": json, "Path": Path, **CONSTANTS}
-Logic = _class_with("CTQualityAssessmentLogic", {"seriesPanelRows", "modelDescription"}, NAMESPACE)
+Logic = _class_with("CTQualityAssessmentLogic", {"seriesPanelRows", "modelDescription", "globalScoreText"}, NAMESPACE)
 Widget = _class_with("CTQualityAssessmentWidget", {"_updateGui", "_showSummary"}, NAMESPACE)
 
 

@@ -8,10 +8,13 @@ This file imports nothing from ``ctqa``: it runs before the core can be imported
 - Slicer 5.6-5.10 does not: the missing requirements are computed here (``importlib.metadata`` and
   ``packaging``), the user confirms, and ``slicer.util.pip_install`` installs them.
 - PyTorch is never installed with pip: it comes from the PyTorch extension (``PyTorchUtils``), which picks the build
-  for this computer's GPU or CPU.
+  for this computer's GPU or CPU, with the torchvision built for it. torchvision counts as PyTorch's here: timm (the
+  score network's backbones) needs it, and a torchvision that pip took from PyPI for another build of torch fails at
+  import ("operator torchvision::nms does not exist"), so PyTorchUtils installs it too and pip is constrained to it.
 
-Slicer's own numpy and SimpleITK (and PyTorch's torch) are never replaced: a constraints file pins their installed
-versions, so pip picks versions of our packages that work with them, or fails and says which package conflicts.
+Slicer's own numpy and SimpleITK (and PyTorch's torch and torchvision) are never replaced: a constraints file pins
+their installed versions, so pip picks versions of our packages that work with them, or fails and says which package
+conflicts.
 We do not use ``pip_ensure(skip_packages=...)``: Slicer documents it as a "discouraged workaround for transitive
 dependency conflicts" (``Base/Python/slicer/packaging.py``); it installs every requirement with ``--no-deps`` and
 removes the skipped names from the installed metadata, so pip would no longer check that, for example, an OpenCV
@@ -40,9 +43,12 @@ RESOURCES = Path(__file__).resolve().parents[1] / "Resources"
 REQUIREMENTS_FILE = RESOURCES / "requirements.txt"
 LEARNED_REQUIREMENTS_FILE = RESOURCES / "requirements-learned.txt"
 REQUESTER = "CTQualityAssessment"
-#: Packages whose build belongs to Slicer (numpy, SimpleITK with Slicer's IO) or to the PyTorch extension (torch).
-SLICER_OWNED_PACKAGES = ("numpy", "SimpleITK", "torch")
+#: Packages whose build belongs to Slicer (numpy, SimpleITK with Slicer's IO) or to the PyTorch extension (torch,
+#: torchvision).
+SLICER_OWNED_PACKAGES = ("numpy", "SimpleITK", "torch", "torchvision")
 TORCH_VERSION_REQUIREMENT = ">=2.3"
+#: Installed by PyTorchUtils with torch (its build matches torch's); timm imports it.
+TORCHVISION_REQUIREMENT = "torchvision"
 
 
 def ensure_dependencies(learned: bool = False) -> None:
@@ -181,13 +187,17 @@ def _confirm_and_pip_install(missing: list[str], constraints: Path) -> None:
 
 
 def ensure_torch() -> None:
-    """PyTorch TORCH_VERSION_REQUIREMENT through the PyTorch extension's PyTorchUtils (never pip here).
+    """PyTorch TORCH_VERSION_REQUIREMENT and its torchvision through the PyTorch extension's PyTorchUtils (never pip
+    here).
 
-    PyTorchUtilsLogic().installTorch(askConfirmation, forceComputationBackend, torchVersionRequirement, ...) returns
-    the torch module, or None when the user declines (fepegar/SlicerPyTorch: PyTorchUtils/PyTorchUtils.py).
+    PyTorchUtilsLogic().installTorch(askConfirmation, forceComputationBackend, torchVersionRequirement, ...) installs
+    torch and torchvision with light-the-torch and returns the torch module, or None when the user declines
+    (fepegar/SlicerPyTorch: PyTorchUtils/PyTorchUtils.py, _getPipInstallArguments: "torch" + requirement,
+    "torchvision"). A torch without torchvision (installed by hand) goes through it too, so that pip never takes a
+    torchvision for another build when it installs timm.
     """
     requirement = f"torch{TORCH_VERSION_REQUIREMENT}"
-    if not missing_requirements([requirement]):
+    if not missing_requirements([requirement, TORCHVISION_REQUIREMENT]):
         _check_loaded_torch(requirement)
         return
     try:
@@ -208,11 +218,12 @@ def ensure_torch() -> None:
     if torch is None:
         raise RuntimeError(_torch_failed_message(requirement, _("the installation was declined")))
     importlib.invalidate_caches()
-    if missing_requirements([requirement]):
-        installed = installed_version("torch")
-        raise RuntimeError(
-            _torch_failed_message(requirement, _("PyTorch {version} was installed").format(version=installed))
+    still_missing = missing_requirements([requirement, TORCHVISION_REQUIREMENT])
+    if still_missing:
+        reason = _("PyTorch {version} was installed; still missing: {missing}").format(
+            version=installed_version("torch"), missing=", ".join(still_missing)
         )
+        raise RuntimeError(_torch_failed_message(requirement, reason))
     _check_loaded_torch(requirement)
 
 

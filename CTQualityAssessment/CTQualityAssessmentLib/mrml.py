@@ -33,12 +33,34 @@ INPUT_REFERENCE = "CTQualityAssessment.InputVolume"
 
 QUALITY_MAP, NOISE_MAP, REFERENCE_SSIM_MAP = "QualityMap", "NoiseMap", "ReferenceSsimMap"
 SLICE_TABLE, SLICE_MEAN_SERIES, SLICE_P10_SERIES, SLICE_CHART = "SliceTable", "SliceMean", "SliceP10", "SliceChart"
+SLICE_SCORE_SERIES = "SliceScore"
 SEGMENT_TABLE = "SegmentTable"
 QUALITY_COLORS = "QualityColors"  # one per scene, shared by all quality maps, where Slicer's Viridis is missing
 SLICER_VIRIDIS_ID = "vtkMRMLColorTableNodeFileViridis.txt"  # Libs/MRML/Core/Resources/ColorFiles/Viridis.txt
 OUTPUT_FOLDER_ATTRIBUTE = "CTQualityAssessment.OutputFolder"
 
 DEFAULT_OPACITY = 0.5
+
+#: What the per-slice plot can show: quantity -> its series (role, slices.csv column, legend, colour), the chart's
+#: title after the volume name, the y axis title and range.
+PLOT_QUALITY, PLOT_SCORE = "quality", "score"
+SLICE_PLOTS = {
+    PLOT_QUALITY: (
+        (
+            (SLICE_MEAN_SERIES, "quality_mean", "slice quality mean", (0.12, 0.47, 0.71)),
+            (SLICE_P10_SERIES, "quality_p10", "slice quality 10th percentile", (1.0, 0.5, 0.05)),
+        ),
+        "quality per slice",
+        "quality (1 = best)",
+        (0.0, 1.0),
+    ),
+    PLOT_SCORE: (
+        ((SLICE_SCORE_SERIES, "score", "slice score (0-4)", (0.17, 0.63, 0.17)),),
+        "0-4 quality score per slice",
+        "score (0-4 LDCTIQAC2023, 4 = best)",
+        (0.0, 4.0),
+    ),
+}
 
 COLOR_TABLE_SIZE = 256
 
@@ -224,29 +246,51 @@ def fill_table(table_node, rows: list[dict], columns: tuple[str, ...]) -> None:
     table_node.SetAndObserveTable(table)
 
 
-def _slice_chart(scene, existing, table, volume_node, base: str):
-    """Line plot of per-slice mean and 10th-percentile quality against the slice index."""
+def _slice_chart(scene, existing, table, volume_node, base: str, with_score: bool):
+    """Line plot against the slice index of per-slice mean and 10th-percentile quality; the series of the 0-4 score
+    is made too when the run has one (with_score), for show_slice_plot to switch to."""
     chart = _own_node(scene, existing, SLICE_CHART, "vtkMRMLPlotChartNode", f"{base} slice quality plot", volume_node)
-    chart.RemoveAllPlotSeriesNodeIDs()
-    for role, column, label, rgb in (
-        (SLICE_MEAN_SERIES, "quality_mean", "mean", (0.12, 0.47, 0.71)),
-        (SLICE_P10_SERIES, "quality_p10", "10th percentile", (1.0, 0.5, 0.05)),
-    ):
-        series = _own_node(scene, existing, role, "vtkMRMLPlotSeriesNode", f"{base} slice quality {label}", volume_node)
-        series.SetAndObserveTableNodeID(table.GetID())
-        series.SetXColumnName("slice")
-        series.SetYColumnName(column)
-        series.SetPlotType(series.PlotTypeScatter)
-        series.SetMarkerStyle(series.MarkerStyleNone)
-        series.SetLineStyle(series.LineStyleSolid)
-        series.SetColor(*rgb)
-        chart.AddAndObservePlotSeriesNodeID(series.GetID())
-    chart.SetTitle(f"{base}: quality per slice")
+    for quantity, (series_rows, _, _, _) in SLICE_PLOTS.items():
+        if quantity == PLOT_SCORE and not with_score:
+            continue
+        for role, column, label, rgb in series_rows:
+            series = _own_node(scene, existing, role, "vtkMRMLPlotSeriesNode", f"{base} {label}", volume_node)
+            series.SetAndObserveTableNodeID(table.GetID())
+            series.SetXColumnName("slice")
+            series.SetYColumnName(column)
+            series.SetPlotType(series.PlotTypeScatter)
+            series.SetMarkerStyle(series.MarkerStyleNone)
+            series.SetLineStyle(series.LineStyleSolid)
+            series.SetColor(*rgb)
     chart.SetXAxisTitle("slice index")
-    chart.SetYAxisTitle("quality (1 = best)")
     chart.SetYAxisRangeAuto(False)
-    chart.SetYAxisRange(0.0, 1.0)
     return chart
+
+
+def _plot_quantity(chart, series_by_role: dict, quantity: str, base: str) -> None:
+    """Show one quantity of SLICE_PLOTS on the chart: its series, title, y axis title and range."""
+    series_rows, title, axis_title, (low, high) = SLICE_PLOTS[quantity]
+    chart.RemoveAllPlotSeriesNodeIDs()
+    for role, *_ in series_rows:
+        chart.AddAndObservePlotSeriesNodeID(series_by_role[role].GetID())
+    chart.SetTitle(f"{base}: {title}")
+    chart.SetYAxisTitle(axis_title)
+    chart.SetYAxisRange(low, high)
+
+
+def show_slice_plot(volume_node, quantity: str = PLOT_QUALITY):
+    """Switch the per-slice plot of volume_node's last run to quantity: PLOT_QUALITY (quality mean and 10th
+    percentile, 0..1) or PLOT_SCORE (the 0-4 score); returns the chart node. InputError when the run has no such
+    plot (no run yet, or no score model ran); ValueError for an unknown quantity."""
+    if quantity not in SLICE_PLOTS:
+        raise ValueError(f"unknown plot {quantity!r}; choose one of {', '.join(SLICE_PLOTS)}")
+    nodes = own_output_nodes(volume_node)
+    roles = [row[0] for row in SLICE_PLOTS[quantity][0]]
+    if SLICE_CHART not in nodes or any(role not in nodes for role in roles):
+        what = "0-4 score" if quantity == PLOT_SCORE else "per-slice plot"
+        raise InputError(f"{volume_node.GetName()}: the last assessment has no {what}")
+    _plot_quantity(nodes[SLICE_CHART], nodes, quantity, volume_node.GetName())
+    return nodes[SLICE_CHART]
 
 
 def _hierarchy_item(hierarchy, node) -> int:
@@ -296,7 +340,8 @@ def outputs_to_scene(saved: SavedOutputs, volume_node, segmentation_node=None) -
 
     slice_table = _own_node(scene, existing, SLICE_TABLE, "vtkMRMLTableNode", f"{base} slice quality", volume_node)
     fill_table(slice_table, saved.slices, SLICE_COLUMNS)
-    chart = _slice_chart(scene, existing, slice_table, volume_node, base)
+    with_score = any(row.get("score") is not None for row in saved.slices)
+    chart = _slice_chart(scene, existing, slice_table, volume_node, base, with_score)
 
     segment_table = None
     if saved.rois is not None:
@@ -306,6 +351,7 @@ def outputs_to_scene(saved: SavedOutputs, volume_node, segmentation_node=None) -
 
     for stale in existing.values():  # outputs of an earlier run that this run did not produce
         scene.RemoveNode(stale)
+    _plot_quantity(chart, own_output_nodes(volume_node), PLOT_QUALITY, base)
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     folder = _output_folder(scene, volume_node, base)
     for node in (quality, noise, reference, slice_table, chart, segment_table):

@@ -33,7 +33,7 @@ import numpy as np
 from ctqa.errors import InputError
 from ctqa.io import NRRD_TYPES, write_map
 from ctqa.outputs import SavedOutputs, read_outputs
-from ctqa.pipeline import resolve_model
+from ctqa.pipeline import resolve_model, resolve_score_model
 
 #: Folder that holds the `ctqa` package (Slicer puts it on sys.path; the worker gets it on PYTHONPATH).
 MODULE_DIR = Path(__file__).resolve().parents[1]
@@ -120,12 +120,18 @@ def _write_input_files(files: InputFiles, volume_node, reference_node, segmentat
 
 
 def command_line(
-    inputs: InputFiles, out: Path, model: str = "default", device: str = "auto", window_mm: float | None = None
+    inputs: InputFiles,
+    out: Path,
+    model: str = "default",
+    device: str = "auto",
+    window_mm: float | None = None,
+    score_model: str = "default",
 ) -> list[str]:
     """The `ctqa assess` command of a run (JSON progress on stdout, no preview.png, maps uncompressed: they are read
-    back at once and deleted)."""
+    back at once and deleted). score_model: the 0-4 score's model ("default", a name, a checkpoint or "none")."""
     command = [python_executable(), "-m", "ctqa.cli", "assess", str(inputs.volume), "--out", str(out)]
     command += ["--progress", "json", "--no-preview", "--no-compress", "--model", str(model), "--device", device]
+    command += ["--score-model", str(score_model)]
     if inputs.reference is not None:
         command += ["--reference", str(inputs.reference)]
     if inputs.segmentation is not None:
@@ -161,10 +167,17 @@ class AssessmentProcess:
     _started: float = field(default_factory=time.monotonic)
 
     @classmethod
-    def start(cls, inputs: InputFiles, model: str = "default", device: str = "auto", window_mm: float | None = None):
+    def start(
+        cls,
+        inputs: InputFiles,
+        model: str = "default",
+        device: str = "auto",
+        window_mm: float | None = None,
+        score_model: str = "default",
+    ):
         """Start the assessment of inputs; the outputs go to inputs.folder / "out"."""
         out = inputs.folder / "out"
-        job = cls(inputs, out, command_line(inputs, out, model, device, window_mm))
+        job = cls(inputs, out, command_line(inputs, out, model, device, window_mm, score_model))
         paths = [str(MODULE_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]  # no empty entry (= the cwd)
         environment = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
         if os.name == "posix":
@@ -292,11 +305,13 @@ def run(
     progress=None,
     show: bool = True,
     opacity: float | None = None,
+    score_model: str = "default",
 ):
     """Assess a volume node out of process and put the results in its scene, blocking (console and batch use).
 
-    progress(fraction, stage) as the process reports; show: put the quality map over the CT in every slice view.
-    Returns mrml.OutputNodes; InputError with the one-line reason for unusable input.
+    progress(fraction, stage) as the process reports; show: put the quality map over the CT in every slice view;
+    score_model: the 0-4 score's model ("default": the installed one, skipped with a note when there is none; a
+    name; a checkpoint; "none"). Returns mrml.OutputNodes; InputError with the one-line reason for unusable input.
     """
     from CTQualityAssessmentLib import mrml
 
@@ -305,8 +320,9 @@ def run(
     if device not in DEVICES:
         raise InputError(f"{device}: unknown device; choose one of {', '.join(DEVICES)}")
     resolve_model(model)  # an unknown model is refused before anything is written
+    resolve_score_model(score_model)
     job = AssessmentProcess.start(
-        write_inputs(volume_node, reference_volume_node, segmentation_node), model, device, window_mm
+        write_inputs(volume_node, reference_volume_node, segmentation_node), model, device, window_mm, score_model
     )
     try:
         job.wait(progress)

@@ -43,15 +43,27 @@ def region_statistics(quality: np.ndarray, noise_sd: np.ndarray, hu: np.ndarray)
     )
 
 
-def slice_table(volume: CTVolume, quality: np.ndarray, noise_sd: np.ndarray) -> list[SliceRow]:
-    """One row per slice: statistics over the slice's assessed (finite-quality) voxels."""
+def slice_table(
+    volume: CTVolume,
+    quality: np.ndarray,
+    noise_sd: np.ndarray,
+    score: np.ndarray | None = None,
+    score_sd: np.ndarray | None = None,
+) -> list[SliceRow]:
+    """One row per slice: statistics over the slice's assessed (finite-quality) voxels, and the slice's 0-4 score
+    and its SD when given (float (z,), NaN where not scored)."""
     positions = volume.slice_positions_mm()
+    missing = np.full(volume.shape[0], np.nan)
+    score = missing if score is None else score
+    score_sd = missing if score_sd is None else score_sd
     return [
         SliceRow(
             index,
             float(positions[index]),
             int(np.isfinite(quality[index]).sum()),
             region_statistics(quality[index].ravel(), noise_sd[index].ravel(), volume.hu[index].ravel()),
+            float(score[index]),
+            float(score_sd[index]),
         )
         for index in range(volume.shape[0])
     ]

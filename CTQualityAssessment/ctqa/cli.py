@@ -15,8 +15,9 @@ from ctqa.results import Summary
 
 DESCRIPTION = """\
 CT image quality assessment. `ctqa assess` reads a CT (DICOM folder or file, NIfTI, NRRD, MHA, TIFF, .npy) and writes
-a per-voxel quality map (1 = best), a local noise map in HU, per-slice and per-ROI tables, a summary and a
-preview image. `ctqa sample` writes a small synthetic CT to try it on.
+a per-voxel quality map (1 = best), a local noise map in HU, a 0-4 quality score (LDCTIQAC2023 scale, when a
+score model is installed), per-slice and per-ROI tables, a summary and a preview image. `ctqa sample` writes a
+small synthetic CT to try it on.
 """
 
 ASSESS_EPILOG = """\
@@ -24,9 +25,11 @@ outputs in --out:
   quality_map.nrrd         float32 quality per voxel, 1 = best, input geometry (NaN outside the body)
   noise_map.nrrd           float32 local noise SD in HU
   reference_ssim_map.nrrd  SSIM against --reference, resampled onto the input by position (only with --reference)
-  slices.csv               per slice: z (mm), quality mean / median / 10th percentile, noise SD, HU mean
+  slices.csv               per slice: z (mm), quality mean / median / 10th percentile, noise SD, HU mean,
+                           0-4 score and its SD (empty without a score model)
   rois.csv                 per ROI (only with --roi): label, name, voxels, status, the same statistics
-  summary.json             global score, GNL (global noise level, HU), SNR, CNR, settings, notes, outputs
+  summary.json             global quality, 0-4 score (global_score), GNL (global noise level, HU), SNR, CNR,
+                           settings, notes, outputs
   preview.png              representative slices with the quality overlay, and the per-slice plot
 
 Files appear all at once: summary.json exists only beside a complete set from one run; files an earlier
@@ -35,10 +38,11 @@ run left that this run does not produce are removed. The full contract: docs/con
 exit status: 0 on success, 2 on unusable input (the reason is printed on one line, nothing is written),
 130 on Ctrl-C and 143 on SIGTERM (the output folder keeps the earlier complete run).
 
-example:
+examples:
   ctqa sample sample_data
   ctqa assess sample_data/sample_ct.nrrd --reference sample_data/sample_reference_ct.nrrd \\
        --roi sample_data/sample_labels.nrrd --roi-names sample_data/sample_labels.txt --out results
+  ctqa assess challenge_slice.tif --scaling ldctiqac2023 --out results   (an LDCTIQAC2023 image: its 0-4 score)
 """
 
 
@@ -111,6 +115,13 @@ def _parser() -> argparse.ArgumentParser:
         default="default",
         metavar="NAME|PATH",
         help="series panel classifier: default (the bundled series model), physics, a name or a checkpoint",
+    )
+    assess.add_argument(
+        "--score-model",
+        default="default",
+        metavar="NAME|PATH|none",
+        help="0-4 quality score model (LDCTIQAC2023 scale): default (the bundled score model; skipped with a note "
+        "when none is installed), a bundled model's name, a checkpoint (X.json / X.safetensors), or none to skip",
     )
 
     classify = commands.add_parser(
@@ -207,6 +218,8 @@ def _print_result(input_path: str, summary: Summary, written: int, out: Path) ->
         f"global quality {score:.3f}" if math.isfinite(score) else "quality n/a (no flat tissue to measure noise in)",
         f"GNL {gnl:.1f} HU" if math.isfinite(gnl) else "GNL n/a",
     ]
+    if summary.global_score is not None:
+        figures.append(score_text(summary.global_score))
     if noise_level is not None:
         figures.append(f"learned noise level {noise_level.relative_noise:.1f}x the training full-dose images")
     print(f"{Path(input_path).name} ({summary.settings.model}, {summary.settings.device}): " + ", ".join(figures))
@@ -215,16 +228,30 @@ def _print_result(input_path: str, summary: Summary, written: int, out: Path) ->
     print(f"wrote {written} files to {out}")
 
 
+def score_text(score) -> str:
+    """ "score 2.7 ± 0.3 / 4" of a results.GlobalScore (no ± for a model without uncertainty)."""
+    spread = f" ± {score.sd:.1f}" if math.isfinite(score.sd) else ""
+    return f"score {score.value:.1f}{spread} / 4"
+
+
 def _assess(args: argparse.Namespace) -> None:
     from ctqa.io import read_volume, with_acquisition_from
     from ctqa.outputs import check_inputs_survive, check_output_folder
-    from ctqa.pipeline import assess, check_window_mm, resolve_model, resolve_series_model, write_outputs
+    from ctqa.pipeline import (
+        assess,
+        check_window_mm,
+        resolve_model,
+        resolve_score_model,
+        resolve_series_model,
+        write_outputs,
+    )
     from ctqa.rois import load_rois
 
     out = check_output_folder(args.out)
     check_inputs_survive(out, [args.input, args.reference, args.roi])
     model = resolve_model(args.model)
     series_model = resolve_series_model(args.series_model)
+    score_spec = resolve_score_model(args.score_model)
     window_mm = check_window_mm(args.window_mm)
     if args.pixel_mm is not None and not (math.isfinite(args.pixel_mm) and 0.01 <= args.pixel_mm <= 20.0):
         raise InputError(f"--pixel-mm {args.pixel_mm:g}: must be between 0.01 and 20")
@@ -248,6 +275,7 @@ def _assess(args: argparse.Namespace) -> None:
             device=args.device,
             progress=bar,
             series_model=series_model,
+            score_model=args.score_model if score_spec is None else score_spec,  # a skip keeps its note
         )
         bar(1.0, "writing outputs")
         paths = write_outputs(assessment, out, preview=not args.no_preview, compress=not args.no_compress)

@@ -1,5 +1,5 @@
-"""One assessment of one CT volume, orchestration only: physics pass, quality-map task, reference SSIM, tables,
-summary; and writing it to a folder through the output contract (outputs.py)."""
+"""One assessment of one CT volume, orchestration only: physics pass, quality-map task, global 0-4 score task,
+reference SSIM, tables, summary; and writing it to a folder through the output contract (outputs.py)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from ctqa.results import (
 )
 from ctqa.rois import Roi
 from ctqa.slabs import ProgressCallback
-from ctqa.tasks import quality_map, series_panel
+from ctqa.tasks import global_score, quality_map, series_panel
 from ctqa.volume import CTVolume
 
 #: Noise window limits (mm): below, a window holds too few voxels at any CT pixel size; above, it averages organs.
@@ -56,6 +56,7 @@ DEFINITIONS = {
     "probabilities, from the classifier the series model chose on validation (calls_from) and the physics "
     "classifier beside it; fitted_score: the eq. 4 linear fit of "
     "the four outputs on 0-4, fitted to what the model card says (no clinician scores were available)",
+    "global_score": global_score.DEFINITION,
 }
 
 
@@ -70,6 +71,7 @@ class Assessment:
     slices: list[SliceRow]
     rois: list[RoiRow] | None
     summary: Summary
+    scores: global_score.SliceScores | None = None
 
     @property
     def quality(self) -> np.ndarray:
@@ -99,6 +101,14 @@ def resolve_series_model(model: str | ModelSpec | None) -> ModelSpec:
     return model if isinstance(model, ModelSpec) else registry.resolve("series_class", model)
 
 
+def resolve_score_model(model: str | os.PathLike | ModelSpec | None, require_packages: bool = True) -> ModelSpec | None:
+    """The global-score model of a user's choice (task global_score; tasks/global_score.resolve): None for "none",
+    and for "default" when no score model is installed or (require_packages) PyTorch/timm are missing; the score is
+    then skipped, with a note for the latter two. require_packages=False: what the choice names, for an installer
+    that will provide the packages (the Slicer module)."""
+    return global_score.resolve(model, require_packages)
+
+
 def _summary(
     volume: CTVolume,
     noise: NoiseAnalysis,
@@ -107,10 +117,12 @@ def _summary(
     reference_ssim: np.ndarray | None,
     window_mm: float,
     series: SeriesMeasures,
+    scores: global_score.SliceScores | None,
+    score_notes: tuple[str, ...],
 ) -> Summary:
     body = body_statistics(volume, result.quality, noise.noise_sd)
     reference_body = reference_all = None
-    notes = volume.notes + noise.notes + result.notes
+    notes = volume.notes + noise.notes + result.notes + score_notes
     if reference_ssim is not None:
         covered = np.isfinite(reference_ssim)
         inside = np.isfinite(result.quality) & covered
@@ -149,6 +161,7 @@ def _summary(
         learned_noise_level=result.noise_level,
         lung=lung_quality(result.windows, result.lung),
         series=series,
+        global_score=scores.summary if scores is not None else None,
         reference_ssim_mean_body=reference_body,
         reference_ssim_mean=reference_all,
         definitions={"quality": result.definition, **DEFINITIONS},
@@ -165,6 +178,7 @@ def assess(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     series_model: str | ModelSpec | None = DEFAULT_MODEL,
+    score_model: str | os.PathLike | ModelSpec | None = DEFAULT_MODEL,
 ) -> Assessment:
     """Assess one CT volume: quality and noise maps, optional reference SSIM map, per-slice and per-ROI tables.
 
@@ -172,9 +186,13 @@ def assess(
     map, GNL and body mask always come from the physics pass. reference: any grid overlapping volume; resampled by
     physical position. device: where a learned model runs; cancel stops it between batches (inference.Cancelled).
     series_model: the series panel's classifier ("default", "physics", a name or a checkpoint; tasks/series_panel).
+    score_model: the 0-4 global score's model ("default", a name, a checkpoint, or "none"/None to skip it; without
+    an installed model "default" skips it with a note; tasks/global_score).
     """
     spec = resolve_model(model)
     series_spec = resolve_series_model(series_model)
+    score_spec = resolve_score_model(score_model)
+    score_note = global_score.skipped_note(score_model, score_spec)
     window_mm = check_window_mm(window_mm)
     reference_hu = reference_on_grid(reference, volume) if reference is not None else None
 
@@ -184,12 +202,25 @@ def assess(
         )
 
     physics_end = 0.3 if spec.is_learned else 0.6
+    map_end = 0.8 if score_spec is None else (0.6 if spec.is_learned else 0.65)  # the score runs up to 0.8
     noise = analyse_noise(volume, window_mm, progress=stage(0.0, physics_end))
-    result = quality_map.run(volume, spec, noise, device, stage(physics_end, 0.8), cancel)
+    result = quality_map.run(volume, spec, noise, device, stage(physics_end, map_end), cancel)
+    scores = None
+    if score_spec is not None:
+        if progress is not None:
+            progress(map_end, "quality score")
+        body_voxels = np.array([np.count_nonzero(np.isfinite(plane)) for plane in noise.noise_sd])
+        scores = global_score.run(volume, score_spec, body_voxels, device, stage(map_end, 0.8), cancel)
     reference_ssim = None
     if reference_hu is not None:
         reference_ssim = ssim_map(volume.hu, reference_hu, progress=stage(0.8, 0.95))
-    slices = slice_table(volume, result.quality, noise.noise_sd)
+    slices = slice_table(
+        volume,
+        result.quality,
+        noise.noise_sd,
+        scores.score if scores is not None else None,
+        scores.sd if scores is not None else None,
+    )
     roi_rows = None
     if rois is not None:
         roi_rows = roi_table(volume, result.windows, result.lung, noise.noise_sd, rois)
@@ -198,8 +229,13 @@ def assess(
     series = series_panel.run(volume, noise, series_spec, result.device)
     if progress is not None:
         progress(1.0, "tables")
-    summary = _summary(volume, noise, result, slices, reference_ssim, window_mm, series)
-    return Assessment(volume, result, noise, reference_ssim, slices, roi_rows, summary)
+    score_notes = (score_note,) if score_note else ()
+    if score_spec is not None and scores is None:
+        score_notes += ("no slice shows the body: the 0-4 quality score is not reported",)
+    if scores is not None and scores.device_fallback and scores.device_fallback != result.device_fallback:
+        score_notes += (f"quality score: {scores.device_fallback}",)
+    summary = _summary(volume, noise, result, slices, reference_ssim, window_mm, series, scores, score_notes)
+    return Assessment(volume, result, noise, reference_ssim, slices, roi_rows, summary, scores)
 
 
 @contextmanager

@@ -29,12 +29,19 @@ class RegionStats:
 
 @dataclass(frozen=True)
 class SliceRow:
-    """One row of slices.csv: slice index, its position z (mm, LPS) and statistics over its assessed voxels."""
+    """One row of slices.csv: slice index, its position z (mm, LPS) and statistics over its assessed voxels.
+
+    score, score_sd: the slice's 0-4 quality score (LDCTIQAC2023 scale, 4 = best) and the spread of its predicted
+    score distribution; NaN (an empty cell) when no score model ran, for slices without body, and score_sd for
+    regression models. Last in the row, so readers of the earlier columns are unaffected.
+    """
 
     slice: int
     z_mm: float
     voxels: int
     stats: RegionStats
+    score: float = math.nan
+    score_sd: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,31 @@ class SeriesMeasures:
     tag_disagreements: tuple[str, ...] = ()
 
 
+#: The scale of the global score: the LDCTIQAC2023 convention (0 bad ... 4 excellent, a mean of radiologists).
+SCORE_SCALE = "0-4 LDCTIQAC2023"
+
+
+@dataclass(frozen=True)
+class GlobalScore:
+    """summary.json's global_score block: the 0-4 quality score of a volume (LDCTIQAC2023 scale, 4 = best).
+
+    value: mean of the slice scores over the slices with body; worst_decile: mean of the worst 10 % of those slices
+    (at least one); sd: mean of the slices' SDs, the spread of the predicted score distributions (the model's
+    uncertainty about one slice, not a confidence interval of the mean; NaN for regression models); model: the
+    score model's name; slices_scored: slices with body that were scored; calibrated: the model card's monotone
+    calibration to a user's radiologists was applied; device: where the model ran.
+    """
+
+    value: float
+    sd: float
+    worst_decile: float
+    scale: str
+    model: str
+    slices_scored: int
+    calibrated: bool
+    device: str
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """How the figures were made: model, where it ran, the input scaling and the noise window."""
@@ -177,6 +209,7 @@ class Summary:
     learned_noise_level: LearnedNoiseLevel | None = None
     lung: LungQuality | None = None
     series: SeriesMeasures | None = None
+    global_score: GlobalScore | None = None
     reference_ssim_mean_body: float | None = None
     reference_ssim_mean: float | None = None
     definitions: dict[str, str] = field(default_factory=dict)

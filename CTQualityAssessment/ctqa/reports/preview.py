@@ -1,5 +1,6 @@
 """preview.png: representative axial slices with the quality map as a colour overlay, a colour bar, and the
-per-slice score plot. Drawn with matplotlib's object API (no pyplot state, no display needed)."""
+per-slice plot (quality mean and 10th percentile; the 0-4 score on a second axis when a score model ran). Drawn
+with matplotlib's object API (no pyplot state, no display needed)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,8 @@ def save_preview(assessment: Assessment, path: str | Path) -> None:
             axes.contour(lung, levels=[0.5], colors="white", linewidths=0.6)
         mean = slice_quality[index]
         score = "n/a" if not math.isfinite(mean) else f"{mean:.2f}"
+        if math.isfinite(assessment.slices[index].score):
+            score += f", score {assessment.slices[index].score:.1f}"
         axes.set_title(f"slice {index}  z = {positions[index]:.1f} mm\nmean quality {score}", fontsize=9)
         axes.set_axis_off()
     colorbar = figure.colorbar(image, ax=figure.axes, location="right", shrink=0.9)
@@ -87,13 +90,25 @@ def save_preview(assessment: Assessment, path: str | Path) -> None:
     plot.set_ylim(0.0, 1.0)
     plot.set_xlabel("slice index")
     plot.set_ylabel("quality")
-    plot.legend(loc="lower left", fontsize=8, ncols=2)
+    handles, labels = plot.get_legend_handles_labels()
+    slice_score = np.array([row.score for row in assessment.slices], dtype=float)
+    if np.isfinite(slice_score).any():  # a score model ran: its 0-4 scale on the right
+        score_axis = plot.twinx()
+        (line,) = score_axis.plot(indices, slice_score, color="tab:green", ls="--", marker=marker, ms=4)
+        score_axis.set_ylim(0.0, 4.0)
+        score_axis.set_ylabel("score (0-4)")
+        handles.append(line)
+        labels.append("score 0-4")
+    plot.legend(handles, labels, loc="lower left", fontsize=8, ncols=len(labels))
     summary = assessment.summary
     figures = [
         f"global quality {summary.global_quality_score:.2f}"
         if math.isfinite(summary.global_quality_score)
         else "no body found"
     ]
+    if summary.global_score is not None:
+        spread = f" ± {summary.global_score.sd:.1f}" if math.isfinite(summary.global_score.sd) else ""
+        figures.append(f"score {summary.global_score.value:.1f}{spread} / 4")
     if math.isfinite(summary.gnl_hu):
         figures.append(f"GNL {summary.gnl_hu:.1f} HU")
     figure.suptitle(f"{Path(volume.source).name}: {', '.join(figures)}  ({assessment.model})", fontsize=10)
