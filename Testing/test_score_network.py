@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from ctqa.errors import InputError
@@ -92,16 +93,16 @@ def test_every_backbone_and_head_at_512(backbone, head):
 
 
 def test_default_backbones_are_small():
-    """The CPU-trainable budget: < 2 M parameters and about 0.5 GFLOP or less per 512 x 512 slice for every default
-    backbone."""
+    """The CPU-trainable budget: < 2 M parameters and at most about 0.5 GFLOP per 512 x 512 slice (0.27-0.59 measured)
+    for every default backbone."""
     x = score_input(random_hu(1), 2)
     for backbone in BACKBONES:
         model = build_score_network(ScoreNetConfig(backbone=backbone)).eval()
         parameters = sum(p.numel() for p in model.parameters())
-        with FlopCounterMode(display=False) as counter, torch.inference_mode():
-            model(x)
+        with FlopCounterMode(display=False) as counter, torch.inference_mode(), sdpa_kernel(SDPBackend.MATH):
+            model(x)  # the math attention kernel: its matrix products are counted
         assert 3e5 < parameters < 2e6, backbone
-        assert 1e8 < counter.get_total_flops() < 5.5e8, backbone
+        assert 2e8 < counter.get_total_flops() < 6e8, backbone
 
 
 def test_config_round_trips_through_json_and_rejects_bad_keys():

@@ -35,16 +35,17 @@ K x (bins + 1) sigmoid outputs per patch, so the pooled (B, K, bins + 1) distrib
 targets (``score_distribution``, peak 1); decoded by the mean over scales of the argmax, the spread as uncertainty.
 ``"regression"``: f' is one linear output, the score itself (the ablation's plain head; no uncertainty).
 
-Size and speed at 512 x 512 (space-to-depth 2), default sizes, distribution head, measured on this project's
-2-core CPU (AMD EPYC, shared), torch 2.13 float32, batch 8. FLOPs are counted by ``torch.utils.flop_counter``
-(2 per multiply-add of convolutions, matrix products and attention; the deformable sampling, normalisations and
-activations are not counted). Inference: under ``torch.inference_mode``; training: forward + backward of the
-mean score of a batch of 8.
+Size and speed at 512 x 512 (space-to-depth 2), default sizes, distribution head, on this project's 2-core CPU
+(AMD EPYC, shared with other jobs), torch 2.13 float32, batch 8. FLOPs: ``torch.utils.flop_counter`` with the math
+attention kernel (2 per multiply-add of convolutions, matrix products and attention; deformable sampling,
+normalisations and activations not counted). Inference under ``torch.inference_mode``; train step = forward +
+backward of ``loss_terms`` on a batch of 8. One thread: ranges over several runs (CPU time when the other core was
+busy); two threads: wall time in a quiet moment, measured before the HPF channel (which adds 3-10 % FLOPs).
 
-    backbone  parameters  GFLOP/slice  inference slices/s (1 / 2 threads)  train step batch 8 (1 / 2 threads)
-    cnn          0.97 M       0.44         SPEED_CNN
-    tfkt         0.93 M       0.27         SPEED_TFKT
-    mdiqa        0.77 M       0.40         SPEED_MDIQA
+    backbone  parameters  GFLOP/slice  inference slices/s (1 / 2 threads)  train step, batch 8 (1 / 2 threads)
+    cnn         1.12 M       0.48        42-66 / 95                          0.41-0.45 s / 0.23 s
+    tfkt        0.71 M       0.27        38-62 / 99                          0.56-0.58 s / 0.40 s
+    mdiqa       0.68 M       0.59        47-72 / 95                          0.45-0.53 s / 0.31 s
 
 Checkpoints (task "global_score"): ``X.safetensors`` + model card ``X.json`` (``save_score_model``), loaded
 without pickle with the weights' sha256 verified (``load_score_model``). A card may hold a calibration to a user's
