@@ -37,17 +37,18 @@ floor) clipped to [0, 4] (SCORE_SSIM_FLOOR, SCORE_SSIM_CEILING; both in the mani
 full-reference proxy of perceived quality (Wang et al. 2004; it tracks observer scores far better than MSE/PSNR on IQA
 databases); here it falls with noise (lower dose) and with streaks (fewer views), the two degradations of the challenge,
 and computed in the radiologists' reading window it weighs only what they see. Floor 0.2 and ceiling 1 make the default
-grid (8 doses x 7 view counts: 5-100 % dose, 64-720 views, from mild noise to heavy streaks) span the scale about
-evenly on the shared real slices (28 slices, 1568 images, built into .work/score_data): per half point from 0 to
-4, 249 / 206 / 206 / 218 / 216 / 176 / 162 / 135 images, mean 1.81, 4 % clipped at 0, only the references at 4; full-view 25 % dose (noise about twice the full dose, as
-in the Mayo quarter-dose data) scores 2.84 (2.24-3.34, "fair" to "good"), 5 % dose 1.41, 64 views at full dose 0.66.
-Mean SSIM fell strictly with dose and with view count in every cell of every slice. What it cannot capture: the task (a
-noise level that hides a small low-contrast lesion scores the same as one on a large organ); the absolute quality of the
-acquisition (the reference always scores 4, even when the acquired slice was already noisy or thin); readers'
-preferences of texture and kernel (the labelled images are all smooth-kernel re-reconstructions, the unlabelled ones
-keep their scanner's kernel); the non-linear weighing of streaks against noise (one SSIM unit of streaks is not one unit
-of noise to a reader); anatomy outside the window. It is monotone in each degradation, which the score network learns; a
-user's radiologist ratings recalibrate it (``ctqa-train calibrate-score``).
+grid (8 doses x 7 view counts: 5-100 % dose, 64-720 views, from mild noise to heavy streaks) span the scale about evenly
+on the shared real slices (28 slices, 1568 images, built into .work/score_data): per half point from 0 to 4, 249 / 206 /
+206 / 218 / 216 / 176 / 162 / 135 images, mean 1.81, 4 % clipped at 0, only the references at 4; full-view 25 % dose
+(noise about twice the full dose, as in the Mayo quarter-dose data) scores 2.84 (2.24-3.34, "fair" to "good"), 5 % dose
+1.41, 64 views at full dose 0.66. Mean SSIM fell strictly with dose and with view count in every cell of every slice.
+What it cannot capture: the task (a noise level that hides a small low-contrast lesion scores the same as one on a large
+organ); the absolute quality of the acquisition (the reference always scores 4, even when the acquired slice was already
+noisy or thin); readers' preferences of texture and kernel (the labelled images are all smooth-kernel
+re-reconstructions, the unlabelled ones keep their scanner's kernel); the non-linear weighing of streaks against noise
+(one SSIM unit of streaks is not one unit of noise to a reader); anatomy outside the window. It is monotone in each
+degradation, which the score network learns; a user's radiologist ratings recalibrate it (``ctqa-train
+calibrate-score``).
 
 Resizing (sources whose grid is not 512 x 512): the slice is padded with air (-1024 HU) on both sides of the shorter
 axis to a square (``datasets.pad_to_square``), then resampled to 512 x 512 with antialiased bilinear interpolation
