@@ -554,7 +554,9 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
             return "-"
         text = f"{value:.1f}" + (f" ± {spread:.1f}" if spread is not None else "")
         details = [score.get("scale") or "0-4", _("model {name}").format(name=score.get("model") or "?")]
-        if score.get("calibrated"):
+        if score.get("trained_to") == "surrogate":
+            details.append(_("surrogate-trained, not radiologist-rated"))
+        elif score.get("calibrated"):
             details.append(_("calibrated"))
         text += f" ({', '.join(details)})"
         worst = score.get("worst_decile")

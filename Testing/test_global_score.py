@@ -25,7 +25,7 @@ from ctqa.tasks import global_score
 from ctqa.volume import CTVolume
 
 #: The block the issue asks for, first and in this order; the rest are this project's additions.
-BLOCK_KEYS = ["value", "sd", "worst_decile", "scale", "model", "slices_scored", "calibrated", "device"]
+BLOCK_KEYS = ["value", "sd", "worst_decile", "scale", "model", "slices_scored", "calibrated", "device", "trained_to"]
 
 
 @pytest.fixture
@@ -71,16 +71,26 @@ def test_worst_decile_is_the_mean_of_the_lowest_tenth_rounded_up():
 def test_block_over_the_scored_slices_in_the_contract_order():
     score = np.array([np.nan, 3.0, 1.0, 2.0, np.nan])
     sd = np.array([np.nan, 0.2, 0.4, 0.3, np.nan])
-    block = global_score.summarise(score, sd, "tiny", calibrated=False)
+    block = global_score.summarise(score, sd, "tiny", {})
     assert (block.value, block.worst_decile, block.slices_scored) == (2.0, 1.0, 3)
     assert block.sd == pytest.approx(0.3)
     as_json = json.loads(json.dumps(to_json(block)))
     assert list(as_json) == BLOCK_KEYS
     assert as_json["scale"] == SCORE_SCALE == "0-4 LDCTIQAC2023" and as_json["model"] == "tiny"
 
-    regression = global_score.summarise(score, np.full(5, np.nan), "tiny", calibrated=False)
+    regression = global_score.summarise(score, np.full(5, np.nan), "tiny", {})
     assert regression.value == 2.0 and to_json(regression)["sd"] is None  # no uncertainty: null, not NaN
-    assert global_score.summarise(np.full(3, np.nan), np.full(3, np.nan), "tiny", False) is None
+    assert global_score.summarise(np.full(3, np.nan), np.full(3, np.nan), "tiny", {}) is None
+
+
+def test_trained_to_says_what_the_scores_were_fitted_to():
+    simulated = {"training": {"dataset_sources": [{"kind": "volume"}, {"kind": "mayo-npy"}]}}
+    rated = {"training": {"dataset_sources": [{"kind": "ldctiqac"}]}}
+    assert global_score.trained_to(simulated) == "surrogate"
+    assert global_score.trained_to(rated) == "radiologist scores"
+    assert global_score.trained_to({**simulated, "calibration": {}}) == "calibrated to radiologist ratings"
+    block = global_score.summarise(np.array([2.0]), np.array([0.3]), "tiny", simulated)
+    assert block.trained_to == "surrogate" and not block.calibrated
 
 
 def test_body_runs_are_the_contiguous_slices_with_body():

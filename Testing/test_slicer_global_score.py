@@ -74,6 +74,7 @@ BLOCK = {
     "slices_scored": 120,
     "calibrated": False,
     "device": "cpu",
+    "trained_to": "radiologist scores",
 }
 
 
@@ -93,8 +94,12 @@ def test_one_slice_regression_and_calibrated_models():
     assert Logic.globalScoreText({"global_score": one_slice}) == "2.7 ± 0.3 (0-4 LDCTIQAC2023, model mdiqa-sim-v1)"
     regression = {**one_slice, "sd": None}  # no uncertainty (JSON null): no ±
     assert Logic.globalScoreText({"global_score": regression}) == "2.7 (0-4 LDCTIQAC2023, model mdiqa-sim-v1)"
-    calibrated = {**one_slice, "calibrated": True}
+    calibrated = {**one_slice, "calibrated": True, "trained_to": "calibrated to radiologist ratings"}
     assert Logic.globalScoreText({"global_score": calibrated}).endswith("model mdiqa-sim-v1, calibrated)")
+    surrogate = {**one_slice, "trained_to": "surrogate"}  # the bundled model: no radiologist rated its training data
+    assert Logic.globalScoreText({"global_score": surrogate}) == (
+        "2.7 ± 0.3 (0-4 LDCTIQAC2023, model mdiqa-sim-v1, surrogate-trained, not radiologist-rated)"
+    )
 
 
 def test_missing_score_says_why():
@@ -110,9 +115,11 @@ def test_the_real_summary_block_formats(tmp_path):
     """The core's dataclass through to_json and JSON, as summary.json holds it."""
     from ctqa.results import to_json
 
-    block = global_score.summarise(np.array([3.0, 2.0, np.nan]), np.array([0.25, 0.35, np.nan]), "tiny", False)
+    block = global_score.summarise(np.array([3.0, 2.0, np.nan]), np.array([0.25, 0.35, np.nan]), "tiny", {})
     summary = json.loads(json.dumps({"global_score": to_json(block)}))
-    assert Logic.globalScoreText(summary) == "2.5 ± 0.3 (0-4 LDCTIQAC2023, model tiny)\nworst 10 % of slices: 2.0"
+    assert Logic.globalScoreText(summary) == (
+        "2.5 ± 0.3 (0-4 LDCTIQAC2023, model tiny, surrogate-trained, not radiologist-rated)\nworst 10 % of slices: 2.0"
+    )
 
 
 #

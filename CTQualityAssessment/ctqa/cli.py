@@ -229,9 +229,11 @@ def _print_result(input_path: str, summary: Summary, written: int, out: Path) ->
 
 
 def score_text(score) -> str:
-    """ "score 2.7 ± 0.3 / 4" of a results.GlobalScore (no ± for a model without uncertainty)."""
+    """ "score 2.7 ± 0.3 / 4" of a results.GlobalScore (no ± for a model without uncertainty; "(surrogate)" after
+    it for a model trained to the surrogate score, not to radiologists)."""
     spread = f" ± {score.sd:.1f}" if math.isfinite(score.sd) else ""
-    return f"score {score.value:.1f}{spread} / 4"
+    basis = " (surrogate)" if score.trained_to == "surrogate" else ""
+    return f"score {score.value:.1f}{spread} / 4{basis}"
 
 
 def _assess(args: argparse.Namespace) -> None:

@@ -159,7 +159,9 @@ class GlobalScore:
     (at least one); sd: mean of the slices' SDs, the spread of the predicted score distributions (the model's
     uncertainty about one slice, not a confidence interval of the mean; NaN for regression models); model: the
     score model's name; slices_scored: slices with body that were scored; calibrated: the model card's monotone
-    calibration to a user's radiologists was applied; device: where the model ran.
+    calibration to a user's radiologists was applied; device: where the model ran; trained_to: what the model's
+    scores were fitted to, "surrogate" (a full-reference measure on simulated degradations, not radiologists'
+    ratings: the bundled model), "radiologist scores" (LDCTIQAC2023 labels) or "calibrated to radiologist ratings".
     """
 
     value: float
@@ -170,6 +172,7 @@ class GlobalScore:
     slices_scored: int
     calibrated: bool
     device: str
+    trained_to: str
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,10 @@ DEFINITION = (
     "(-135..215 HU); value: mean over the slices with body; worst_decile: mean of the worst 10 % of those slices "
     "(at least one); sd: mean of the slices' SDs, the spread of the predicted score distributions (a slice's "
     "uncertainty, not that of the mean; null for regression models); calibrated: mapped onto a user's "
-    "radiologists by the model card's monotone calibration"
+    "radiologists by the model card's monotone calibration; trained_to: what the model's scores were fitted to - "
+    '"surrogate" (the bundled model: mean SSIM against the full-dose image on simulated low-dose and sparse-view '
+    'degradations, mapped to 0-4; an estimate of that measure, not a radiologist\'s rating), "radiologist scores" '
+    'or "calibrated to radiologist ratings"'
 )
 
 
@@ -144,9 +147,16 @@ def _share(progress: ProgressCallback | None, offset: float, width: float) -> Pr
     return lambda fraction, message: progress(offset + width * fraction, message)
 
 
-def summarise(
-    score: np.ndarray, sd: np.ndarray, model: str, calibrated: bool, device: str = "cpu"
-) -> GlobalScore | None:
+def trained_to(card: dict) -> str:
+    """What a score model card's scores were fitted to (GlobalScore.trained_to): a calibration to a user's ratings,
+    radiologists' LDCTIQAC2023 scores among the training sources, else the surrogate of the simulated dataset."""
+    if "calibration" in card:
+        return "calibrated to radiologist ratings"
+    kinds = {source.get("kind") for source in card.get("training", {}).get("dataset_sources", [])}
+    return "radiologist scores" if "ldctiqac" in kinds else "surrogate"
+
+
+def summarise(score: np.ndarray, sd: np.ndarray, model: str, card: dict, device: str = "cpu") -> GlobalScore | None:
     """The summary block of per-slice scores (z,) (NaN = slice not scored); None when no slice was scored."""
     scored = np.isfinite(score)
     if not scored.any():
@@ -159,8 +169,9 @@ def summarise(
         scale=SCORE_SCALE,
         model=model,
         slices_scored=int(scored.sum()),
-        calibrated=calibrated,
+        calibrated="calibration" in card,
         device=device,
+        trained_to=trained_to(card),
     )
 
 
@@ -194,5 +205,5 @@ def run(
             model, card, volume.hu[start:stop], torch_device, progress=part, cancel=cancel
         )
         done += stop - start
-    summary = summarise(score, sd, spec.name, "calibration" in card, str(torch_device))
+    summary = summarise(score, sd, spec.name, card, str(torch_device))
     return SliceScores(score, sd, summary, fallback) if summary is not None else None
