@@ -374,7 +374,7 @@ def build_dataset(
     for source, entry in tqdm(pending, desc="simulate", unit="volume", disable=not progress):
         shard = folder / entry["shard"]
         build = json.dumps({"parameters": parameters, "source": entry}, sort_keys=True)
-        if _shard_build(shard) == build:
+        if shard_build(shard) == build:
             continue  # finished by an earlier, interrupted run
         arrays = _samples_of(source.load(), parameters, entry["seed"], source.path)
         with written_whole(shard) as partial:
@@ -392,7 +392,7 @@ def _manifest_parameters(path: Path) -> dict:
         raise InputError(f"{path}: not a dataset manifest ({error!r}); choose a new folder") from None
 
 
-def _shard_build(path: Path) -> str | None:
+def shard_build(path: Path) -> str | None:
     """The build recorded in a shard (JSON text), None when there is no readable shard."""
     try:
         with np.load(path) as shard:

@@ -80,7 +80,7 @@ from ctqa.errors import InputError
 from ctqa.outputs import check_output_folder
 from ctqa.scaling import NAMED
 
-from .datasets import SPLITS, Source, assign_splits, find_sources, pad_to_square
+from .datasets import SPLITS, Source, assign_splits, find_sources, pad_to_square, shard_build
 from .files import written_whole
 from .labels import BODY_HU, ssim_labels
 from .projection import (
@@ -430,7 +430,7 @@ def build_score_dataset(
     ):
         shard = folder / entry["shard"]
         build = json.dumps({"parameters": parameters, "source": entry}, sort_keys=True)
-        if _shard_build(shard) != build:  # else finished by an earlier, interrupted run
+        if shard_build(shard) != build:  # else finished by an earlier, interrupted run
             arrays = _samples_of(source.load(), role, parameters, entry["seed"], source.path)
             with written_whole(shard) as partial:
                 np.savez_compressed(partial, build=np.array(build), **arrays)
@@ -470,15 +470,6 @@ def _manifest(path: Path) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise InputError(f"{path}: not a score dataset manifest ({error})") from None
     return manifest
-
-
-def _shard_build(path: Path) -> str | None:
-    """The build recorded in a shard (JSON text), None when there is no readable shard."""
-    try:
-        with np.load(path) as shard:
-            return str(shard["build"])
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        return None
 
 
 def load_score_split(data: str | os.PathLike, split: str, labelled: bool | None = None) -> ScoreSamples:

@@ -63,6 +63,16 @@ _NORM = "batch"
 _ACT = ("leakyrelu", {"negative_slope": 0.1, "inplace": True})
 
 
+def config_from_dict(cls, data: dict):
+    """An architecture dataclass cls from a card's dict; ValueError on unknown or missing keys (defaults may change
+    between versions, so a stored configuration must name every field) or invalid values (cls's own checks)."""
+    unknown = set(data) - set(cls.__dataclass_fields__)
+    missing = set(cls.__dataclass_fields__) - set(data)
+    if unknown or missing:
+        raise ValueError(f"unknown architecture keys {sorted(unknown)}, missing keys {sorted(missing)}")
+    return cls(**data)
+
+
 @dataclass(frozen=True)
 class QualityNetConfig:
     """Architecture of one quality network; stored as a JSON dict in the model card (``to_dict``/``from_dict``).
@@ -119,11 +129,7 @@ class QualityNetConfig:
     def from_dict(cls, data: dict) -> QualityNetConfig:
         """Inverse of ``to_dict``; ValueError on unknown, missing or invalid keys (defaults may change between
         versions, so a stored configuration must name every field)."""
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        missing = set(cls.__dataclass_fields__) - set(data)
-        if unknown or missing:
-            raise ValueError(f"unknown architecture keys {sorted(unknown)}, missing keys {sorted(missing)}")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 #: The seven N2Q ablations, one option each; "N2Q" is the product default.

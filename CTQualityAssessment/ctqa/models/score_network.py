@@ -75,7 +75,7 @@ from torch import nn
 from ctqa.errors import InputError
 from ctqa.models.checkpoints import FORMAT_VERSION, load_verified_weights
 from ctqa.models.inference import Cancelled, resolve_device
-from ctqa.models.networks import HPF_SCALE, HPF_SIGMA_PX, gaussian_blur
+from ctqa.models.networks import HPF_SCALE, HPF_SIGMA_PX, config_from_dict, gaussian_blur
 from ctqa.models.registry import checkpoint_files, read_json
 from ctqa.models.timm_import import import_timm
 from ctqa.physics.ssim import SSIM_WINDOW_HU
@@ -252,11 +252,7 @@ class ScoreNetConfig:
     def from_dict(cls, data: dict) -> ScoreNetConfig:
         """Inverse of ``to_dict``; ValueError on unknown, missing or invalid keys (defaults may change between
         versions, so a stored configuration must name every field)."""
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        missing = set(cls.__dataclass_fields__) - set(data)
-        if unknown or missing:
-            raise ValueError(f"unknown architecture keys {sorted(unknown)}, missing keys {sorted(missing)}")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 class ScoreOutput(NamedTuple):

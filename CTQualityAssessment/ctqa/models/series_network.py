@@ -35,7 +35,7 @@ from torch import nn
 
 from ctqa.errors import InputError
 from ctqa.models.checkpoints import FORMAT_VERSION, load_verified_weights
-from ctqa.models.networks import gaussian_blur
+from ctqa.models.networks import config_from_dict, gaussian_blur
 from ctqa.models.registry import checkpoint_files, read_json
 from ctqa.physics.lung import LUNG_WINDOW_HU
 from ctqa.physics.series import DOSE_LABELS, REFERENCE_THICKNESS_MM, REFERENCE_WED_MM, WINDOW_LABELS
@@ -77,10 +77,7 @@ class SeriesNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> SeriesNetConfig:
-        unknown, missing = set(data) - set(cls.__dataclass_fields__), set(cls.__dataclass_fields__) - set(data)
-        if unknown or missing:
-            raise ValueError(f"unknown architecture keys {sorted(unknown)}, missing keys {sorted(missing)}")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 def _block(channels_in: int, channels_out: int) -> nn.Sequential:
