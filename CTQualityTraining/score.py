@@ -474,8 +474,9 @@ def ablation(
             if (runs_dir / name / f"{STATE}.json").is_file():
                 trainer.resume()
             trainer.run()
-        model, card = load_score_model(runs_dir / name / MODEL, device)
-        metrics = evaluate(model, card, test, resolve_device(device)[0])
+        torch_device = resolve_device(device)[0]
+        model, card = load_score_model(runs_dir / name / MODEL, torch_device)
+        metrics = evaluate(model, card, test, torch_device)
         training = card["training"]
         rows.append(
             {
@@ -500,7 +501,10 @@ def ablation_markdown(rows: list[dict], command: str, split: str = "test") -> st
         "",
         f"Made by: `{command}`",
         "",
-        f"Agreement with the surrogate score on the held-out {split} split (patients never seen in training).",
+        f"Agreement with the surrogate score on the held-out {split} split (patients never seen in training): "
+        "|PLCC|, |SROCC|, |KROCC| and their sum (overall, the LDCTIQAC2023 ranking figure; 3 is perfect), RMSE on "
+        "0-4. One run (seed 0) per row, the same steps and batch for all; the semi-supervised run's teachers are the "
+        "five supervised runs above it. The surrogate is not a radiologist's score (CTQualityTraining/score_data.py).",
         "",
         "| run | backbone | head | semi-supervised | overall | PLCC | SROCC | KROCC | RMSE | params (M) | time (min) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
