@@ -311,6 +311,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _labels(args: argparse.Namespace) -> None:
     from ctqa.geometry import reference_on_grid
     from ctqa.io import WRITABLE_EXTENSIONS, read_volume, write_map
@@ -367,10 +374,7 @@ def _simulate(args: argparse.Namespace) -> None:
 def _maps(args: argparse.Namespace) -> None:
     from .trainer import Trainer, TrainSettings
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     settings = TrainSettings(
         data=args.data,
         variant=args.variant,
@@ -419,10 +423,7 @@ def _series(args: argparse.Namespace) -> None:
 
     from .series import SeriesTrainSettings, evaluate, evaluation_markdown, train
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     settings = SeriesTrainSettings(
         steps=args.steps,
         batch=args.batch,
@@ -467,13 +468,6 @@ def _fit_chest_score(args: argparse.Namespace) -> None:
     fit = refit_score(args.model, args.scores, args.out)
     terms = " + ".join(f"{b:.4g} {r}" for b, r in zip(fit["coefficients"], fit["regressors"]))
     print(f"wrote {args.out}.json: score = {terms} (n {fit['n']}, RMSE {fit['rmse']:.3f}, R2 {fit['r2']:.3f})")
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 def _score_data(args: argparse.Namespace) -> None:

@@ -17,25 +17,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from module_source import MODULE_FILE, UI_FILE, class_with, module_constants
 
 from ctqa.sample import make_sample
 from ctqa.tasks import global_score
 from ctqa.volume import CTVolume
-
-MODULE_DIR = Path(__file__).resolve().parents[1] / "CTQualityAssessment"
-MODULE_FILE = MODULE_DIR / "CTQualityAssessment.py"
-UI_FILE = MODULE_DIR / "Resources" / "UI" / "CTQualityAssessment.ui"
-
-
-def _module_constants(*names: str) -> dict:
-    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
-    return {
-        target.id: ast.literal_eval(node.value)
-        for node in tree.body
-        if isinstance(node, ast.Assign)
-        for target in node.targets
-        if isinstance(target, ast.Name) and target.id in names
-    }
 
 
 def _plot_constants() -> dict:
@@ -49,21 +35,10 @@ def _plot_constants() -> dict:
     raise AssertionError("PLOT_QUALITY, PLOT_SCORE not found")
 
 
-def _class_with(class_name: str, method_names: set[str], namespace: dict) -> type:
-    """The module's class compiled with only the named methods (no bases: the Slicer base classes need Slicer)."""
-    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
-    (cls,) = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == class_name]
-    cls.body = [node for node in cls.body if isinstance(node, ast.FunctionDef) and node.name in method_names]
-    assert {node.name for node in cls.body} == method_names
-    cls.bases, cls.keywords, cls.decorator_list = [], [], []
-    exec(compile(ast.Module(body=[cls], type_ignores=[]), str(MODULE_FILE), "exec"), namespace)
-    return namespace[class_name]
-
-
-CONSTANTS = {**_module_constants("NO_SCORE_MODEL", "SCORE_NOT_INSTALLED"), **_plot_constants()}
+CONSTANTS = {**module_constants("NO_SCORE_MODEL", "SCORE_NOT_INSTALLED"), **_plot_constants()}
 NAMESPACE = {"_": lambda text: text, "json": json, "Path": Path, **CONSTANTS}
-Logic = _class_with("CTQualityAssessmentLogic", {"globalScoreText"}, NAMESPACE)
-Widget = _class_with("CTQualityAssessmentWidget", {"_fillPlotChoices", "onPlotChanged"}, NAMESPACE)
+Logic = class_with("CTQualityAssessmentLogic", {"globalScoreText"}, NAMESPACE)
+Widget = class_with("CTQualityAssessmentWidget", {"_fillPlotChoices", "onPlotChanged"}, NAMESPACE)
 
 BLOCK = {
     "value": 2.7349,
@@ -202,7 +177,7 @@ def test_learned_packages_are_installed_for_a_named_score_model_or_where_pytorch
     from ctqa.models import registry
 
     calls = []
-    Prepare = _class_with(
+    Prepare = class_with(
         "CTQualityAssessmentLogic",
         {"_prepare"},
         {**NAMESPACE, "ensure_dependencies": lambda learned=False: calls.append(learned)},

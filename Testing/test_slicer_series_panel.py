@@ -5,7 +5,6 @@ The module file needs Slicer to import, so the methods under test are compiled a
 pure: no Qt, no core import; `_`, Slicer's translation function, is the identity here).
 """
 
-import ast
 import json
 import xml.etree.ElementTree as ElementTree
 from dataclasses import replace
@@ -13,43 +12,19 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from module_source import UI_FILE, class_with, module_constants
 
 from ctqa.results import ClassCall, SeriesClasses, SeriesMeasures, to_json
 from ctqa.volume import Acquisition
 from CTQualityAssessmentLib.mrml import SUMMARY_ATTRIBUTE
 
-MODULE_DIR = Path(__file__).resolve().parents[1] / "CTQualityAssessment"
-MODULE_FILE = MODULE_DIR / "CTQualityAssessment.py"
-UI_FILE = MODULE_DIR / "Resources" / "UI" / "CTQualityAssessment.ui"
 DISAGREEMENT = "DICOM kernel B30f is a soft-tissue kernel; pixels say lung (p 0.97)"
 
 
-def _module_constants(*names: str) -> dict:
-    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
-    return {
-        target.id: ast.literal_eval(node.value)
-        for node in tree.body
-        if isinstance(node, ast.Assign)
-        for target in node.targets
-        if isinstance(target, ast.Name) and target.id in names
-    }
-
-
-def _class_with(class_name: str, method_names: set[str], namespace: dict) -> type:
-    """The module's class compiled with only the named methods (no bases: the Slicer base classes need Slicer)."""
-    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
-    (cls,) = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == class_name]
-    cls.body = [node for node in cls.body if isinstance(node, ast.FunctionDef) and node.name in method_names]
-    assert {node.name for node in cls.body} == method_names
-    cls.bases, cls.keywords, cls.decorator_list = [], [], []
-    exec(compile(ast.Module(body=[cls], type_ignores=[]), str(MODULE_FILE), "exec"), namespace)
-    return namespace[class_name]
-
-
-CONSTANTS = _module_constants("CHECKPOINT_CHOICE", "FLAGGED_STYLE", "SCORE_NOT_INSTALLED")
+CONSTANTS = module_constants("CHECKPOINT_CHOICE", "FLAGGED_STYLE", "SCORE_NOT_INSTALLED")
 NAMESPACE = {"_": lambda text: text, "json": json, "Path": Path, **CONSTANTS}
-Logic = _class_with("CTQualityAssessmentLogic", {"seriesPanelRows", "modelDescription", "globalScoreText"}, NAMESPACE)
-Widget = _class_with("CTQualityAssessmentWidget", {"_updateGui", "_showSummary"}, NAMESPACE)
+Logic = class_with("CTQualityAssessmentLogic", {"seriesPanelRows", "modelDescription", "globalScoreText"}, NAMESPACE)
+Widget = class_with("CTQualityAssessmentWidget", {"_updateGui", "_showSummary"}, NAMESPACE)
 
 
 def panel(summary: dict) -> dict[str, tuple[str, bool]]:
