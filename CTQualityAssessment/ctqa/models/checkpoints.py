@@ -67,27 +67,37 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def write_checkpoint(model: torch.nn.Module, card: dict, path_without_extension: str | Path, **fixed) -> Path:
+    """Write ``X.safetensors`` (model's state dict, on the CPU) and the model card ``X.json``: card's free-form parts
+    ("training", "metrics", "name", ...; empty "training" and "metrics" when absent), then the fixed fields of the
+    caller's task (format version, task, architecture, input, ...) and the weights' sha256. Returns the card's path.
+    """
+    card_path, weights_path = checkpoint_files(path_without_extension)
+    card_path.parent.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, str(weights_path), metadata={"format": "pt"})
+    full_card = {"training": {}, "metrics": {}, **card, **fixed}
+    full_card["weights_sha256"] = _sha256(weights_path.read_bytes())
+    card_path.write_text(json.dumps(full_card, indent=2) + "\n", encoding="utf-8")
+    return card_path
+
+
 def save(model: QualityNet, config: QualityNetConfig, card: dict, path_without_extension: str | Path) -> Path:
     """Write ``X.safetensors`` (the state dict) and the model card ``X.json``; returns the card's path.
 
     card supplies the free-form parts ("training", "metrics", and any other keys such as "name" or
     "description"); architecture, input, dose levels, format version and the weights' sha256 are filled in here.
     """
-    card_path, weights_path = checkpoint_files(path_without_extension)
-    card_path.parent.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
-    save_file(state, str(weights_path), metadata={"format": "pt"})
-    full_card = {"training": {}, "metrics": {}, **card}
-    full_card.update(
+    return write_checkpoint(
+        model,
+        card,
+        path_without_extension,
         format_version=QUALITY_MAP_FORMAT,
         task="quality_map",
         architecture=config.to_dict(),
         input=input_spec(config.windows),
         dose_levels=list(DOSE_LEVELS),
-        weights_sha256=_sha256(weights_path.read_bytes()),
     )
-    card_path.write_text(json.dumps(full_card, indent=2) + "\n", encoding="utf-8")
-    return card_path
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[QualityNet, dict]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,13 +72,13 @@ def resolve_device(device: str | torch.device = "auto") -> tuple[torch.device, s
     return resolved, None
 
 
-def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Pad (B, C, H, W) at the bottom/right to multiples of multiple (reflect; replicate for tiny images)."""
     height, width = x.shape[-2:]
     pad_h, pad_w = -height % multiple, -width % multiple
@@ -91,8 +92,8 @@ def _run_batch(net: QualityNet, hu: np.ndarray, device: torch.device) -> tuple[n
     """(quality (b, windows, y, x), dose probabilities (b, 6) or None, ln dose (b,) or None) of b slices in HU."""
     height, width = hu.shape[-2:]
     x = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[:, None].to(device)
-    x = _pad_to_multiple(network_input(x, net.config.inputs, net.config.windows), net.config.required_multiple)
-    dtype = _autocast_dtype(device)
+    x = pad_to_multiple(network_input(x, net.config.inputs, net.config.windows), net.config.required_multiple)
+    dtype = autocast_dtype(device)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         out = net(x.contiguous(memory_format=torch.channels_last))
     quality = out.quality[:, :, :height, :width].float().cpu().numpy()
@@ -100,6 +101,61 @@ def _run_batch(net: QualityNet, hu: np.ndarray, device: torch.device) -> tuple[n
         return quality, None, None
     probabilities = torch.softmax(out.dose_logits.float(), dim=1).cpu().numpy()
     return quality, probabilities, out.log_dose.float().cpu().numpy()
+
+
+@dataclass(frozen=True)
+class BatchRun:
+    """Where ``run_batches`` computed: device of the last batch, its precision, why it fell back to the CPU."""
+
+    device_used: str
+    precision: str
+    fallback: str | None
+
+
+def run_batches(
+    net: torch.nn.Module,
+    depth: int,
+    batch_size: int,
+    device: str | torch.device,
+    step: Callable[[torch.nn.Module, int, int, torch.device], None],
+    what: str,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> BatchRun:
+    """Call step(net, start, stop, device) on consecutive batches of slices [start, stop) of depth slices.
+
+    net (already on device) is what step runs; step stores its results itself. On CUDA out-of-memory the batch is
+    halved and retried; at batch 1 net moves to the CPU for the rest. cancel is checked before each batch (raises
+    Cancelled); progress(fraction, "what: i/depth slices") after each. device as resolved by ``resolve_device``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device, fallback = resolve_device(device)
+    precision = str(autocast_dtype(device) or torch.float32).removeprefix("torch.")
+    start = 0
+    while start < depth:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"{what} cancelled")
+        stop = min(start + batch_size, depth)
+        try:
+            step(net, start, stop, device)
+        except torch.cuda.OutOfMemoryError:
+            if device.type != "cuda":
+                raise
+            torch.cuda.empty_cache()
+            if batch_size > 1:
+                batch_size //= 2
+                logger.info("CUDA out of memory: retrying with batches of %d slices", batch_size)
+                continue
+            fallback = f"CUDA out of memory on {device} at batch size 1; continued on the CPU from slice {start}"
+            device = torch.device("cpu")
+            net.to(device)
+            precision = "float32"
+            continue
+        start = stop
+        if progress is not None:
+            progress(stop / depth, f"{what}: {stop}/{depth} slices")
+    return BatchRun(str(device), precision, fallback)
 
 
 @torch.inference_mode()
@@ -121,8 +177,8 @@ def predict_volume(
         raise ValueError(f"hu must be (z, y, x), got shape {hu.shape}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device, fallback = resolve_device(device)
-    net = fuse_for_inference(model).to(device=device, memory_format=torch.channels_last)
+    resolved, _ = resolve_device(device)
+    net = fuse_for_inference(model).to(device=resolved, memory_format=torch.channels_last)
     depth = hu.shape[0]
     maps = {window: np.empty(hu.shape, dtype=np.float32) for window in net.config.windows}
     has_dose = net.dose_head is not None
@@ -130,37 +186,18 @@ def predict_volume(
     log_dose = np.empty(depth, dtype=np.float32) if has_dose else None
     body = np.empty(depth, dtype=bool)
     body_pixels = BODY_MIN_FRACTION * math.prod(hu.shape[1:])
-    precision = str(_autocast_dtype(device) or torch.float32).removeprefix("torch.")
-    start = 0
-    while start < depth:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("learned quality map cancelled")
-        stop = min(start + batch_size, depth)
-        try:
-            batch = _run_batch(net, hu[start:stop], device)
-        except torch.cuda.OutOfMemoryError:
-            if device.type != "cuda":
-                raise
-            torch.cuda.empty_cache()
-            if batch_size > 1:
-                batch_size //= 2
-                logger.info("CUDA out of memory: retrying with batches of %d slices", batch_size)
-                continue
-            fallback = f"CUDA out of memory on {device} at batch size 1; continued on the CPU from slice {start}"
-            device = torch.device("cpu")
-            net = net.to(device)
-            precision = "float32"
-            continue
+
+    def step(net: QualityNet, start: int, stop: int, device: torch.device) -> None:
+        batch = _run_batch(net, hu[start:stop], device)
         for channel, window in enumerate(net.config.windows):
             maps[window][start:stop] = batch[0][:, channel]
         if has_dose:
             probabilities[start:stop] = batch[1]
             log_dose[start:stop] = batch[2]
         body[start:stop] = np.count_nonzero(hu[start:stop].reshape(stop - start, -1) > BODY_HU, axis=1) >= body_pixels
-        start = stop
-        if progress is not None:
-            progress(stop / depth, f"learned quality map: {stop}/{depth} slices")
-    return Prediction(maps, probabilities, log_dose, body, str(device), precision, fallback)
+
+    run = run_batches(net, depth, batch_size, device, step, "learned quality map", progress, cancel)
+    return Prediction(maps, probabilities, log_dose, body, run.device_used, run.precision, run.fallback)
 
 
 def learned_noise_level(prediction: Prediction) -> LearnedNoiseLevel | None:

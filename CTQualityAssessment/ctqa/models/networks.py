@@ -248,20 +248,23 @@ class _EncoderDecoder(nn.Module):
         return x, bottleneck
 
 
-class _RedCNN(nn.Module):
+class RedCNNBody(nn.Module):
     """Small RED-CNN (Chen et al. 2017): 5 convolutions, 5 deconvolutions, residual shortcuts every two layers.
 
     3x3 kernels with padding (the original uses 5x5 without), so H and W are kept; the input shortcut is a 1x1
-    convolution because the output (a quality map) has other channels than the input.
+    convolution because the output (features for a head) has other channels than the input. bottleneck: an
+    optional module (width -> width channels, same H and W) applied after the fifth convolution (the denoiser's
+    non-local block). Shared by the RED-CNN quality-map variant and the denoisers (denoise_network.py).
     """
 
-    def __init__(self, in_channels: int, width: int):
+    def __init__(self, in_channels: int, width: int, bottleneck: nn.Module | None = None):
         super().__init__()
 
         def conv(cin: int, transposed: bool) -> Convolution:
             return Convolution(2, cin, width, kernel_size=3, is_transposed=transposed, conv_only=True)
 
         self.encoder = nn.ModuleList([conv(in_channels, False)] + [conv(width, False) for _ in range(4)])
+        self.bottleneck = bottleneck
         self.decoder = nn.ModuleList([conv(width, True) for _ in range(5)])
         self.shortcut = Convolution(2, in_channels, width, kernel_size=1, conv_only=True)
         self.out_channels = width
@@ -274,6 +277,8 @@ class _RedCNN(nn.Module):
             x = F.relu(layer(x))
             if index in (1, 3):
                 residuals.append(x)
+        if self.bottleneck is not None:
+            x = self.bottleneck(x)
         bottleneck = x
         for index, layer in enumerate(self.decoder):
             x = layer(x if index == 0 else F.relu(x))
@@ -295,7 +300,7 @@ class QualityNet(nn.Module):
         factor = config.space_to_depth
         in_channels = len(INPUT_CHANNELS[config.inputs]) * len(config.windows) * factor**2
         if config.architecture == "redcnn":
-            self.body = _RedCNN(in_channels, config.features[0])
+            self.body = RedCNNBody(in_channels, config.features[0])
         else:
             self.body = _EncoderDecoder(in_channels, config.features, skips=config.architecture == "unet")
         # 3x3, not 1x1: each of the factor**2 sub-pixels it unfolds into also sees its neighbouring blocks.

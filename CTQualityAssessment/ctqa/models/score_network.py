@@ -56,8 +56,6 @@ module.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import threading
 from dataclasses import asdict, dataclass
@@ -69,11 +67,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from ctqa.errors import InputError
-from ctqa.models.checkpoints import FORMAT_VERSION, load_verified_weights
+from ctqa.models.checkpoints import FORMAT_VERSION, load_verified_weights, write_checkpoint
 from ctqa.models.inference import Cancelled, resolve_device
 from ctqa.models.networks import HPF_SCALE, HPF_SIGMA_PX, config_from_dict, gaussian_blur
 from ctqa.models.registry import checkpoint_files, read_json
@@ -671,21 +669,16 @@ def save_score_model(model: ScoreNet, config: ScoreNetConfig, card: dict, path: 
     version, task, architecture, input, scale and the weights' sha256 are filled in here.
     """
     _calibration_knots(card)
-    card_path, weights_path = checkpoint_files(path)
-    card_path.parent.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
-    save_file(state, str(weights_path), metadata={"format": "pt"})
-    full_card = {"training": {}, "metrics": {}, **card}
-    full_card.update(
+    return write_checkpoint(
+        model,
+        card,
+        path,
         format_version=FORMAT_VERSION,
         task=TASK,
         architecture=config.to_dict(),
         input=input_spec(config),
         scale=SCORE_SCALE,
-        weights_sha256=hashlib.sha256(weights_path.read_bytes()).hexdigest(),
     )
-    card_path.write_text(json.dumps(full_card, indent=2) + "\n", encoding="utf-8")
-    return card_path
 
 
 def load_score_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[ScoreNet, dict]:
