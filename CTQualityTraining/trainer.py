@@ -203,6 +203,62 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
     optimizer.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
 
 
+def save_state(
+    run_dir: Path,
+    record: dict,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    generator: torch.Generator | None,
+    step: int,
+    elapsed_s: float,
+) -> None:
+    """Write run.json (record: the run's settings) and the trainer state (optimizer tensors, torch RNG states,
+    step, wall time, optimizer scalars, numpy generator) of a run in run_dir; each file replaced whole."""
+    from .files import written_whole
+
+    with written_whole(run_dir / "run.json") as partial:
+        partial.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    tensors, rest = _optimizer_tensors(optimizer)
+    tensors["torch_rng"] = torch.get_rng_state()
+    if generator is not None:
+        tensors["generator_rng"] = generator.get_state()
+    with written_whole(run_dir / f"{STATE}.safetensors") as partial:
+        save_file(tensors, str(partial))
+    state = {"step": step, "elapsed_s": elapsed_s, "optimizer": rest, "numpy_rng": rng.bit_generator.state}
+    with written_whole(run_dir / f"{STATE}.json") as partial:
+        partial.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+
+
+def resume_state(
+    run_dir: Path,
+    record: dict,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> dict:
+    """Restore what ``save_state`` wrote (optimizer, RNGs) and return the state JSON ({"step", "elapsed_s", ...}).
+
+    InputError when run_dir holds no state or was run with settings other than record.
+    """
+    record_path = run_dir / "run.json"
+    if not (run_dir / f"{STATE}.json").is_file() or not record_path.is_file():
+        raise InputError(f"{run_dir}: nothing to resume (no {STATE}.json); start without --resume")
+    saved = json.loads(record_path.read_text(encoding="utf-8"))
+    changed = sorted(k for k, v in record.items() if saved.get(k) != v)
+    if changed:
+        raise InputError(f"{run_dir}: cannot resume with other settings ({', '.join(changed)} differ)")
+    state = json.loads((run_dir / f"{STATE}.json").read_text(encoding="utf-8"))
+    tensors = load_file(str(run_dir / f"{STATE}.safetensors"))
+    torch.set_rng_state(tensors.pop("torch_rng"))
+    generator_state = tensors.pop("generator_rng", None)
+    if generator is not None and generator_state is not None:
+        generator.set_state(generator_state)
+    _restore_optimizer(optimizer, {k: v.to(device) for k, v in tensors.items()}, state["optimizer"])
+    rng.bit_generator.state = state["numpy_rng"]
+    return state
+
+
 def hardware(device: torch.device) -> str:
     """One line naming the device the run trains on (CPU model and threads, or the CUDA GPU)."""
     if device.type == "cuda":
