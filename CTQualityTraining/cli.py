@@ -296,6 +296,56 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--model", required=True, metavar="CHECKPOINT", help="score model (X.json or a name)")
     calibrate.add_argument("--out", required=True, metavar="CHECKPOINT", help="calibrated model to write (X)")
     calibrate.add_argument("--scaling", help="how the rated images' values become HU (ctqa assess --scaling)")
+    denoise_data = commands.add_parser(
+        "denoise-data",
+        help="build a denoising dataset: simulated low-dose / full-dose pairs, or low-dose slices alone (resumable)",
+        description="Lower real slices to each dose (projection simulation, per kernel; the clean image is the slice "
+        "or the kernel's full-dose re-reconstruction), keep Mayo quarter/full pairs as real pairs, or with --as-is "
+        "keep the slices as acquired with no clean image (for --method neighbor2neighbor). Writes DIR/manifest.json "
+        "and DIR/shards/*.npz; rerun to resume.",
+    )
+    denoise_data.add_argument("--input", required=True, nargs="+", metavar="PATH", help="sources (as simulate)")
+    denoise_data.add_argument("--out", required=True, metavar="DIR", help="dataset folder (created)")
+    denoise_data.add_argument(
+        "--doses", type=float, nargs="+", metavar="D", default=(0.05, 0.1, 0.25, 0.5), help="default: 0.05 0.1 0.25 0.5"
+    )
+    denoise_data.add_argument(
+        "--kernels", nargs="+", metavar="K", default=("native", "sharp"), help="default: native sharp"
+    )
+    denoise_data.add_argument("--slices-per-volume", type=int, default=6, metavar="N", help="default: 6")
+    denoise_data.add_argument("--as-is", action="store_true", help="keep the slices as acquired, no clean images")
+    denoise_data.add_argument("--pixel-mm", type=float, help="pixel size of .npy sources in mm (default: 0.74)")
+    denoise_data.add_argument("--seed", type=int, default=0, help="default: 0")
+    denoise = commands.add_parser(
+        "denoise",
+        help="train a denoiser (RED-CNN family): supervised on simulated pairs or Neighbor2Neighbor on low dose alone",
+        description="Train on DATA's train split (random patches, rotations and flips), validating PSNR on its val "
+        "pairs. --method neighbor2neighbor reads no clean image for training. Writes RUN_DIR/model.json "
+        "(+ .safetensors) and the trainer state; --resume continues RUN_DIR's last checkpoint.",
+    )
+    denoise.add_argument("--data", required=True, metavar="DIR", help="dataset folder from ctqa-train denoise-data")
+    denoise.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (created)")
+    denoise.add_argument(
+        "--method", default="supervised", choices=("supervised", "neighbor2neighbor"), help="default: supervised"
+    )
+    denoise.add_argument("--width", type=int, default=64, help="channels of the RED-CNN (default: 64)")
+    denoise.add_argument("--space-to-depth", type=int, default=2, help="input folding factor (default: 2)")
+    denoise.add_argument(
+        "--nonlocal-window", type=int, default=0, metavar="N", help="non-local attention window, 0 = none (default: 0)"
+    )
+    denoise.add_argument("--steps", type=int, default=3000, help="optimizer steps (default: 3000)")
+    denoise.add_argument("--batch", type=int, default=16, help="patches per step (default: 16)")
+    denoise.add_argument("--patch", type=int, default=64, help="patch side in pixels (default: 64)")
+    denoise.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default: 5e-4)")
+    denoise.add_argument(
+        "--noise-gain", type=float, nargs=2, default=(0.7, 1.4), metavar=("LOW", "HIGH"), help="default: 0.7 1.4"
+    )
+    denoise.add_argument("--gamma", type=float, default=2.0, help="Neighbor2Neighbor regulariser weight (default: 2)")
+    denoise.add_argument("--seed", type=int, default=0, help="default: 0")
+    denoise.add_argument("--checkpoint-every", type=int, default=500, metavar="N", help="default: 500")
+    denoise.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default: auto)")
+    denoise.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    denoise.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
     export = commands.add_parser(
         "export",
         help="bundle a run's final checkpoint as a named model (weights, cards, manifest with sha256)",
@@ -537,6 +587,48 @@ def _calibrate_score(args: argparse.Namespace) -> None:
     )
 
 
+def _denoise_data(args: argparse.Namespace) -> None:
+    from .denoise import build_denoise_dataset
+
+    manifest = build_denoise_dataset(
+        args.input,
+        args.out,
+        args.doses,
+        args.kernels,
+        args.slices_per_volume,
+        args.seed,
+        as_is=args.as_is,
+        pixel_mm=args.pixel_mm,
+        progress=sys.stderr.isatty(),
+    )
+    counts: dict[str, int] = {}
+    for entry in manifest["sources"]:
+        counts[entry["split"]] = counts.get(entry["split"], 0) + sum(entry["samples"].values())
+    print(f"wrote {args.out}: {len(manifest['sources'])} sources; images per split {counts}")
+
+
+def _denoise(args: argparse.Namespace) -> None:
+    from .denoise import DenoiseTrainSettings, train
+
+    _set_threads(args.threads)
+    settings = DenoiseTrainSettings(
+        data=args.data,
+        method=args.method,
+        width=args.width,
+        space_to_depth=args.space_to_depth,
+        nonlocal_window=args.nonlocal_window,
+        steps=args.steps,
+        batch=args.batch,
+        patch=args.patch,
+        lr=args.lr,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        noise_gain=tuple(args.noise_gain),
+        gamma=args.gamma,
+    )
+    print(f"wrote {train(settings, args.out, args.device, args.resume)}")
+
+
 def _export(args: argparse.Namespace) -> None:
     import json
 
@@ -547,7 +639,11 @@ def _export(args: argparse.Namespace) -> None:
 
     run, models_dir = Path(args.run), check_output_folder(args.models_dir or MODELS_DIR)  # the output first
     task = read_json(run / "model.json", "model card").get("task")
-    if task == "global_score":
+    if task == "denoise":
+        from .denoise import export
+
+        card = export(run / "model", args.name, models_dir, args.default, args.reproduce)
+    elif task == "global_score":
         from .score import export
 
         card = export(run / "model", args.name, models_dir, args.default, args.reproduce)
@@ -579,6 +675,8 @@ def main(argv: list[str] | None = None) -> int:
         "score": _score,
         "score-ablation": _score_ablation,
         "calibrate-score": _calibrate_score,
+        "denoise-data": _denoise_data,
+        "denoise": _denoise,
     }
     return exit_status("ctqa-train", lambda: commands[args.command](args))
 

@@ -6,6 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from ctqa.errors import InputError
+from ctqa.models.denoise_network import (
+    DenoiseNetConfig,
+    build_denoise_network,
+    denoise_volume,
+    load_denoise_model,
+    save_denoise_model,
+)
 from CTQualityTraining.denoise import (
     DenoiseTrainer,
     DenoiseTrainSettings,
@@ -14,14 +22,6 @@ from CTQualityTraining.denoise import (
     neighbour_choice,
     neighbour_subsample,
     psnr_db,
-)
-from ctqa.errors import InputError
-from ctqa.models.denoise_network import (
-    DenoiseNetConfig,
-    build_denoise_network,
-    denoise_volume,
-    load_denoise_model,
-    save_denoise_model,
 )
 
 
