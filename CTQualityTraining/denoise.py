@@ -486,3 +486,70 @@ def train(settings: DenoiseTrainSettings, run_dir: str | Path, device: str = "au
         trainer.resume()
     trainer.run()
     return trainer.run_dir / f"{MODEL}.json"
+
+
+def _markdown(name: str, card: dict, size_bytes: int) -> str:
+    """A human-readable model card of a denoiser from its JSON card."""
+    t, metrics = card["training"], card.get("metrics", {})
+    parameters = t.get("dataset_parameters", {})
+    sources = "\n".join(
+        f"  - `{s['id']}` ({s['kind']}, group `{s['group']}`): {s['split']}" for s in t.get("dataset_sources", [])
+    )
+    if t.get("method") == "neighbor2neighbor":
+        how = (
+            "Neighbor2Neighbor (self-supervised): trained on low-dose images alone, two neighbouring-pixel "
+            f"sub-images of each patch as input and target, regulariser weight ramped to {t.get('gamma')}; no "
+            "full-dose image was read for training (the val split's are used only for the metrics below)."
+        )
+    else:
+        how = (
+            "supervised: MSE to the full-dose image on simulated low-dose / full-dose pairs, noise-gain augmentation "
+            f"{t.get('noise_gain')}."
+        )
+    lines = [
+        f"# Model card: {name}",
+        "",
+        "Low-dose CT denoiser, RED-CNN family (5 convolutions + 5 deconvolutions with shortcuts, on the slice folded "
+        "2 x 2 as FFDNet does; residual: it predicts the correction to the input). Input and output in HU.",
+        "",
+        f"- Architecture: `{json.dumps(card['architecture'])}`",
+        f"- Input: {card['input']['normalisation']}",
+        f"- Weights: `{name}.safetensors`, {size_bytes / 1e6:.2f} MB, sha256 `{card['weights_sha256']}`",
+        "",
+        "## Training",
+        "",
+        f"- Method: {how}",
+        f"- Data: real slices lowered by the projection simulation to doses {parameters.get('doses')} with kernels "
+        f"{parameters.get('kernels')}, {parameters.get('slices_per_volume')} slices per volume; dataset manifest "
+        f"sha256 `{t.get('dataset_manifest_sha256')}`. Sources and their splits:",
+        sources,
+        f"- Optimisation: {t.get('step')} steps of {t.get('batch')} random {t.get('patch')}² patches (flips, 90° "
+        f"rotations), {t.get('optimizer')}, peak lr {t.get('lr')}, seed {t.get('seed')}.",
+        f"- Hardware: {t.get('hardware')}, torch {t.get('torch_version')}; training time "
+        f"{t.get('wall_time_s', 0) / 60:.1f} min.",
+        "",
+        "## Validation (val split, simulated pairs)",
+        "",
+        "".join(f"- {key}: {value:.4f}\n" for key, value in metrics.items()) or "- none (no val pairs)\n",
+        "## Evaluation and limits",
+        "",
+        "On the real Mayo quarter/full-dose pairs (never trained on), beside non-local means and BM3D: "
+        "`docs/denoise_evaluation.md`. Trained on a handful of patients with simulated noise; check the denoised "
+        "image against the original before reading anything from it.",
+    ]
+    if card.get("reproduce"):
+        lines += ["", "## Reproduce", "", "From the repository root, with the project's venv active:", ""]
+        lines += [f"    {card['reproduce']}"]
+    return "\n".join(lines) + "\n"
+
+
+def export(
+    checkpoint: str | Path, name: str, models_dir: Path, default: bool = False, reproduce: str | None = None
+) -> Path:
+    """Bundle a denoise checkpoint as model name in models_dir (weights, JSON and Markdown cards, manifest entry)."""
+    from .export import bundle
+
+    model, card = load_denoise_model(checkpoint)
+    return bundle(
+        name, card, lambda kept, path: save_denoise_model(model, kept, path), _markdown, models_dir, default, reproduce
+    )

@@ -9,6 +9,7 @@ set on request).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from ctqa.errors import InputError
@@ -76,6 +77,37 @@ def _markdown(name: str, card: dict, size_bytes: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def bundle(
+    name: str,
+    card: dict,
+    save: Callable[[dict, Path], Path],
+    markdown: Callable[[str, dict, int], str],
+    models_dir: str | Path = registry.MODELS_DIR,
+    default: bool = False,
+    reproduce: str | None = None,
+    keep: tuple[str, ...] = ("training", "metrics", "description"),
+) -> Path:
+    """Bundle a loaded checkpoint as model name in models_dir; returns the JSON card's path.
+
+    card: the checkpoint's card, of which the keep keys are carried over; save(free-form card, path without
+    extension) writes weights and card with the task's own writer; markdown(name, full card, weights bytes) is the
+    readable card NAME.md. reproduce: the command that rebuilds this model, recorded in both cards.
+    """
+    if not name or "/" in name or name.startswith("."):
+        raise InputError(f"model name must be a plain file name, got {name!r}")
+    models_dir = check_output_folder(models_dir)
+    kept = {key: value for key, value in card.items() if key in keep}
+    kept["name"] = name
+    if reproduce:
+        kept["reproduce"] = reproduce
+    card_path = save(kept, models_dir / name)
+    full_card = json.loads(card_path.read_text(encoding="utf-8"))
+    weights = models_dir / f"{name}.safetensors"
+    (models_dir / f"{name}.md").write_text(markdown(name, full_card, weights.stat().st_size), encoding="utf-8")
+    register(models_dir, name, full_card, default)
+    return card_path
+
+
 def export_run(
     run_dir: str | Path,
     name: str,
@@ -83,24 +115,13 @@ def export_run(
     default: bool = False,
     reproduce: str | None = None,
 ) -> Path:
-    """Export RUN_DIR's final checkpoint as bundled model name into models_dir; returns the JSON card's path.
-
-    reproduce: the command that rebuilds this model, recorded in both cards.
-    """
-    if not name or "/" in name or name.startswith("."):
-        raise InputError(f"model name must be a plain file name, got {name!r}")
-    models_dir = check_output_folder(models_dir)
+    """Export RUN_DIR's final quality-map checkpoint as bundled model name into models_dir; returns the card's path."""
     model, card = checkpoints.load(Path(run_dir) / MODEL)
-    card = {key: value for key, value in card.items() if key in ("training", "metrics", "description")}
-    card["name"] = name
-    if reproduce:
-        card["reproduce"] = reproduce
-    card_path = checkpoints.save(model, model.config, card, models_dir / name)
-    full_card = json.loads(card_path.read_text(encoding="utf-8"))
-    weights = models_dir / f"{name}.safetensors"
-    (models_dir / f"{name}.md").write_text(_markdown(name, full_card, weights.stat().st_size), encoding="utf-8")
-    register(models_dir, name, full_card, default)
-    return card_path
+
+    def save(kept: dict, path: Path) -> Path:
+        return checkpoints.save(model, model.config, kept, path)
+
+    return bundle(name, card, save, _markdown, models_dir, default, reproduce)
 
 
 def register(models_dir: Path, name: str, card: dict, default: bool) -> None:

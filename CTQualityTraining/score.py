@@ -591,18 +591,12 @@ def export(
     checkpoint: str | Path, name: str, models_dir: Path, default: bool = False, reproduce: str | None = None
 ) -> Path:
     """Bundle a score checkpoint as model name in models_dir (weights, JSON and Markdown cards, manifest entry)."""
-    from .export import register
+    from .export import bundle
 
-    if not name or "/" in name or name.startswith("."):
-        raise InputError(f"model name must be a plain file name, got {name!r}")
     model, card = load_score_model(checkpoint)
-    kept = {key: value for key, value in card.items() if key in ("training", "metrics", "description", "calibration")}
-    kept["name"] = name
-    if reproduce:
-        kept["reproduce"] = reproduce
-    card_path = save_score_model(model, ScoreNetConfig.from_dict(card["architecture"]), kept, models_dir / name)
-    full_card = json.loads(card_path.read_text(encoding="utf-8"))
-    weights = models_dir / f"{name}.safetensors"
-    (models_dir / f"{name}.md").write_text(_markdown(name, full_card, weights.stat().st_size), encoding="utf-8")
-    register(models_dir, name, full_card, default)
-    return card_path
+
+    def save(kept: dict, path: Path) -> Path:
+        return save_score_model(model, ScoreNetConfig.from_dict(card["architecture"]), kept, path)
+
+    keep = ("training", "metrics", "description", "calibration")
+    return bundle(name, card, save, _markdown, models_dir, default, reproduce, keep)
