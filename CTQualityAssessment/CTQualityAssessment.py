@@ -43,6 +43,9 @@ NO_SCORE_MODEL = "none"
 SCORE_NOT_INSTALLED = "no global-score model is installed"
 #: What the per-slice plot can show (= CTQualityAssessmentLib.mrml.PLOT_QUALITY / PLOT_SCORE).
 PLOT_QUALITY, PLOT_SCORE = "quality", "score"
+#: Role of the denoised CT among the module's output nodes (= CTQualityAssessmentLib.mrml.DENOISED_CT): unlike the
+#: maps, it may be chosen as an input.
+DENOISED_ROLE = "DenoisedCT"
 
 
 def _models() -> list[str]:
@@ -64,6 +67,15 @@ def _scoreModels() -> list[str]:
     return [*available_models("global_score"), NO_SCORE_MODEL]
 
 
+def _denoiseModels() -> list[str]:
+    """Denoiser selector entries: "default" (the installed denoiser) and the bundled denoisers."""
+    try:
+        from ctqa.models.registry import available_models
+    except ImportError:  # dependencies not installed yet
+        return ["default"]
+    return list(available_models("denoise"))
+
+
 #
 # CTQualityAssessment
 #
@@ -81,7 +93,9 @@ class CTQualityAssessment(ScriptedLoadableModule):
             "segment (table), global quality, the 0-4 quality score (LDCTIQAC2023 scale, when a score model is "
             "installed) and global noise level (GNL, HU). "
             "The physics model estimates local noise SD in HU from the image itself; no reference is needed. "
-            "With a reference (full-dose) CT of the same anatomy an SSIM map is added."
+            "With a reference (full-dose) CT of the same anatomy an SSIM map is added. "
+            "Denoise and compare denoises the CT with a learned denoiser into a new volume (the input is never "
+            "changed) and assesses it the same way: its quality map, and before / after lines in the per-slice plot."
         )
         self.parent.acknowledgementText = _("Quality definition and SSIM settings follow the N2Q approach.")
         slicer.app.connect("startupCompleted()", registerSampleData)
@@ -135,6 +149,7 @@ class CTQualityAssessmentParameterNode:
     inputVolume: CT in HU. referenceVolume: optional full-dose CT on the same grid. segmentation: optional segments.
     model: core model name or CHECKPOINT_CHOICE; checkpointPath: a user checkpoint file (.safetensors).
     scoreModel: the 0-4 score's model ("default", a bundled name, or "none").
+    denoiseModel: the denoiser of Denoise and compare ("default" or a bundled name).
     device: where learned models run. opacity: overlay opacity 0..1. qualityMap: the last output map.
     """
 
@@ -144,6 +159,7 @@ class CTQualityAssessmentParameterNode:
     model: Annotated[str, Choice(_models())] = "physics"
     checkpointPath: Path
     scoreModel: Annotated[str, Choice(_scoreModels())] = "default"
+    denoiseModel: Annotated[str, Choice(_denoiseModels())] = "default"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     qualityMap: vtkMRMLScalarVolumeNode
@@ -180,6 +196,7 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.denoiseButton.connect("clicked(bool)", self.onDenoiseButton)
         self.ui.opacitySliderWidget.connect("valueChanged(double)", self.onOpacityChanged)
         self.ui.overlayComboBox.connect("currentIndexChanged(int)", self.onOverlayChanged)
         self.ui.plotComboBox.connect("currentIndexChanged(int)", self.onPlotChanged)
@@ -234,6 +251,7 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui.applyButton.enabled = running or bool(parameters.inputVolume)
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
         self.ui.applyButton.toolTip = _("Stop the running assessment") if running else _("Assess the input volume")
+        self.ui.denoiseButton.enabled = not running and bool(parameters.inputVolume)
         summary = {}  # cleared while a run is under way
         if parameters.qualityMap and not running:  # a map exists, so the core's dependencies are installed
             from CTQualityAssessmentLib.mrml import SUMMARY_ATTRIBUTE
@@ -259,6 +277,7 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         else:
             self.ui.doseValueLabel.text = _("n/a (needs a learned model)") if summary else "-"
         self.ui.modelInfoValueLabel.text = self.logic.modelDescription(summary.get("settings", {}))
+        self.ui.denoisedValueLabel.text = self.logic.denoisedText(summary)
         self.ui.acquisitionValueLabel.text = self._acquisitionText if summary else "-"
         for name, text, flagged in self.logic.seriesPanelRows(summary):
             label = getattr(self.ui, name)
@@ -279,9 +298,8 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         from CTQualityAssessmentLib import mrml
 
         role = self.ui.overlayComboBox.itemData(index)
-        node = mrml.own_output_nodes(parameters.inputVolume).get(role)
-        if node is not None:
-            mrml.show_overlay(node, parameters.inputVolume, parameters.opacity)
+        if role:  # the denoised CT's quality map is shown over the denoised CT
+            mrml.show_output_overlay(parameters.inputVolume, role, parameters.opacity)
 
     def onPlotChanged(self, index: int) -> None:
         """Show the chosen quantity in the per-slice plot of the last run (quality map mean or the 0-4 score)."""
@@ -302,12 +320,20 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         with slicer.util.tryWithErrorDisplay(_("Failed to assess the CT."), waitCursor=True):
             self._start()
 
+    def onDenoiseButton(self) -> None:
+        """Denoise and compare: the assessment of Apply, plus the denoised CT (a new volume node) and its own."""
+        if self._job is not None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to denoise the CT."), waitCursor=True):
+            self._start(denoise=True)
+
     def _selectedModel(self) -> str:
         parameters = self._parameterNode
         return str(parameters.checkpointPath) if parameters.model == CHECKPOINT_CHOICE else parameters.model
 
-    def _start(self) -> None:
-        """Write the inputs (main thread, no segment export), start `ctqa assess` in its own process, poll it."""
+    def _start(self, denoise: bool = False) -> None:
+        """Write the inputs (main thread, no segment export), start `ctqa assess` in its own process (with
+        --denoise for Denoise and compare), poll it."""
         parameters = self._parameterNode
         self.ui.logTextEdit.clear()
         self._logLines = 0
@@ -320,8 +346,9 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             parameters.referenceVolume,
             parameters.device,
             parameters.scoreModel,
+            parameters.denoiseModel if denoise else None,
         )
-        self.ui.statusLabel.text = _("Running")
+        self.ui.statusLabel.text = _("Denoising and assessing") if denoise else _("Running")
         self.ui.progressBar.value = 0
         self.ui.progressBar.show()
         self._timer.start()
@@ -379,6 +406,8 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         combo.addItem(_("noise SD (HU)"), mrml.NOISE_MAP)
         if outputs.reference_ssim_map is not None:
             combo.addItem(_("reference SSIM"), mrml.REFERENCE_SSIM_MAP)
+        if outputs.quality_map_denoised is not None:
+            combo.addItem(_("quality after denoising (over the denoised CT)"), mrml.QUALITY_MAP_DENOISED)
         combo.blockSignals(False)
 
     def _fillPlotChoices(self, outputs) -> None:
@@ -396,11 +425,11 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 
     def _hideOutputsFromInputSelectors(self) -> None:
         """The module's own maps never appear as input choices (qMRMLSortFilterProxyModel.hiddenNodeIDs); also
-        after a scene with earlier outputs is loaded."""
+        after a scene with earlier outputs is loaded. The denoised CT does: it is a CT."""
         ownIDs = [
             node.GetID()
             for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-            if node.GetAttribute(ROLE_ATTRIBUTE)
+            if node.GetAttribute(ROLE_ATTRIBUTE) not in (None, "", DENOISED_ROLE)
         ]
         for selector in (self.ui.inputVolumeSelector, self.ui.referenceVolumeSelector):
             selector.sortFilterProxyModel().hiddenNodeIDs = ownIDs
@@ -431,19 +460,23 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
         return CTQualityAssessmentParameterNode(super().getParameterNode())
 
     @staticmethod
-    def _prepare(model: str, scoreModel: str = "default") -> None:
+    def _prepare(model: str, scoreModel: str = "default", denoiseModel=None) -> None:
         """Install what the run needs (before any core import), and refuse an unknown model before any work.
 
-        The learned packages are installed for a learned quality model, for a score model chosen by name, and for
-        the default score model once PyTorch is there (then only timm & co. come from pip). Without PyTorch the
-        default score is left out with a note in the run's summary: PyTorch is never installed just for it.
+        The learned packages are installed for a learned quality model, for a denoiser (Denoise and compare), for a
+        score model chosen by name, and for the default score model once PyTorch is there (then only timm & co. come
+        from pip). Without PyTorch the default score is left out with a note in the run's summary: PyTorch is never
+        installed just for it. A denoiser that is not installed is refused here, before anything is installed.
         """
         ensure_dependencies()
         import importlib.util
 
-        from ctqa.pipeline import resolve_model, resolve_score_model
+        from ctqa.pipeline import resolve_denoise_model, resolve_model, resolve_score_model
 
         learned = resolve_model(model).is_learned
+        if denoiseModel is not None:
+            resolve_denoise_model(denoiseModel, require_packages=False)
+            learned = True
         if resolve_score_model(scoreModel, require_packages=False) is not None:
             learned = learned or scoreModel != "default" or importlib.util.find_spec("torch") is not None
         if learned:
@@ -457,15 +490,19 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
         referenceVolumeNode=None,
         device="auto",
         scoreModel="default",
+        denoiseModel=None,
     ):
-        """Start an assessment process and return it (poll() it; the widget does so from a timer)."""
-        self._prepare(model, scoreModel)
+        """Start an assessment process and return it (poll() it; the widget does so from a timer). denoiseModel:
+        None, or the denoiser of Denoise and compare."""
+        self._prepare(model, scoreModel, denoiseModel)
         from CTQualityAssessmentLib import process
 
         if inputVolumeNode is None:
             raise ValueError(_("Select an input volume."))
         inputs = process.write_inputs(inputVolumeNode, referenceVolumeNode, segmentationNode)
-        return process.AssessmentProcess.start(inputs, model, device, score_model=scoreModel)
+        return process.AssessmentProcess.start(
+            inputs, model, device, score_model=scoreModel, denoise_model=denoiseModel
+        )
 
     def process(
         self,
@@ -477,12 +514,15 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
         showResult=True,
         opacity=0.5,
         scoreModel="default",
+        denoiseModel=None,
     ):
         """Assess inputVolumeNode, blocking until the process ends; returns the output nodes (mrml.OutputNodes).
 
-        scoreModel: the 0-4 score's model ("default", a name, a checkpoint file, or "none" to skip it).
+        scoreModel: the 0-4 score's model ("default", a name, a checkpoint file, or "none" to skip it);
+        denoiseModel: None, or a denoiser ("default", a name, a checkpoint file) to denoise and compare: the
+        denoised CT comes back as a new volume node (outputs.denoised_ct), inputVolumeNode is not changed.
         """
-        self._prepare(model, scoreModel)
+        self._prepare(model, scoreModel, denoiseModel)
         from CTQualityAssessmentLib import process
 
         def progress(fraction, stage):
@@ -498,6 +538,7 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
             show=showResult,
             opacity=opacity,
             score_model=scoreModel,
+            denoise_model=denoiseModel,
         )
 
     @staticmethod
@@ -563,6 +604,33 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
         if worst is not None and (score.get("slices_scored") or 0) > 1:
             text += "\n" + _("worst 10 % of slices: {worst:.1f}").format(worst=worst)
         return text
+
+    @staticmethod
+    def denoisedText(summary: dict) -> str:
+        """Before → after figures of a run with Denoise and compare: "GNL 14.2 → 6.1 HU (-57 %), quality 0.62 → 0.85,
+        score 2.1 → 3.0 (model NAME, supervised)", then the caveat on reading quality figures of a denoised
+        image; "-" without a denoised block. Pure (no Qt, no core import)."""
+        after = (summary or {}).get("denoised")
+        if not after:
+            return "-"
+
+        def figure(value, fmt):
+            return fmt.format(value) if value is not None else "-"
+
+        def change(key, fmt, before=summary, now=after):
+            return f"{figure(before.get(key), fmt)} → {figure(now.get(key), fmt)}"
+
+        gnl = _("GNL {change} HU").format(change=change("gnl_hu", "{:.1f}"))
+        if after.get("gnl_reduction_percent") is not None:
+            gnl += f" ({-after['gnl_reduction_percent']:+.0f} %)"
+        parts = [gnl, _("quality {change}").format(change=change("global_quality_score", "{:.2f}"))]
+        scores = (summary.get("global_score") or {}, after.get("score") or {})
+        if scores[1].get("value") is not None:
+            parts.append(_("score {change}").format(change=change("value", "{:.1f}", *scores)))
+        model = _("model {name}, {method}").format(name=after.get("model", "?"), method=after.get("method", "?"))
+        text = f"{', '.join(parts)} ({model})"
+        caveat = after.get("quality_caveat")
+        return f"{text}\n{caveat}" if caveat else text
 
     @staticmethod
     def seriesPanelRows(summary: dict) -> list[tuple[str, str, bool]]:
@@ -668,6 +736,7 @@ class CTQualityAssessmentTest(ScriptedLoadableModuleTest):
         self.test_process_sample()
         self.test_checkpoint_file_is_refused()
         self.test_learned_model()
+        self.test_denoise_and_compare()
 
     def _sample(self):
         ensure_dependencies()
@@ -716,3 +785,23 @@ class CTQualityAssessmentTest(ScriptedLoadableModuleTest):
         ct = slicer.util.getFirstNodeByClassByName("vtkMRMLScalarVolumeNode", "sample_ct")
         outputs = CTQualityAssessmentLogic().process(ct, model="default", device="cpu")
         self.assertEqual(outputs.summary["settings"]["model_kind"], "learned")
+
+    def test_denoise_and_compare(self):
+        """Denoise and compare with the installed denoiser, only where one is installed with PyTorch."""
+        import importlib.util
+
+        import numpy as np
+
+        from ctqa.models.registry import default_model
+
+        if importlib.util.find_spec("torch") is None or default_model("denoise") is None:
+            self.delayDisplay("No denoiser or no PyTorch installed: Denoise and compare check skipped")
+            return
+        ct = slicer.util.getFirstNodeByClassByName("vtkMRMLScalarVolumeNode", "sample_ct")
+        before = slicer.util.arrayFromVolume(ct).copy()
+        outputs = CTQualityAssessmentLogic().process(ct, model="physics", device="cpu", denoiseModel="default")
+        self.assertIsNot(outputs.denoised_ct, ct)
+        self.assertEqual(outputs.denoised_ct.GetName(), "sample_ct denoised")
+        self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(ct), before))  # the input is never changed
+        self.assertIn("denoised", outputs.summary)
+        self.delayDisplay("Test passed")

@@ -19,8 +19,12 @@ group trains. The real Mayo pairs of patient L506 are the evaluation (``denoise_
 Training (``DenoiseTrainer``), random augmented patches (90 deg rotations, flips) of the train split:
 
 - "supervised" (RED-CNN): MSE between the network's output and the clean patch, both on the network scale
-  (HU / 1000). Noise-gain augmentation: noisy' = clean + g (noisy - clean), g log-uniform in ``noise_gain``,
-  which is the same acquisition at another dose, so the doses between the simulated ones are covered.
+  (HU / 1000); by default (``loss="relative"``) each patch's MSE is divided by its input's (the noisy patch's MSE
+  against the clean one, floored at RELATIVE_FLOOR_HU squared), so that every dose and kernel weighs by the share
+  of its error removed, as a PSNR gain does: with the plain MSE the noisiest patches (5 % dose, sharp kernel, 100 HU
+  and more) dominated the gradient, and after 1000 steps the real Mayo quarter-dose images gained 1.3 dB while the
+  simulated val pairs gained 2.1. Noise-gain augmentation: noisy' = clean + g (noisy - clean), g log-uniform in
+  ``noise_gain``, which is the same acquisition at another dose, so the doses between the simulated ones are covered.
 - "neighbor2neighbor" (Huang et al. 2021), the route that needs no full-dose image, in the spirit of the clinical
   seed's task-driven learning from low-dose data alone: it reads only ``noisy``. Two sub-images g1(y), g2(y) take one
   of two adjacent pixels of every 2 x 2 cell of the noisy patch y, chosen at random; their noise is (nearly)
@@ -57,6 +61,7 @@ from tqdm import tqdm
 
 from ctqa.errors import InputError
 from ctqa.models.denoise_network import (
+    HU_SCALE,
     INPUT_CLIP_HU,
     METHODS,
     DenoiseNetConfig,
@@ -82,10 +87,13 @@ DEFAULT_SLICES_PER_VOLUME = 6
 DENOISE_SPLIT_GROUPS = {"A046441": "val", "A048383": "val"}
 #: A patch is re-drawn (up to PATCH_TRIES times) until at least BODY_FRACTION of it is above BODY_HU (HU).
 BODY_HU = -900.0
-BODY_FRACTION = 0.2
+BODY_FRACTION = 0.1
 PATCH_TRIES = 10
 #: PSNR range (HU): the clip range of the network input, 4096 HU (the [0, 1] scale of the Mayo .npy files).
 PSNR_RANGE_HU = INPUT_CLIP_HU[1] - INPUT_CLIP_HU[0] + 1.0
+#: Supervised losses; "relative": each patch's MSE over its input's MSE, the latter floored at RELATIVE_FLOOR_HU^2.
+LOSSES = ("relative", "mse")
+RELATIVE_FLOOR_HU = 2.0
 
 
 def _evenly(count: int, wanted: int) -> np.ndarray:
@@ -260,6 +268,7 @@ class DenoiseTrainSettings:
     checkpoint_every: int = 500
     noise_gain: tuple[float, float] = (0.7, 1.4)
     gamma: float = 2.0
+    loss: str = "relative"
 
     @property
     def config(self) -> DenoiseNetConfig:
@@ -268,6 +277,8 @@ class DenoiseTrainSettings:
     def check(self) -> None:
         if self.method not in METHODS:
             raise InputError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.loss not in LOSSES:
+            raise InputError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
         try:
             config = self.config
         except ValueError as error:
@@ -431,8 +442,11 @@ class DenoiseTrainer:
     def _loss(self, noisy: torch.Tensor, clean: torch.Tensor | None) -> dict[str, torch.Tensor]:
         y = denoise_input(noisy.to(self.device))
         if self.supervised:
-            loss = F.mse_loss(self.model(y), denoise_input(clean.to(self.device)))
-            return {"total": loss}
+            target = denoise_input(clean.to(self.device))
+            error = (self.model(y) - target).pow(2).mean(dim=(1, 2, 3))
+            if self.settings.loss == "relative":
+                error = error / (y - target).pow(2).mean(dim=(1, 2, 3)).clamp_min((RELATIVE_FLOOR_HU / HU_SCALE) ** 2)
+            return {"total": error.mean()}
         choice = neighbour_choice(y.shape, self.generator)
         with torch.no_grad():
             full_g1, full_g2 = neighbour_subsample(self.model(y), choice)

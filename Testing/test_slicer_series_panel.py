@@ -23,7 +23,9 @@ DISAGREEMENT = "DICOM kernel B30f is a soft-tissue kernel; pixels say lung (p 0.
 
 CONSTANTS = module_constants("CHECKPOINT_CHOICE", "FLAGGED_STYLE", "SCORE_NOT_INSTALLED")
 NAMESPACE = {"_": lambda text: text, "json": json, "Path": Path, **CONSTANTS}
-Logic = class_with("CTQualityAssessmentLogic", {"seriesPanelRows", "modelDescription", "globalScoreText"}, NAMESPACE)
+Logic = class_with(
+    "CTQualityAssessmentLogic", {"seriesPanelRows", "modelDescription", "globalScoreText", "denoisedText"}, NAMESPACE
+)
 Widget = class_with("CTQualityAssessmentWidget", {"_updateGui", "_showSummary"}, NAMESPACE)
 
 

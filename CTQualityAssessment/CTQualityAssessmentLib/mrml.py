@@ -9,7 +9,10 @@ by a flip of the first two physical axes. Output nodes copy the input's parent t
 Output nodes carry the attribute ROLE_ATTRIBUTE (what they are) and a node reference INPUT_REFERENCE to the assessed
 volume; a new run on the same volume updates those nodes in place and removes the ones it no longer produces.
 Nodes without the attribute (the user's) are never modified or removed. They sit in a subject-hierarchy folder
-under the input's parent (its study when it came from DICOM).
+under the input's parent (its study when it came from DICOM). A run with denoising adds the denoised CT as a new
+volume node ("<input> denoised", the input's window/level; the input node is never changed), its quality map, and
+"after" series (dashed) beside the "before" ones in the per-slice plot; a later run without denoising removes the
+map and the series but keeps the denoised CT.
 """
 
 from __future__ import annotations
@@ -32,8 +35,11 @@ SUMMARY_ATTRIBUTE = "CTQualityAssessment.Summary"  # JSON of Assessment.summary,
 INPUT_REFERENCE = "CTQualityAssessment.InputVolume"
 
 QUALITY_MAP, NOISE_MAP, REFERENCE_SSIM_MAP = "QualityMap", "NoiseMap", "ReferenceSsimMap"
+DENOISED_CT, QUALITY_MAP_DENOISED = "DenoisedCT", "QualityMapDenoised"
 SLICE_TABLE, SLICE_MEAN_SERIES, SLICE_P10_SERIES, SLICE_CHART = "SliceTable", "SliceMean", "SliceP10", "SliceChart"
 SLICE_SCORE_SERIES = "SliceScore"
+SLICE_MEAN_DENOISED_SERIES, SLICE_P10_DENOISED_SERIES = "SliceMeanDenoised", "SliceP10Denoised"
+SLICE_SCORE_DENOISED_SERIES = "SliceScoreDenoised"
 SEGMENT_TABLE = "SegmentTable"
 QUALITY_COLORS = "QualityColors"  # one per scene, shared by all quality maps, where Slicer's Viridis is missing
 SLICER_VIRIDIS_ID = "vtkMRMLColorTableNodeFileViridis.txt"  # Libs/MRML/Core/Resources/ColorFiles/Viridis.txt
@@ -62,6 +68,21 @@ SLICE_PLOTS = {
     ),
 }
 
+#: The "after" series of a run with denoising, drawn dashed beside the "before" ones of SLICE_PLOTS, in their
+#: colours: quantity -> (role, slices.csv column, legend, colour).
+DENOISED_SLICE_PLOTS = {
+    PLOT_QUALITY: (
+        (SLICE_MEAN_DENOISED_SERIES, "quality_mean_denoised", "slice quality mean, denoised", (0.12, 0.47, 0.71)),
+        (
+            SLICE_P10_DENOISED_SERIES,
+            "quality_p10_denoised",
+            "slice quality 10th percentile, denoised",
+            (1.0, 0.5, 0.05),
+        ),
+    ),
+    PLOT_SCORE: ((SLICE_SCORE_DENOISED_SERIES, "score_denoised", "slice score (0-4), denoised", (0.17, 0.63, 0.17)),),
+}
+
 COLOR_TABLE_SIZE = 256
 
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse
@@ -79,6 +100,8 @@ class OutputNodes:
     slice_chart: object
     segment_table: object | None
     summary: dict
+    denoised_ct: object | None = None
+    quality_map_denoised: object | None = None
 
 
 # --- geometry -------------------------------------------------------------------------------------------------
@@ -188,12 +211,13 @@ def _own_node(scene, existing: dict, role: str, class_name: str, name: str, volu
     return node
 
 
-def _map_node(scene, existing, role, name, array, volume_node):
-    """A scalar volume node holding a (z, y, x) map on the input's grid, under the input's parent transform."""
+def _map_node(scene, existing, role, name, array, volume_node, dtype=np.float32):
+    """A scalar volume node holding a (z, y, x) map (as dtype) on the input's grid, under the input's parent
+    transform."""
     import slicer
 
     node = _own_node(scene, existing, role, "vtkMRMLScalarVolumeNode", name, volume_node)
-    slicer.util.updateVolumeFromArray(node, array.astype(np.float32, copy=False))
+    slicer.util.updateVolumeFromArray(node, array.astype(dtype, copy=False))
     node.SetIJKToRASMatrix(_vtk_matrix(volume_node.GetIJKToRASMatrix))
     node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
     node.CreateDefaultDisplayNodes()
@@ -223,6 +247,17 @@ def _show_as_noise(node) -> None:
     display.SetWindowLevelMinMax(0.0, 50.0)
 
 
+def _show_like_input(node, volume_node) -> None:
+    """The input's window/level on the denoised CT, so that before and after are seen at one setting (automatic
+    where the input has no display node)."""
+    source = volume_node.GetDisplayNode()
+    if source is None:
+        return
+    display = node.GetDisplayNode()
+    display.AutoWindowLevelOff()
+    display.SetWindowLevel(source.GetWindow(), source.GetLevel())
+
+
 def fill_table(table_node, rows: list[dict], columns: tuple[str, ...]) -> None:
     """Replace a table node's content by rows ({column: value}): str -> string (None: ""), int -> int, else double
     (None: NaN)."""
@@ -246,34 +281,44 @@ def fill_table(table_node, rows: list[dict], columns: tuple[str, ...]) -> None:
     table_node.SetAndObserveTable(table)
 
 
-def _slice_chart(scene, existing, table, volume_node, base: str, with_score: bool):
+def _plot_series(scene, existing, table, volume_node, base: str, rows, dashed: bool) -> None:
+    """The plot series nodes of rows ((role, column, legend, colour), ...) over the slice table, line only."""
+    for role, column, label, rgb in rows:
+        series = _own_node(scene, existing, role, "vtkMRMLPlotSeriesNode", f"{base} {label}", volume_node)
+        series.SetAndObserveTableNodeID(table.GetID())
+        series.SetXColumnName("slice")
+        series.SetYColumnName(column)
+        series.SetPlotType(series.PlotTypeScatter)
+        series.SetMarkerStyle(series.MarkerStyleNone)
+        series.SetLineStyle(series.LineStyleDash if dashed else series.LineStyleSolid)
+        series.SetColor(*rgb)
+
+
+def _slice_chart(scene, existing, table, volume_node, base: str, with_score: bool, denoised: set[str]):
     """Line plot against the slice index of per-slice mean and 10th-percentile quality; the series of the 0-4 score
-    is made too when the run has one (with_score), for show_slice_plot to switch to."""
+    are made too when the run has one (with_score), for show_slice_plot to switch to; denoised: the quantities
+    (PLOT_QUALITY, PLOT_SCORE) the run also has of a denoised CT, whose "after" series are made beside."""
     chart = _own_node(scene, existing, SLICE_CHART, "vtkMRMLPlotChartNode", f"{base} slice quality plot", volume_node)
     for quantity, (series_rows, _, _, _) in SLICE_PLOTS.items():
         if quantity == PLOT_SCORE and not with_score:
             continue
-        for role, column, label, rgb in series_rows:
-            series = _own_node(scene, existing, role, "vtkMRMLPlotSeriesNode", f"{base} {label}", volume_node)
-            series.SetAndObserveTableNodeID(table.GetID())
-            series.SetXColumnName("slice")
-            series.SetYColumnName(column)
-            series.SetPlotType(series.PlotTypeScatter)
-            series.SetMarkerStyle(series.MarkerStyleNone)
-            series.SetLineStyle(series.LineStyleSolid)
-            series.SetColor(*rgb)
+        _plot_series(scene, existing, table, volume_node, base, series_rows, dashed=False)
+        if quantity in denoised:
+            _plot_series(scene, existing, table, volume_node, base, DENOISED_SLICE_PLOTS[quantity], dashed=True)
     chart.SetXAxisTitle("slice index")
     chart.SetYAxisRangeAuto(False)
     return chart
 
 
 def _plot_quantity(chart, series_by_role: dict, quantity: str, base: str) -> None:
-    """Show one quantity of SLICE_PLOTS on the chart: its series, title, y axis title and range."""
+    """Show one quantity of SLICE_PLOTS on the chart: its series (and their "after" series when the run denoised),
+    title, y axis title and range."""
     series_rows, title, axis_title, (low, high) = SLICE_PLOTS[quantity]
     chart.RemoveAllPlotSeriesNodeIDs()
-    for role, *_ in series_rows:
+    after = [row[0] for row in DENOISED_SLICE_PLOTS[quantity] if row[0] in series_by_role]
+    for role in [row[0] for row in series_rows] + after:
         chart.AddAndObservePlotSeriesNodeID(series_by_role[role].GetID())
-    chart.SetTitle(f"{base}: {title}")
+    chart.SetTitle(f"{base}: {title}" + (" before / after denoising" if after else ""))
     chart.SetYAxisTitle(axis_title)
     chart.SetYAxisRange(low, high)
 
@@ -338,10 +383,26 @@ def outputs_to_scene(saved: SavedOutputs, volume_node, segmentation_node=None) -
         reference = _map_node(scene, existing, REFERENCE_SSIM_MAP, name, saved.maps["reference_ssim_map"], volume_node)
         _show_as_quality(reference, color_table)
 
+    denoised_ct = quality_denoised = None
+    if "denoised_ct" in saved.maps:
+        ct = saved.maps["denoised_ct"]
+        denoised_ct = _map_node(scene, existing, DENOISED_CT, f"{base} denoised", ct, volume_node, ct.dtype)
+        _show_like_input(denoised_ct, volume_node)
+        name = f"{base} denoised quality map"
+        quality_denoised = _map_node(
+            scene, existing, QUALITY_MAP_DENOISED, name, saved.maps["quality_map_denoised"], volume_node
+        )
+        _show_as_quality(quality_denoised, color_table)
+
     slice_table = _own_node(scene, existing, SLICE_TABLE, "vtkMRMLTableNode", f"{base} slice quality", volume_node)
     fill_table(slice_table, saved.slices, SLICE_COLUMNS)
     with_score = any(row.get("score") is not None for row in saved.slices)
-    chart = _slice_chart(scene, existing, slice_table, volume_node, base, with_score)
+    denoised = set()
+    if any(row.get("quality_mean_denoised") is not None for row in saved.slices):
+        denoised.add(PLOT_QUALITY)
+    if any(row.get("score_denoised") is not None for row in saved.slices):
+        denoised.add(PLOT_SCORE)
+    chart = _slice_chart(scene, existing, slice_table, volume_node, base, with_score, denoised)
 
     segment_table = None
     if saved.rois is not None:
@@ -349,15 +410,27 @@ def outputs_to_scene(saved: SavedOutputs, volume_node, segmentation_node=None) -
         segment_table = _own_node(scene, existing, SEGMENT_TABLE, "vtkMRMLTableNode", name, volume_node)
         fill_table(segment_table, saved.rois, ROI_COLUMNS)
 
+    existing.pop(DENOISED_CT, None)  # a CT the user may work on: kept (and updated by the next denoising run)
     for stale in existing.values():  # outputs of an earlier run that this run did not produce
         scene.RemoveNode(stale)
     _plot_quantity(chart, own_output_nodes(volume_node), PLOT_QUALITY, base)
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     folder = _output_folder(scene, volume_node, base)
-    for node in (quality, noise, reference, slice_table, chart, segment_table):
+    for node in (quality, noise, reference, denoised_ct, quality_denoised, slice_table, chart, segment_table):
         if node is not None:
             hierarchy.SetItemParent(_hierarchy_item(hierarchy, node), folder)
-    return OutputNodes(quality, noise, reference, color_table, slice_table, chart, segment_table, saved.summary)
+    return OutputNodes(
+        quality,
+        noise,
+        reference,
+        color_table,
+        slice_table,
+        chart,
+        segment_table,
+        saved.summary,
+        denoised_ct,
+        quality_denoised,
+    )
 
 
 def show_overlay(quality_map_node, background_volume_node, opacity: float = DEFAULT_OPACITY) -> None:
@@ -369,6 +442,19 @@ def show_overlay(quality_map_node, background_volume_node, opacity: float = DEFA
         composite.SetBackgroundVolumeID(background_volume_node.GetID())
         composite.SetForegroundVolumeID(quality_map_node.GetID())
         composite.SetForegroundOpacity(opacity)
+
+
+def show_output_overlay(volume_node, role: str, opacity: float = DEFAULT_OPACITY):
+    """Show the output map of role (QUALITY_MAP, NOISE_MAP, ...) of volume_node's last run in every slice view: the
+    denoised CT's quality map over the denoised CT, the others over volume_node. Returns the map node, None when the
+    run has no such map."""
+    nodes = own_output_nodes(volume_node)
+    node = nodes.get(role)
+    if node is None:
+        return None
+    background = nodes.get(DENOISED_CT) if role == QUALITY_MAP_DENOISED else None
+    show_overlay(node, background or volume_node, opacity)
+    return node
 
 
 def set_overlay_opacity(opacity: float, scene) -> None:

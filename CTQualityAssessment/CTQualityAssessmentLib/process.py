@@ -33,7 +33,7 @@ import numpy as np
 from ctqa.errors import InputError
 from ctqa.io import NRRD_TYPES, write_map
 from ctqa.outputs import SavedOutputs, read_outputs
-from ctqa.pipeline import resolve_model, resolve_score_model
+from ctqa.pipeline import resolve_denoise_model, resolve_model, resolve_score_model
 
 #: Folder that holds the `ctqa` package (Slicer puts it on sys.path; the worker gets it on PYTHONPATH).
 MODULE_DIR = Path(__file__).resolve().parents[1]
@@ -126,9 +126,11 @@ def command_line(
     device: str = "auto",
     window_mm: float | None = None,
     score_model: str = "default",
+    denoise_model: str | None = None,
 ) -> list[str]:
     """The `ctqa assess` command of a run (JSON progress on stdout, no preview.png, maps uncompressed: they are read
-    back at once and deleted). score_model: the 0-4 score's model ("default", a name, a checkpoint or "none")."""
+    back at once and deleted). score_model: the 0-4 score's model ("default", a name, a checkpoint or "none");
+    denoise_model: None, or the denoiser of a run that also denoises the CT and assesses the result (--denoise)."""
     command = [python_executable(), "-m", "ctqa.cli", "assess", str(inputs.volume), "--out", str(out)]
     command += ["--progress", "json", "--no-preview", "--no-compress", "--model", str(model), "--device", device]
     command += ["--score-model", str(score_model)]
@@ -140,6 +142,8 @@ def command_line(
         command += ["--window-mm", f"{window_mm:g}"]
     if inputs.acquisition_dicom is not None:
         command += ["--acquisition-from", inputs.acquisition_dicom]
+    if denoise_model is not None:
+        command += ["--denoise", "--denoise-model", str(denoise_model)]
     return command
 
 
@@ -174,10 +178,12 @@ class AssessmentProcess:
         device: str = "auto",
         window_mm: float | None = None,
         score_model: str = "default",
+        denoise_model: str | None = None,
     ):
-        """Start the assessment of inputs; the outputs go to inputs.folder / "out"."""
+        """Start the assessment of inputs (with denoise_model: also of the denoised CT); the outputs go to
+        inputs.folder / "out"."""
         out = inputs.folder / "out"
-        job = cls(inputs, out, command_line(inputs, out, model, device, window_mm, score_model))
+        job = cls(inputs, out, command_line(inputs, out, model, device, window_mm, score_model, denoise_model))
         paths = [str(MODULE_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]  # no empty entry (= the cwd)
         environment = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
         if os.name == "posix":
@@ -306,12 +312,15 @@ def run(
     show: bool = True,
     opacity: float | None = None,
     score_model: str = "default",
+    denoise_model: str | None = None,
 ):
     """Assess a volume node out of process and put the results in its scene, blocking (console and batch use).
 
     progress(fraction, stage) as the process reports; show: put the quality map over the CT in every slice view;
     score_model: the 0-4 score's model ("default": the installed one, skipped with a note when there is none; a
-    name; a checkpoint; "none"). Returns mrml.OutputNodes; InputError with the one-line reason for unusable input.
+    name; a checkpoint; "none"); denoise_model: None, or a denoiser ("default", a name, a checkpoint): the CT is
+    also denoised into a new volume node and assessed (Denoise and compare; volume_node is never changed).
+    Returns mrml.OutputNodes; InputError with the one-line reason for unusable input.
     """
     from CTQualityAssessmentLib import mrml
 
@@ -321,8 +330,15 @@ def run(
         raise InputError(f"{device}: unknown device; choose one of {', '.join(DEVICES)}")
     resolve_model(model)  # an unknown model is refused before anything is written
     resolve_score_model(score_model)
+    if denoise_model is not None:
+        resolve_denoise_model(denoise_model)
     job = AssessmentProcess.start(
-        write_inputs(volume_node, reference_volume_node, segmentation_node), model, device, window_mm, score_model
+        write_inputs(volume_node, reference_volume_node, segmentation_node),
+        model,
+        device,
+        window_mm,
+        score_model,
+        denoise_model,
     )
     try:
         job.wait(progress)

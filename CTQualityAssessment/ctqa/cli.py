@@ -16,8 +16,9 @@ from ctqa.results import Summary
 DESCRIPTION = """\
 CT image quality assessment. `ctqa assess` reads a CT (DICOM folder or file, NIfTI, NRRD, MHA, TIFF, .npy) and writes
 a per-voxel quality map (1 = best), a local noise map in HU, a 0-4 quality score (LDCTIQAC2023 scale, when a
-score model is installed), per-slice and per-ROI tables, a summary and a preview image. `ctqa sample` writes a
-small synthetic CT to try it on.
+score model is installed), per-slice and per-ROI tables, a summary and a preview image. `ctqa denoise` writes a
+denoised copy of a low-dose CT (a learned denoiser); `ctqa assess --denoise` assesses it beside the input.
+`ctqa sample` writes a small synthetic CT to try it on.
 """
 
 ASSESS_EPILOG = """\
@@ -25,11 +26,14 @@ outputs in --out:
   quality_map.nrrd         float32 quality per voxel, 1 = best, input geometry (NaN outside the body)
   noise_map.nrrd           float32 local noise SD in HU
   reference_ssim_map.nrrd  SSIM against --reference, resampled onto the input by position (only with --reference)
+  denoised_ct.nrrd         the denoised CT in HU, input geometry (only with --denoise; int16 for whole-HU inputs)
+  quality_map_denoised.nrrd  the quality map of the denoised CT (only with --denoise)
   slices.csv               per slice: z (mm), quality mean / median / 10th percentile, noise SD, HU mean,
-                           0-4 score and its SD (empty without a score model)
+                           0-4 score and its SD (empty without a score model), then the denoised CT's quality
+                           mean / 10th percentile, noise SD and score (empty without --denoise)
   rois.csv                 per ROI (only with --roi): label, name, voxels, status, the same statistics
   summary.json             global quality, 0-4 score (global_score), GNL (global noise level, HU), SNR, CNR,
-                           settings, notes, outputs
+                           the same figures of the denoised CT (denoised, with --denoise), settings, notes, outputs
   preview.png              representative slices with the quality overlay, and the per-slice plot
 
 Files appear all at once: summary.json exists only beside a complete set from one run; files an earlier
@@ -43,6 +47,21 @@ examples:
   ctqa assess sample_data/sample_ct.nrrd --reference sample_data/sample_reference_ct.nrrd \\
        --roi sample_data/sample_labels.nrrd --roi-names sample_data/sample_labels.txt --out results
   ctqa assess challenge_slice.tif --scaling ldctiqac2023 --out results   (an LDCTIQAC2023 image: its 0-4 score)
+  ctqa assess low_dose.nrrd --denoise --out results   (before / after denoising, side by side)
+"""
+
+DENOISE_EPILOG = """\
+FILE is a volume file (.nrrd, .nii, .nii.gz or .mha) with the input's geometry, in HU: int16 when the input holds
+whole HU (every scanner's images; the denoised values are rounded to whole HU, a change far below any CT's noise),
+else float32. A DICOM input (folder or file) gives a volume file too, not DICOM. The input is never changed: FILE
+may not be the input file nor lie inside an input DICOM folder, and an existing FILE is replaced only with
+--overwrite. FILE appears whole or not at all (written to a temporary file beside it, then renamed).
+
+exit status: 0 on success, 2 on unusable input (one line on stderr, nothing written), 130 on Ctrl-C, 143 on SIGTERM.
+
+examples:
+  ctqa denoise low_dose.nrrd --out low_dose_denoised.nrrd
+  ctqa denoise dicom_folder/ --out denoised.nii.gz --model my_denoiser.json --device cuda
 """
 
 
@@ -123,6 +142,47 @@ def _parser() -> argparse.ArgumentParser:
         help="0-4 quality score model (LDCTIQAC2023 scale): default (the bundled score model; skipped with a note "
         "when none is installed), a bundled model's name, a checkpoint (X.json / X.safetensors), or none to skip",
     )
+    assess.add_argument(
+        "--denoise",
+        action="store_true",
+        help="also denoise the CT and assess the result the same way: adds denoised_ct.nrrd, "
+        "quality_map_denoised.nrrd and the summary's denoised block (the input is never changed)",
+    )
+    assess.add_argument(
+        "--denoise-model",
+        metavar="NAME|PATH",
+        help="denoiser for --denoise (implies it): default (the bundled denoiser), a bundled model's name, or a "
+        "checkpoint (X.json / X.safetensors)",
+    )
+
+    denoise = commands.add_parser(
+        "denoise",
+        help="write a denoised copy of a CT (learned denoiser)",
+        description="Denoise a (low-dose) CT with a learned denoiser and write it to FILE with the input's geometry. "
+        "Prints the global noise level (GNL) before and after.",
+        epilog=DENOISE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    denoise.add_argument(
+        "input", metavar="INPUT", help="CT: DICOM folder or file, .nii/.nii.gz, .nrrd, .mha, .tif/.tiff or .npy"
+    )
+    denoise.add_argument(
+        "--out", required=True, metavar="FILE", help="denoised CT: .nrrd, .nii, .nii.gz or .mha (not DICOM)"
+    )
+    denoise.add_argument(
+        "--model",
+        default="default",
+        metavar="NAME|PATH",
+        help="denoiser: default (the bundled denoiser), a bundled model's name, or a checkpoint (X.json / "
+        "X.safetensors)",
+    )
+    denoise.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the denoiser runs (default: auto)"
+    )
+    denoise.add_argument("--series", metavar="UID", help="SeriesInstanceUID to read when INPUT holds several series")
+    _add_reading_options(denoise)
+    denoise.add_argument("--overwrite", action="store_true", help="replace FILE when it exists (never the input)")
+    denoise.add_argument("--quiet", action="store_true", help="no progress bar")
 
     classify = commands.add_parser(
         "classify",
@@ -225,7 +285,26 @@ def _print_result(input_path: str, summary: Summary, written: int, out: Path) ->
     print(f"{Path(input_path).name} ({summary.settings.model}, {summary.settings.device}): " + ", ".join(figures))
     if summary.series is not None:
         print(series_line("series", summary.series))
+    if summary.denoised is not None:
+        print(denoised_line(summary))
     print(f"wrote {written} files to {out}")
+
+
+def _gnl_text(gnl: float) -> str:
+    return f"{gnl:.1f}" if math.isfinite(gnl) else "n/a"
+
+
+def denoised_line(summary: Summary) -> str:
+    """The after figures of a run with --denoise (results.DenoisedSummary) on one line."""
+    after = summary.denoised
+    change = f" ({-after.gnl_reduction_percent:+.0f} %)" if math.isfinite(after.gnl_reduction_percent) else ""
+    figures = [
+        f"global quality {after.global_quality_score:.3f}" if math.isfinite(after.global_quality_score) else "n/a",
+        f"GNL {_gnl_text(summary.gnl_hu)} -> {_gnl_text(after.gnl_hu)} HU{change}",
+    ]
+    if after.score is not None:
+        figures.append(score_text(after.score))
+    return f"denoised ({after.model}, {after.method}): " + ", ".join(figures)
 
 
 def score_text(score) -> str:
@@ -242,6 +321,7 @@ def _assess(args: argparse.Namespace) -> None:
     from ctqa.pipeline import (
         assess,
         check_window_mm,
+        resolve_denoise_model,
         resolve_model,
         resolve_score_model,
         resolve_series_model,
@@ -254,9 +334,9 @@ def _assess(args: argparse.Namespace) -> None:
     model = resolve_model(args.model)
     series_model = resolve_series_model(args.series_model)
     score_spec = resolve_score_model(args.score_model)
+    denoise_model = resolve_denoise_model(args.denoise_model) if args.denoise or args.denoise_model else None
     window_mm = check_window_mm(args.window_mm)
-    if args.pixel_mm is not None and not (math.isfinite(args.pixel_mm) and 0.01 <= args.pixel_mm <= 20.0):
-        raise InputError(f"--pixel-mm {args.pixel_mm:g}: must be between 0.01 and 20")
+    _check_pixel_mm(args.pixel_mm)
     if args.roi_names and not args.roi:
         raise InputError(f"{args.roi_names}: --roi-names needs --roi")
     options = dict(scaling=args.scaling, regularize=args.regularize, pixel_mm=args.pixel_mm)
@@ -278,6 +358,7 @@ def _assess(args: argparse.Namespace) -> None:
             progress=bar,
             series_model=series_model,
             score_model=args.score_model if score_spec is None else score_spec,  # a skip keeps its note
+            denoise_model=denoise_model,
         )
         bar(1.0, "writing outputs")
         paths = write_outputs(assessment, out, preview=not args.no_preview, compress=not args.no_compress)
@@ -288,6 +369,11 @@ def _assess(args: argparse.Namespace) -> None:
         _print_notes(assessment.summary)
     else:
         _print_result(args.input, assessment.summary, len(paths), out)
+
+
+def _check_pixel_mm(pixel_mm: float | None) -> None:
+    if pixel_mm is not None and not (math.isfinite(pixel_mm) and 0.01 <= pixel_mm <= 20.0):
+        raise InputError(f"--pixel-mm {pixel_mm:g}: must be between 0.01 and 20")
 
 
 def _call_text(call, physics, learned: bool) -> str:
@@ -375,6 +461,87 @@ def _classify(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
+def _denoise(args: argparse.Namespace) -> None:
+    from ctqa.io import read_volume
+    from ctqa.physics.noise import analyse_noise
+    from ctqa.pipeline import resolve_denoise_model
+    from ctqa.tasks import denoise
+
+    out = check_denoise_output(args.out, args.input, args.overwrite)
+    spec = resolve_denoise_model(args.model)
+    _check_pixel_mm(args.pixel_mm)
+    volume = read_volume(
+        args.input, series_uid=args.series, scaling=args.scaling, regularize=args.regularize, pixel_mm=args.pixel_mm
+    )
+    bar = _ProgressBar(enabled=not args.quiet)
+    try:
+        bar(0.0, "noise before")
+        before = analyse_noise(volume).gnl
+        result = denoise.run(volume, spec, args.device, lambda fraction, message: bar(0.05 + 0.8 * fraction, message))
+        bar(0.85, "noise after")
+        after = analyse_noise(result.volume).gnl
+        bar(0.95, "writing")
+        write_file_atomically(denoise.storage_array(result.volume.hu), result.volume, out, args.overwrite)
+        bar(1.0, "done")
+    finally:
+        bar.close()
+    for note in volume.notes:
+        print(f"ctqa: note: {note}", file=sys.stderr)
+    if result.device_fallback:
+        print(f"ctqa: warning: {result.device_fallback}", file=sys.stderr)
+    gnl = f"GNL {_gnl_text(before)} -> {_gnl_text(after)} HU"
+    print(f"denoised {args.input} -> {out} (model {result.model}, {result.method}; {gnl})")
+
+
+def check_denoise_output(path: str, input_path: str, overwrite: bool) -> Path:
+    """The output file of `ctqa denoise`, checked before any work: a writable volume format, not the input file nor
+    inside an input folder, and not an existing file unless overwrite; InputError (one line) otherwise."""
+    from ctqa.io import WRITABLE_EXTENSIONS
+    from ctqa.outputs import check_output_folder
+
+    out = Path(path)
+    if not str(path).strip() or not out.name:
+        raise InputError("--out is empty; name the denoised file (.nrrd, .nii, .nii.gz or .mha)")
+    if not out.name.lower().endswith(WRITABLE_EXTENSIONS):
+        raise InputError(f"{out}: unsupported output format; use one of {', '.join(WRITABLE_EXTENSIONS)}")
+    source, target = Path(input_path).resolve(), out.resolve()
+    if target == source or (out.exists() and Path(input_path).exists() and out.samefile(input_path)):
+        raise InputError(f"{out}: is the input; denoising never overwrites its input")
+    if source.is_dir() and source in target.parents:
+        raise InputError(f"{out}: lies inside the input folder {input_path}; write the denoised CT elsewhere")
+    if out.is_dir():
+        raise InputError(f"{out}: is a folder; name the denoised file")
+    if out.exists() and not overwrite:
+        raise InputError(f"{out}: exists; pass --overwrite to replace it")
+    check_output_folder(out.parent)
+    return out
+
+
+def write_file_atomically(array, like, out: Path, overwrite: bool) -> None:
+    """Write a (z, y, x) array with like's geometry to out through a temporary file beside it (ctqa.io.write_map),
+    renamed onto out when complete; the temporary file is removed on any error, Ctrl-C or SIGTERM."""
+    import os
+    import tempfile
+
+    from ctqa.io import WRITABLE_EXTENSIONS, write_map
+
+    suffix = next(ext for ext in sorted(WRITABLE_EXTENSIONS, key=len, reverse=True) if out.name.lower().endswith(ext))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
+    os.close(handle)
+    try:
+        try:
+            write_map(array, like, temporary)
+        except InputError as error:  # name the file the user asked for, not the temporary one
+            raise InputError(str(error).replace(temporary, str(out))) from None
+        if out.exists() and not overwrite:  # created by someone else while we worked
+            raise InputError(f"{out}: exists; pass --overwrite to replace it")
+        os.replace(temporary, out)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def _sample(args: argparse.Namespace) -> None:
     from ctqa.sample import write_sample
 
@@ -386,7 +553,7 @@ def _sample(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `ctqa`; returns the exit status (2 on bad input, with one line on stderr)."""
     args = _parser().parse_args(argv)
-    commands = {"assess": _assess, "classify": _classify, "sample": _sample}
+    commands = {"assess": _assess, "classify": _classify, "denoise": _denoise, "sample": _sample}
     return exit_status("ctqa", lambda: commands[args.command](args))
 
 

@@ -31,6 +31,8 @@ OUTPUT_FILES = {
     "quality_map": "quality_map.nrrd",
     "noise_map": "noise_map.nrrd",
     "reference_ssim_map": "reference_ssim_map.nrrd",
+    "denoised_ct": "denoised_ct.nrrd",
+    "quality_map_denoised": "quality_map_denoised.nrrd",
     "slices": "slices.csv",
     "rois": "rois.csv",
     "summary": "summary.json",
@@ -229,7 +231,8 @@ def write_csv(rows: list[dict], columns: tuple[str, ...], path: Path) -> None:
 
 @dataclass
 class SavedOutputs:
-    """A complete output folder read back: maps (z, y, x) float32 by role, table rows and the summary.
+    """A complete output folder read back: maps (z, y, x) by role (float32; the denoised CT int16 or float32, see
+    tasks/denoise.storage_array), table rows and the summary.
 
     Table cells are int, float or str as the columns hold them (None for empty cells); maps absent from the run
     (reference SSIM without --reference) are missing from `maps`, rois is None without --roi.

@@ -1,5 +1,6 @@
 """One assessment of one CT volume, orchestration only: physics pass, quality-map task, global 0-4 score task,
-reference SSIM, tables, summary; and writing it to a folder through the output contract (outputs.py)."""
+reference SSIM, tables, summary (and, with a denoiser, the same passes over the denoised CT); and writing it to a
+folder through the output contract (outputs.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from ctqa.physics.ssim import ssim_map
 from ctqa.results import (
     ROI_COLUMNS,
     SLICE_COLUMNS,
+    DenoisedSummary,
     RoiRow,
     RunSettings,
     SeriesMeasures,
@@ -35,7 +37,7 @@ from ctqa.results import (
 )
 from ctqa.rois import Roi
 from ctqa.slabs import ProgressCallback
-from ctqa.tasks import global_score, quality_map, series_panel
+from ctqa.tasks import denoise, global_score, quality_map, series_panel
 from ctqa.volume import CTVolume
 
 #: Noise window limits (mm): below, a window holds too few voxels at any CT pixel size; above, it averages organs.
@@ -57,12 +59,52 @@ DEFINITIONS = {
     "classifier beside it; fitted_score: the eq. 4 linear fit of "
     "the four outputs on 0-4, fitted to what the model card says (no clinician scores were available)",
     "global_score": global_score.DEFINITION,
+    "denoised": denoise.DEFINITION,
 }
 
 
 @dataclass
+class VolumePasses:
+    """The per-volume passes of an assessment: physics noise, quality map, 0-4 score, reference SSIM, slice rows.
+
+    reference_ssim: float32 (z, y, x) SSIM against the reference on the volume's grid, None without one; scores:
+    None when no score model ran (or no slice shows the body).
+    """
+
+    noise: NoiseAnalysis
+    quality_map: quality_map.QualityMap
+    scores: global_score.SliceScores | None
+    reference_ssim: np.ndarray | None
+    slices: list[SliceRow]
+
+
+@dataclass
+class DenoisedAssessment:
+    """The denoised CT (denoiser.volume, on the input's grid) and the same passes over it as over the input.
+
+    slices: the denoised CT's own rows (the input's rows carry them in their *_denoised columns); summary: the
+    summary.json "denoised" block.
+    """
+
+    denoiser: denoise.Denoised
+    passes: VolumePasses
+    summary: DenoisedSummary
+
+    @property
+    def volume(self) -> CTVolume:
+        return self.denoiser.volume
+
+    @property
+    def quality(self) -> np.ndarray:
+        return self.passes.quality_map.quality
+
+
+@dataclass
 class Assessment:
-    """Everything one assessment produced; maps are float32 (z, y, x) on the grid of volume."""
+    """Everything one assessment produced; maps are float32 (z, y, x) on the grid of volume.
+
+    denoised: the denoised CT and its assessment (``assess(..., denoise_model=...)``), else None.
+    """
 
     volume: CTVolume
     quality_map: quality_map.QualityMap
@@ -72,6 +114,7 @@ class Assessment:
     rois: list[RoiRow] | None
     summary: Summary
     scores: global_score.SliceScores | None = None
+    denoised: DenoisedAssessment | None = None
 
     @property
     def quality(self) -> np.ndarray:
@@ -109,28 +152,124 @@ def resolve_score_model(model: str | os.PathLike | ModelSpec | None, require_pac
     return global_score.resolve(model, require_packages)
 
 
+def resolve_denoise_model(model: str | os.PathLike | ModelSpec | None, require_packages: bool = True) -> ModelSpec:
+    """The denoiser of a user's choice (task denoise; tasks/denoise.resolve): InputError when none is installed,
+    for unknown names and, with require_packages, when PyTorch/MONAI/safetensors are missing."""
+    return denoise.resolve(model, require_packages)
+
+
+def _stage(progress: ProgressCallback | None, low: float, high: float) -> ProgressCallback | None:
+    """progress for one part of the work: its fractions 0..1 mapped onto low..high."""
+    if progress is None:
+        return None
+    return lambda fraction, message: progress(low + (high - low) * fraction, message)
+
+
+def _reference_means(reference_ssim: np.ndarray, quality: np.ndarray) -> tuple[float, float, float]:
+    """(mean SSIM over the body, over everything the reference covers, share of the volume it covers)."""
+    covered = np.isfinite(reference_ssim)
+    inside = np.isfinite(quality) & covered
+    body = float(reference_ssim[inside].mean(dtype=np.float64)) if inside.any() else math.nan
+    everything = float(reference_ssim[covered].mean(dtype=np.float64)) if covered.any() else math.nan
+    return body, everything, float(covered.mean())
+
+
+def _volume_passes(
+    volume: CTVolume,
+    spec: ModelSpec,
+    score_spec: ModelSpec | None,
+    reference_hu: np.ndarray | None,
+    window_mm: float,
+    device: str,
+    progress: ProgressCallback | None,
+    cancel: threading.Event | None,
+) -> VolumePasses:
+    """Physics noise pass, quality map, 0-4 score, reference SSIM and slice rows of one volume (the input, and the
+    denoised CT); progress 0..1 over them."""
+    physics_end = 0.3 if spec.is_learned else 0.6
+    map_end = 0.8 if score_spec is None else (0.6 if spec.is_learned else 0.65)  # the score runs up to 0.8
+    end = 0.95 if reference_hu is not None else 0.8  # the reference SSIM runs from 0.8
+
+    def part(low: float, high: float) -> ProgressCallback | None:
+        return _stage(progress, low / end, high / end)
+
+    noise = analyse_noise(volume, window_mm, progress=part(0.0, physics_end))
+    result = quality_map.run(volume, spec, noise, device, part(physics_end, map_end), cancel)
+    scores = None
+    if score_spec is not None:
+        if progress is not None:
+            progress(map_end / end, "quality score")
+        body_voxels = np.array([np.count_nonzero(np.isfinite(plane)) for plane in noise.noise_sd])
+        scores = global_score.run(volume, score_spec, body_voxels, device, part(map_end, 0.8), cancel)
+    reference_ssim = None
+    if reference_hu is not None:
+        reference_ssim = ssim_map(volume.hu, reference_hu, progress=part(0.8, end))
+    slices = slice_table(
+        volume,
+        result.quality,
+        noise.noise_sd,
+        scores.score if scores is not None else None,
+        scores.sd if scores is not None else None,
+    )
+    return VolumePasses(noise, result, scores, reference_ssim, slices)
+
+
+def _with_denoised_columns(rows: list[SliceRow], denoised: list[SliceRow]) -> list[SliceRow]:
+    """The input's slice rows with the denoised CT's figures of the same slice in their *_denoised columns."""
+    return [
+        replace(
+            row,
+            quality_mean_denoised=after.stats.quality_mean,
+            quality_p10_denoised=after.stats.quality_p10,
+            noise_sd_hu_denoised=after.stats.noise_sd_hu,
+            score_denoised=after.score,
+        )
+        for row, after in zip(rows, denoised)
+    ]
+
+
+def _denoised_summary(denoiser: denoise.Denoised, passes: VolumePasses, gnl_before: float) -> DenoisedSummary:
+    body = body_statistics(denoiser.volume, passes.quality_map.quality, passes.noise.noise_sd)
+    reference_body = None
+    if passes.reference_ssim is not None:
+        reference_body = _reference_means(passes.reference_ssim, passes.quality_map.quality)[0]
+    return DenoisedSummary(
+        model=denoiser.model,
+        method=denoiser.method,
+        device=denoiser.device,
+        gnl_hu=passes.noise.gnl,
+        gnl_reduction_percent=100.0 * (1.0 - passes.noise.gnl / gnl_before),
+        snr=passes.noise.snr,
+        cnr=passes.noise.cnr,
+        global_quality_score=body.quality_mean,
+        quality_median=body.quality_median,
+        quality_p10=body.quality_p10,
+        score=passes.scores.summary if passes.scores is not None else None,
+        reference_ssim_mean_body=reference_body,
+        quality_caveat=denoise.QUALITY_CAVEAT,
+    )
+
+
 def _summary(
     volume: CTVolume,
-    noise: NoiseAnalysis,
-    result: quality_map.QualityMap,
-    slices: list[SliceRow],
-    reference_ssim: np.ndarray | None,
+    passes: VolumePasses,
     window_mm: float,
     series: SeriesMeasures,
-    scores: global_score.SliceScores | None,
     score_notes: tuple[str, ...],
+    denoised: DenoisedAssessment | None,
 ) -> Summary:
+    noise, result, scores = passes.noise, passes.quality_map, passes.scores
     body = body_statistics(volume, result.quality, noise.noise_sd)
     reference_body = reference_all = None
     notes = volume.notes + noise.notes + result.notes + score_notes
-    if reference_ssim is not None:
-        covered = np.isfinite(reference_ssim)
-        inside = np.isfinite(result.quality) & covered
-        reference_body = float(reference_ssim[inside].mean(dtype=np.float64)) if inside.any() else math.nan
-        reference_all = float(reference_ssim[covered].mean(dtype=np.float64)) if covered.any() else math.nan
-        share = covered.mean()
+    if passes.reference_ssim is not None:
+        reference_body, reference_all, share = _reference_means(passes.reference_ssim, result.quality)
         if share < 0.999:
             notes += (f"the reference covers {100 * share:.0f} % of the input; SSIM only where it does",)
+    if denoised is not None:
+        notes += tuple(f"denoised CT: {note}" for note in denoised.passes.noise.notes)
+        if denoised.denoiser.device_fallback:
+            notes += (f"denoising: {denoised.denoiser.device_fallback}",)
     settings = RunSettings(
         model=result.model.name,
         model_kind=result.model.kind,
@@ -157,13 +296,14 @@ def _summary(
         cnr=noise.cnr,
         soft_tissue_hu_mean=noise.soft_tissue_hu,
         fat_hu_mean=noise.fat_hu,
-        body_voxels=sum(row.voxels for row in slices),
+        body_voxels=sum(row.voxels for row in passes.slices),
         learned_noise_level=result.noise_level,
         lung=lung_quality(result.windows, result.lung),
         series=series,
         global_score=scores.summary if scores is not None else None,
         reference_ssim_mean_body=reference_body,
         reference_ssim_mean=reference_all,
+        denoised=denoised.summary if denoised is not None else None,
         definitions={"quality": result.definition, **DEFINITIONS},
     )
 
@@ -179,6 +319,7 @@ def assess(
     cancel: threading.Event | None = None,
     series_model: str | ModelSpec | None = DEFAULT_MODEL,
     score_model: str | os.PathLike | ModelSpec | None = DEFAULT_MODEL,
+    denoise_model: str | os.PathLike | ModelSpec | None = None,
 ) -> Assessment:
     """Assess one CT volume: quality and noise maps, optional reference SSIM map, per-slice and per-ROI tables.
 
@@ -188,54 +329,57 @@ def assess(
     series_model: the series panel's classifier ("default", "physics", a name or a checkpoint; tasks/series_panel).
     score_model: the 0-4 global score's model ("default", a name, a checkpoint, or "none"/None to skip it; without
     an installed model "default" skips it with a note; tasks/global_score).
+    denoise_model: None (no denoising), or the denoiser ("default", a name or a checkpoint; tasks/denoise): the
+    volume is denoised into a new CTVolume (volume is not changed) and assessed with the same passes
+    (Assessment.denoised).
     """
     spec = resolve_model(model)
     series_spec = resolve_series_model(series_model)
     score_spec = resolve_score_model(score_model)
+    denoise_spec = resolve_denoise_model(denoise_model) if denoise_model is not None else None
     score_note = global_score.skipped_note(score_model, score_spec)
     window_mm = check_window_mm(window_mm)
     reference_hu = reference_on_grid(reference, volume) if reference is not None else None
 
-    def stage(low: float, high: float) -> ProgressCallback | None:
-        return (
-            None if progress is None else (lambda fraction, message: progress(low + (high - low) * fraction, message))
-        )
-
-    physics_end = 0.3 if spec.is_learned else 0.6
-    map_end = 0.8 if score_spec is None else (0.6 if spec.is_learned else 0.65)  # the score runs up to 0.8
-    noise = analyse_noise(volume, window_mm, progress=stage(0.0, physics_end))
-    result = quality_map.run(volume, spec, noise, device, stage(physics_end, map_end), cancel)
-    scores = None
-    if score_spec is not None:
-        if progress is not None:
-            progress(map_end, "quality score")
-        body_voxels = np.array([np.count_nonzero(np.isfinite(plane)) for plane in noise.noise_sd])
-        scores = global_score.run(volume, score_spec, body_voxels, device, stage(map_end, 0.8), cancel)
-    reference_ssim = None
-    if reference_hu is not None:
-        reference_ssim = ssim_map(volume.hu, reference_hu, progress=stage(0.8, 0.95))
-    slices = slice_table(
-        volume,
-        result.quality,
-        noise.noise_sd,
-        scores.score if scores is not None else None,
-        scores.sd if scores is not None else None,
+    passes_end = 0.45 if denoise_spec is not None else 0.95
+    passes = _volume_passes(
+        volume, spec, score_spec, reference_hu, window_mm, device, _stage(progress, 0.0, passes_end), cancel
     )
+    denoised = None
+    if denoise_spec is not None:
+        denoiser = denoise.run(volume, denoise_spec, device, _stage(progress, 0.45, 0.7), cancel)
+        after = _stage(progress, 0.7, 0.95)
+        denoised_passes = _volume_passes(
+            denoiser.volume,
+            spec,
+            score_spec,
+            reference_hu,
+            window_mm,
+            device,
+            None if after is None else lambda fraction, message: after(fraction, f"denoised CT: {message}"),
+            cancel,
+        )
+        summary = _denoised_summary(denoiser, denoised_passes, passes.noise.gnl)
+        denoised = DenoisedAssessment(denoiser, denoised_passes, summary)
+        passes = replace(passes, slices=_with_denoised_columns(passes.slices, denoised_passes.slices))
     roi_rows = None
     if rois is not None:
-        roi_rows = roi_table(volume, result.windows, result.lung, noise.noise_sd, rois)
+        roi_rows = roi_table(volume, passes.quality_map.windows, passes.quality_map.lung, passes.noise.noise_sd, rois)
     if progress is not None:
         progress(0.97, "series panel")
-    series = series_panel.run(volume, noise, series_spec, result.device)
+    series = series_panel.run(volume, passes.noise, series_spec, passes.quality_map.device)
     if progress is not None:
         progress(1.0, "tables")
     score_notes = (score_note,) if score_note else ()
+    scores, result = passes.scores, passes.quality_map
     if score_spec is not None and scores is None:
         score_notes += ("no slice shows the body: the 0-4 quality score is not reported",)
     if scores is not None and scores.device_fallback and scores.device_fallback != result.device_fallback:
         score_notes += (f"quality score: {scores.device_fallback}",)
-    summary = _summary(volume, noise, result, slices, reference_ssim, window_mm, series, scores, score_notes)
-    return Assessment(volume, result, noise, reference_ssim, slices, roi_rows, summary, scores)
+    summary = _summary(volume, passes, window_mm, series, score_notes, denoised)
+    return Assessment(
+        volume, result, passes.noise, passes.reference_ssim, passes.slices, roi_rows, summary, scores, denoised
+    )
 
 
 @contextmanager
@@ -261,6 +405,10 @@ def write_outputs(
         write_map(assessment.noise.noise_sd, volume, out.stage("noise_map"), compress)
         if assessment.reference_ssim is not None:
             write_map(assessment.reference_ssim, volume, out.stage("reference_ssim_map"), compress)
+        if assessment.denoised is not None:
+            denoised_ct = denoise.storage_array(assessment.denoised.volume.hu)  # int16 for whole HU (tasks/denoise)
+            write_map(denoised_ct, volume, out.stage("denoised_ct"), compress)
+            write_map(assessment.denoised.quality, volume, out.stage("quality_map_denoised"), compress)
         write_csv([table_row(row) for row in assessment.slices], SLICE_COLUMNS, out.stage("slices"))
         if assessment.rois is not None:
             write_csv([table_row(row) for row in assessment.rois], ROI_COLUMNS, out.stage("rois"))

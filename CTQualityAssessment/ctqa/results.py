@@ -33,7 +33,9 @@ class SliceRow:
 
     score, score_sd: the slice's 0-4 quality score (LDCTIQAC2023 scale, 4 = best) and the spread of its predicted
     score distribution; NaN (an empty cell) when no score model ran, for slices without body, and score_sd for
-    regression models. Last in the row, so readers of the earlier columns are unaffected.
+    regression models. *_denoised: the same slice of the denoised CT (quality mean and 10th percentile, median
+    noise SD in HU, 0-4 score); NaN without --denoise. Each addition comes last in the row, so readers of the
+    earlier columns are unaffected.
     """
 
     slice: int
@@ -42,6 +44,10 @@ class SliceRow:
     stats: RegionStats
     score: float = math.nan
     score_sd: float = math.nan
+    quality_mean_denoised: float = math.nan
+    quality_p10_denoised: float = math.nan
+    noise_sd_hu_denoised: float = math.nan
+    score_denoised: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,33 @@ class GlobalScore:
 
 
 @dataclass(frozen=True)
+class DenoisedSummary:
+    """summary.json's denoised block: the global figures of the denoised CT (``ctqa assess --denoise``).
+
+    model, method: the denoiser and its training ("supervised" or "neighbor2neighbor"); device: where it ran.
+    gnl_hu, snr, cnr, global_quality_score, quality_median, quality_p10: as in Summary, measured on the denoised
+    CT; score: its 0-4 global_score block (None without a score model); gnl_reduction_percent:
+    100 x (1 - GNL after / GNL before) (NaN where either GNL is not reported); reference_ssim_mean_body: mean SSIM
+    of the denoised CT against --reference over the body (None without a reference); quality_caveat: how the
+    quality figures of a denoised image are to be read (tasks/denoise.QUALITY_CAVEAT).
+    """
+
+    model: str
+    method: str
+    device: str
+    gnl_hu: float
+    gnl_reduction_percent: float
+    snr: float
+    cnr: float
+    global_quality_score: float
+    quality_median: float
+    quality_p10: float
+    score: GlobalScore | None
+    reference_ssim_mean_body: float | None
+    quality_caveat: str
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """How the figures were made: model, where it ran, the input scaling and the noise window."""
 
@@ -215,6 +248,7 @@ class Summary:
     global_score: GlobalScore | None = None
     reference_ssim_mean_body: float | None = None
     reference_ssim_mean: float | None = None
+    denoised: DenoisedSummary | None = None
     definitions: dict[str, str] = field(default_factory=dict)
 
 

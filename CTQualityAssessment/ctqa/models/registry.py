@@ -12,6 +12,7 @@ checkpoint path) is resolved once per run into a ``ModelSpec``; everything downs
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from dataclasses import dataclass, field
@@ -72,6 +73,19 @@ class ModelSpec:
 BUILTIN_MODELS = {
     (PHYSICS_MODEL, task): ModelSpec(PHYSICS_MODEL, TASKS[task], "builtin") for task in ("quality_map", "series_class")
 }
+
+
+def missing_packages(names: tuple[str, ...]) -> list[str]:
+    """The packages of names that cannot be imported here (found without importing them)."""
+    missing = []
+    for name in names:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a broken or half-imported package
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
 
 
 def checkpoint_files(path: str | Path) -> tuple[Path, Path]:

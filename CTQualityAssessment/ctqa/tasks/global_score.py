@@ -16,7 +16,6 @@ note (``skipped_note``), never an error.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import threading
@@ -74,15 +73,7 @@ def is_skip(choice: str | os.PathLike | ModelSpec | None) -> bool:
 
 def missing_packages() -> list[str]:
     """The LEARNED_PACKAGES that cannot be imported here."""
-    missing = []
-    for name in LEARNED_PACKAGES:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):  # a broken or half-imported package
-            found = False
-        if not found:
-            missing.append(name)
-    return missing
+    return registry.missing_packages(LEARNED_PACKAGES)
 
 
 def _is_default(choice) -> bool:
