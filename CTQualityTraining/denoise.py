@@ -40,6 +40,9 @@ Validation: PSNR (dB; HU clipped to ``denoise_network.INPUT_CLIP_HU``, range 409
 against their clean images, and the gain over the noisy input; the self-supervised route uses clean images only for
 this report, never for training (and an "acquired" dataset has none: no validation metrics).
 
+``init``: a checkpoint of the same architecture to start from (a second schedule after a first run); its path
+and the sha256 of its weights are kept in the card.
+
 Run folder: ``run.json`` (settings), ``model.safetensors`` + ``model.json`` (the checkpoint, ``save_denoise_model``)
 and the trainer state (optimizer, RNGs; ``trainer.resume_state``); ``--resume`` continues bit-identically.
 """
@@ -72,6 +75,7 @@ from ctqa.models.denoise_network import (
     save_denoise_model,
 )
 from ctqa.models.inference import resolve_device
+from ctqa.models.registry import checkpoint_files, read_json
 from ctqa.outputs import check_output_folder
 
 from .datasets import assign_splits, find_sources, pad_to_square, shard_build
@@ -269,6 +273,7 @@ class DenoiseTrainSettings:
     noise_gain: tuple[float, float] = (0.7, 1.4)
     gamma: float = 2.0
     loss: str = "relative"
+    init: str | None = None
 
     @property
     def config(self) -> DenoiseNetConfig:
@@ -383,6 +388,11 @@ class DenoiseTrainer:
         self.val = load_denoise_split(settings.data, "val")
         torch.manual_seed(settings.seed)
         self.model = build_denoise_network(settings.config).to(self.device)
+        if settings.init:
+            start, _ = load_denoise_model(settings.init, self.device)
+            if start.config != settings.config:
+                raise InputError(f"{settings.init}: --init must have the architecture {settings.config}")
+            self.model.load_state_dict(start.state_dict())
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.lr, weight_decay=WEIGHT_DECAY)
         self.rng = np.random.default_rng(settings.seed)
         self.generator = torch.Generator().manual_seed(settings.seed)
@@ -392,6 +402,9 @@ class DenoiseTrainer:
 
     def _run_record(self) -> dict:
         record = {**asdict(self.settings), "dataset_manifest_sha256": self.dataset_sha256}
+        if self.settings.init:
+            init_card = read_json(checkpoint_files(self.settings.init)[0], "model card")
+            record["init_weights_sha256"] = init_card.get("weights_sha256")
         return json.loads(json.dumps(record))
 
     def card(self) -> dict:
