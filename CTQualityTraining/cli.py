@@ -341,6 +341,13 @@ def _parser() -> argparse.ArgumentParser:
         "--noise-gain", type=float, nargs=2, default=(0.7, 1.4), metavar=("LOW", "HIGH"), help="default: 0.7 1.4"
     )
     denoise.add_argument("--gamma", type=float, default=2.0, help="Neighbor2Neighbor regulariser weight (default: 2)")
+    denoise.add_argument(
+        "--loss",
+        default="relative",
+        choices=("relative", "mse"),
+        help="supervised loss: each patch's MSE over its input's, or the plain MSE (default: relative)",
+    )
+    denoise.add_argument("--init", metavar="CHECKPOINT", help="denoiser of the same architecture to start from")
     denoise.add_argument("--seed", type=int, default=0, help="default: 0")
     denoise.add_argument("--checkpoint-every", type=int, default=500, metavar="N", help="default: 500")
     denoise.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default: auto)")
@@ -358,6 +365,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--default", action="store_true", help="make it the manifest's default model")
     export.add_argument("--reproduce", metavar="COMMAND", help="command that rebuilds the model, for the cards")
+    denoise_eval = commands.add_parser(
+        "denoise-eval",
+        help="PSNR / SSIM / noise / MTF50 of denoisers on real Mayo quarter/full-dose pairs, beside NLM and BM3D",
+        description="One Markdown table (FILE.md, and FILE.json with per-pair values): quarter dose, full dose, "
+        "scikit-image non-local means and BM3D (oracle-tuned on the pairs) and each --model; and whether the learned "
+        "quality map of each image claims more than its true SSIM map against full dose.",
+    )
+    denoise_eval.add_argument("--pairs", required=True, metavar="DIR", help="folder of Mayo <case>_input/target.npy")
+    denoise_eval.add_argument(
+        "--model", nargs="+", default=[], metavar="NAME_OR_CKPT", help="denoise models: bundled names or X.json"
+    )
+    denoise_eval.add_argument("--label", nargs="+", default=[], metavar="NAME", help="row names of the models")
+    denoise_eval.add_argument("--pixel-mm", type=float, help="pixel size of the .npy pairs in mm (default: 0.74)")
+    denoise_eval.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    denoise_eval.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's)")
+    denoise_eval.add_argument("--no-bm3d", action="store_true", help="leave out the BM3D baseline")
+    denoise_eval.add_argument("--out", required=True, metavar="FILE.md", help="report to write (.md; .json beside it)")
     return parser
 
 
@@ -625,6 +649,8 @@ def _denoise(args: argparse.Namespace) -> None:
         checkpoint_every=args.checkpoint_every,
         noise_gain=tuple(args.noise_gain),
         gamma=args.gamma,
+        loss=args.loss,
+        init=args.init,
     )
     print(f"wrote {train(settings, args.out, args.device, args.resume)}")
 
@@ -658,6 +684,13 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {card} and its weights, Markdown card and manifest entry")
 
 
+def _denoise_eval(args: argparse.Namespace) -> None:
+    from .denoise_eval import run_cli
+
+    _set_threads(args.threads)
+    run_cli(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `ctqa-train`; returns the exit status (2 on bad input, with one line on stderr)."""
     args = _parser().parse_args(argv)
@@ -677,6 +710,7 @@ def main(argv: list[str] | None = None) -> int:
         "calibrate-score": _calibrate_score,
         "denoise-data": _denoise_data,
         "denoise": _denoise,
+        "denoise-eval": _denoise_eval,
     }
     return exit_status("ctqa-train", lambda: commands[args.command](args))
 
