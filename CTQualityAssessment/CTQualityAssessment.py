@@ -607,9 +607,9 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def denoisedText(summary: dict) -> str:
-        """Before → after figures of a run with Denoise and compare: "GNL 14.2 → 6.1 HU (-57 %), quality 0.62 → 0.85,
-        score 2.1 → 3.0 (model NAME, supervised)", then the caveat on reading quality figures of a denoised
-        image; "-" without a denoised block. Pure (no Qt, no core import)."""
+        """Before → after figures of a run with Denoise and compare: "GNL 14.2 → 6.1 HU (-57 %), apparent quality
+        0.62 → 0.85, score 2.1 → 3.0 (model NAME, supervised)", then the caveat on reading quality figures of a
+        denoised image; "-" without a denoised block. Pure (no Qt, no core import)."""
         after = (summary or {}).get("denoised")
         if not after:
             return "-"
@@ -623,7 +623,7 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
         gnl = _("GNL {change} HU").format(change=change("gnl_hu", "{:.1f}"))
         if after.get("gnl_reduction_percent") is not None:
             gnl += f" ({-after['gnl_reduction_percent']:+.0f} %)"
-        parts = [gnl, _("quality {change}").format(change=change("global_quality_score", "{:.2f}"))]
+        parts = [gnl, _("apparent quality {change}").format(change=change("global_quality_score", "{:.2f}"))]
         scores = (summary.get("global_score") or {}, after.get("score") or {})
         if scores[1].get("value") is not None:
             parts.append(_("score {change}").format(change=change("value", "{:.1f}", *scores)))

@@ -348,6 +348,9 @@ def _parser() -> argparse.ArgumentParser:
         help="supervised loss: each patch's MSE over its input's, or the plain MSE (default: relative)",
     )
     denoise.add_argument("--init", metavar="CHECKPOINT", help="denoiser of the same architecture to start from")
+    denoise.add_argument(
+        "--min-body", type=float, default=0.1, help="least body share of a patch, 0 = uniform (default: 0.1)"
+    )
     denoise.add_argument("--seed", type=int, default=0, help="default: 0")
     denoise.add_argument("--checkpoint-every", type=int, default=500, metavar="N", help="default: 500")
     denoise.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default: auto)")
@@ -651,6 +654,7 @@ def _denoise(args: argparse.Namespace) -> None:
         gamma=args.gamma,
         loss=args.loss,
         init=args.init,
+        min_body=args.min_body,
     )
     print(f"wrote {train(settings, args.out, args.device, args.resume)}")
 

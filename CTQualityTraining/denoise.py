@@ -40,6 +40,9 @@ Validation: PSNR (dB; HU clipped to ``denoise_network.INPUT_CLIP_HU``, range 409
 against their clean images, and the gain over the noisy input; the self-supervised route uses clean images only for
 this report, never for training (and an "acquired" dataset has none: no validation metrics).
 
+``min_body``: a patch is drawn again (up to PATCH_TRIES times) while less than this share of it is above BODY_HU,
+so that training sees mostly the patient; 0 samples the slices uniformly, air around the patient included (60 % of a
+Mayo slice), whose noise a denoiser should remove too.
 ``init``: a checkpoint of the same architecture to start from (a second schedule after a first run); its path
 and the sha256 of its weights are kept in the card.
 
@@ -89,9 +92,8 @@ DEFAULT_DOSES = (0.05, 0.1, 0.25, 0.5)
 DEFAULT_KERNELS = ("native", "sharp")
 DEFAULT_SLICES_PER_VOLUME = 6
 DENOISE_SPLIT_GROUPS = {"A046441": "val", "A048383": "val"}
-#: A patch is re-drawn (up to PATCH_TRIES times) until at least BODY_FRACTION of it is above BODY_HU (HU).
+#: A patch is re-drawn (up to PATCH_TRIES times) until at least ``min_body`` of it is above BODY_HU (HU).
 BODY_HU = -900.0
-BODY_FRACTION = 0.1
 PATCH_TRIES = 10
 #: PSNR range (HU): the clip range of the network input, 4096 HU (the [0, 1] scale of the Mayo .npy files).
 PSNR_RANGE_HU = INPUT_CLIP_HU[1] - INPUT_CLIP_HU[0] + 1.0
@@ -274,6 +276,7 @@ class DenoiseTrainSettings:
     gamma: float = 2.0
     loss: str = "relative"
     init: str | None = None
+    min_body: float = 0.1
 
     @property
     def config(self) -> DenoiseNetConfig:
@@ -300,8 +303,11 @@ class DenoiseTrainSettings:
 class PatchSampler:
     """Random augmented patches (B, 1, P, P) float32 HU of a split: noisy and, for supervised training, clean."""
 
-    def __init__(self, samples: DenoiseSamples, patch: int, rng: np.random.Generator, noise_gain=(1.0, 1.0)):
+    def __init__(
+        self, samples: DenoiseSamples, patch: int, rng: np.random.Generator, noise_gain=(1.0, 1.0), min_body=0.1
+    ):
         self.samples, self.patch, self.rng, self.noise_gain = samples, patch, rng, tuple(noise_gain)
+        self.min_body = min_body
         areas = np.array([image.size for image in samples.noisy], np.float64)
         self.weights = areas / areas.sum()
 
@@ -313,7 +319,7 @@ class PatchSampler:
             clean = None if clean is None else np.pad(clean, pad, constant_values=INPUT_CLIP_HU[0])
         for _ in range(PATCH_TRIES):
             y, x = (int(self.rng.integers(0, n - p + 1)) for n in noisy.shape)
-            if (noisy[y : y + p, x : x + p] > BODY_HU).mean() >= BODY_FRACTION:
+            if (noisy[y : y + p, x : x + p] > BODY_HU).mean() >= self.min_body:
                 break
         noisy = noisy[y : y + p, x : x + p].astype(np.float32)
         if clean is None:
@@ -397,7 +403,7 @@ class DenoiseTrainer:
         self.rng = np.random.default_rng(settings.seed)
         self.generator = torch.Generator().manual_seed(settings.seed)
         gain = settings.noise_gain if self.supervised else (1.0, 1.0)
-        self.sampler = PatchSampler(train, settings.patch, self.rng, gain)
+        self.sampler = PatchSampler(train, settings.patch, self.rng, gain, settings.min_body)
         self.step, self.elapsed_s, self.metrics = 0, 0.0, {}
 
     def _run_record(self) -> dict:

@@ -266,7 +266,7 @@ def test_assess_denoise_writes_the_denoised_outputs(tmp_path, input_file, tiny_d
     assert all(float(row["quality_mean_denoised"]) > 0.0 and float(row["noise_sd_hu_denoised"]) > 0.0 for row in rows)
     assert all(row["score_denoised"] == "" for row in rows)  # no score model ran
     printed = capsys.readouterr().out
-    assert "denoised (tiny-denoiser, neighbor2neighbor): global quality " in printed and " HU (" in printed
+    assert "denoised (tiny-denoiser, neighbor2neighbor): apparent quality " in printed and " HU (" in printed
 
 
 def test_without_denoise_the_block_is_null_and_the_columns_empty(volume):

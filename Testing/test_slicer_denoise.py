@@ -52,11 +52,11 @@ SUMMARY = {
 
 def test_results_row_shows_before_and_after():
     assert Logic.denoisedText(SUMMARY) == (
-        "GNL 14.2 → 6.1 HU (-57 %), quality 0.62 → 0.85, score 2.1 → 3.0 (model denoise_default, supervised)\n"
+        "GNL 14.2 → 6.1 HU (-57 %), apparent quality 0.62 → 0.85, score 2.1 → 3.0 (model denoise_default, supervised)\n"
         "read with care"
     )
     unscored = {**SUMMARY, "global_score": None, "denoised": {**SUMMARY["denoised"], "score": None}}
-    assert Logic.denoisedText(unscored).startswith("GNL 14.2 → 6.1 HU (-57 %), quality 0.62 → 0.85 (model ")
+    assert Logic.denoisedText(unscored).startswith("GNL 14.2 → 6.1 HU (-57 %), apparent quality 0.62 → 0.85 (model ")
     no_noise = {**SUMMARY, "gnl_hu": None, "denoised": {**SUMMARY["denoised"], "gnl_reduction_percent": None}}
     assert Logic.denoisedText(no_noise).startswith("GNL - → 6.1 HU, quality")
     assert Logic.denoisedText({}) == Logic.denoisedText({"denoised": None}) == "-"

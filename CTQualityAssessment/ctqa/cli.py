@@ -299,7 +299,9 @@ def denoised_line(summary: Summary) -> str:
     after = summary.denoised
     change = f" ({-after.gnl_reduction_percent:+.0f} %)" if math.isfinite(after.gnl_reduction_percent) else ""
     figures = [
-        f"global quality {after.global_quality_score:.3f}" if math.isfinite(after.global_quality_score) else "n/a",
+        f"apparent quality {after.global_quality_score:.3f} (overstated on denoised images, see quality_caveat)"
+        if math.isfinite(after.global_quality_score)
+        else "n/a",
         f"GNL {_gnl_text(summary.gnl_hu)} -> {_gnl_text(after.gnl_hu)} HU{change}",
     ]
     if after.score is not None:
