@@ -24,3 +24,18 @@ def save_tiny_score_model(path, head: str = "distribution", card: dict | None = 
     )
     torch.manual_seed(seed)
     return save_score_model(build_score_network(config).eval(), config, {"name": "tiny-score", **(card or {})}, path)
+
+
+def save_tiny_denoiser(path, method: str = "supervised", seed: int = 0):
+    """A width-8 DenoiseNet checkpoint at path (X -> X.json + X.safetensors) whose weights are perturbed so that its
+    output differs from its input (an untrained denoiser is the identity); returns the card's path."""
+    import torch
+
+    from ctqa.models.denoise_network import DenoiseNetConfig, build_denoise_network, save_denoise_model
+
+    torch.manual_seed(seed)
+    net = build_denoise_network(DenoiseNetConfig(width=8))
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    return save_denoise_model(net, {"name": "tiny-denoiser", "training": {"method": method}}, path)

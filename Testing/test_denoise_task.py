@@ -34,18 +34,10 @@ ORIGIN = (12.5, -30.25, 47.0)
 
 @pytest.fixture(scope="module")
 def tiny_denoiser(tmp_path_factory):
-    """A width-8 DenoiseNet checkpoint whose weights are perturbed so that its output differs from its input."""
-    import torch
+    """A width-8 denoiser whose output differs from its input (small_models.save_tiny_denoiser)."""
+    from small_models import save_tiny_denoiser
 
-    from ctqa.models.denoise_network import DenoiseNetConfig, build_denoise_network, save_denoise_model
-
-    torch.manual_seed(0)
-    net = build_denoise_network(DenoiseNetConfig(width=8))
-    with torch.no_grad():
-        for parameter in net.parameters():
-            parameter.add_(0.01 * torch.randn_like(parameter))
-    card = {"name": "tiny-denoiser", "training": {"method": "neighbor2neighbor"}}
-    return save_denoise_model(net, card, tmp_path_factory.mktemp("denoiser") / "tiny")
+    return save_tiny_denoiser(tmp_path_factory.mktemp("denoiser") / "tiny", "neighbor2neighbor")
 
 
 @pytest.fixture(scope="module")

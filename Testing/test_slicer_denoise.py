@@ -113,17 +113,10 @@ def test_overlay_choices_offer_the_denoised_map_only_after_denoising():
 
 @pytest.fixture(scope="module")
 def tiny_denoiser(tmp_path_factory):
-    import torch
+    """A width-8 denoiser whose output differs from its input (small_models.save_tiny_denoiser)."""
+    from small_models import save_tiny_denoiser
 
-    from ctqa.models.denoise_network import DenoiseNetConfig, build_denoise_network, save_denoise_model
-
-    torch.manual_seed(0)
-    net = build_denoise_network(DenoiseNetConfig(width=8))
-    with torch.no_grad():
-        for parameter in net.parameters():
-            parameter.add_(0.01 * torch.randn_like(parameter))
-    card = {"name": "tiny-denoiser", "training": {"method": "supervised"}}
-    return save_denoise_model(net, card, tmp_path_factory.mktemp("denoiser") / "tiny")
+    return save_tiny_denoiser(tmp_path_factory.mktemp("denoiser") / "tiny", "supervised")
 
 
 def test_learned_packages_are_installed_for_a_denoiser_and_a_missing_one_is_refused_first(tiny_denoiser, monkeypatch):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -133,6 +134,23 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[QualityN
     model = build_network(config)
     load_verified_weights(model, card, card_path, weights_path)
     return model.to(device).eval(), card
+
+
+def read_task_card(path: str | Path, task: str, format_version: int, config_from: Callable[[dict], object]):
+    """(card path, weights path, card, architecture config) of a checkpoint X, X.json or X.safetensors of task.
+
+    config_from builds the task's architecture dataclass from the card's dict. InputError (one line naming the card)
+    for a missing or unreadable card, a card of another task or format, or a bad architecture.
+    """
+    card_path, weights_path = checkpoint_files(path)
+    card = read_json(card_path, "model card")
+    if card.get("task") != task or card.get("format_version") != format_version:
+        raise InputError(f"{card_path}: not a {task} model card (format {format_version})")
+    try:
+        config = config_from(card["architecture"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise InputError(f'{card_path}: bad "architecture" in model card: {error}') from None
+    return card_path, weights_path, card, config
 
 
 def load_verified_weights(model: torch.nn.Module, card: dict, card_path: Path, weights_path: Path) -> None:

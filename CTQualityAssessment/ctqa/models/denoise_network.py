@@ -38,10 +38,9 @@ from monai.networks.blocks import Convolution
 from torch import nn
 
 from ctqa.errors import InputError
-from ctqa.models.checkpoints import load_verified_weights, write_checkpoint
+from ctqa.models.checkpoints import load_verified_weights, read_task_card, write_checkpoint
 from ctqa.models.inference import BatchRun, autocast_dtype, pad_to_multiple, resolve_device, run_batches
 from ctqa.models.networks import RedCNNBody, config_from_dict
-from ctqa.models.registry import checkpoint_files, read_json
 from ctqa.slabs import ProgressCallback
 
 TASK = "denoise"
@@ -233,14 +232,7 @@ def load_denoise_model(path: str | Path, device: str | torch.device = "cpu") -> 
     InputError (one line naming the file) for a missing file, a card of another task or format, an input this
     version does not compute, a sha256 mismatch or weights that do not fit.
     """
-    card_path, weights_path = checkpoint_files(path)
-    card = read_json(card_path, "model card")
-    if card.get("task") != TASK or card.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{card_path}: not a {TASK} model card (format {FORMAT_VERSION})")
-    try:
-        config = DenoiseNetConfig.from_dict(card["architecture"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise InputError(f'{card_path}: bad "architecture" in model card: {error}') from None
+    card_path, weights_path, card, config = read_task_card(path, TASK, FORMAT_VERSION, DenoiseNetConfig.from_dict)
     expected = input_spec()
     found = card.get("input") if isinstance(card.get("input"), dict) else {}
     for key in ("clip_hu", "hu_scale"):

@@ -71,10 +71,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ctqa.errors import InputError
-from ctqa.models.checkpoints import FORMAT_VERSION, load_verified_weights, write_checkpoint
+from ctqa.models.checkpoints import FORMAT_VERSION, load_verified_weights, read_task_card, write_checkpoint
 from ctqa.models.inference import Cancelled, resolve_device
 from ctqa.models.networks import HPF_SCALE, HPF_SIGMA_PX, config_from_dict, gaussian_blur
-from ctqa.models.registry import checkpoint_files, read_json
 from ctqa.models.timm_import import import_timm
 from ctqa.physics.ssim import SSIM_WINDOW_HU
 from ctqa.score_distribution import DEFAULT_BINS, DEFAULT_TAUS, SCORE_MAX, bin_scores, decode, gaussian_targets
@@ -688,14 +687,7 @@ def load_score_model(path: str | Path, device: str | torch.device = "cpu") -> tu
     manifest. InputError (one line naming the file) for a missing file, a card of another task or format, an input
     or scale this version does not compute, a malformed calibration or weights that do not fit.
     """
-    card_path, weights_path = checkpoint_files(path)
-    card = read_json(card_path, "model card")
-    if card.get("task") != TASK or card.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{card_path}: not a {TASK} model card (format {FORMAT_VERSION})")
-    try:
-        config = ScoreNetConfig.from_dict(card["architecture"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise InputError(f'{card_path}: bad "architecture" in model card: {error}') from None
+    card_path, weights_path, card, config = read_task_card(path, TASK, FORMAT_VERSION, ScoreNetConfig.from_dict)
     card_input, expected = card.get("input"), input_spec(config)
     for key in ("window_hu", "size", "space_to_depth", "channels", "hpf_sigma_px", "hpf_gain"):
         found = card_input.get(key) if isinstance(card_input, dict) else None
