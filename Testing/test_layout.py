@@ -19,6 +19,7 @@ ALLOWED_TORCH = {
     "models/series_network.py",
     "models/score_network.py",
     "models/timm_import.py",
+    "models/denoise_network.py",
 }
 
 
@@ -50,7 +51,7 @@ import importlib, pkgutil, sys
 sys.modules["torch"] = None  # any import of torch now fails
 import ctqa
 learned = {{"ctqa.models." + name for name in ("networks", "checkpoints", "inference", "series_network",
-                                               "score_network", "timm_import")}}
+                                               "score_network", "timm_import", "denoise_network")}}
 for info in pkgutil.walk_packages(ctqa.__path__, "ctqa."):
     if info.name not in learned:
         importlib.import_module(info.name)
