@@ -58,7 +58,7 @@ def test_results_row_shows_before_and_after():
     unscored = {**SUMMARY, "global_score": None, "denoised": {**SUMMARY["denoised"], "score": None}}
     assert Logic.denoisedText(unscored).startswith("GNL 14.2 → 6.1 HU (-57 %), apparent quality 0.62 → 0.85 (model ")
     no_noise = {**SUMMARY, "gnl_hu": None, "denoised": {**SUMMARY["denoised"], "gnl_reduction_percent": None}}
-    assert Logic.denoisedText(no_noise).startswith("GNL - → 6.1 HU, quality")
+    assert Logic.denoisedText(no_noise).startswith("GNL - → 6.1 HU, apparent quality")
     assert Logic.denoisedText({}) == Logic.denoisedText({"denoised": None}) == "-"
 
 
