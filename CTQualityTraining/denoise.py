@@ -535,9 +535,15 @@ def _markdown(name: str, card: dict, size_bytes: int) -> str:
             "full-dose image was read for training (the val split's are used only for the metrics below)."
         )
     else:
+        loss = "each patch's MSE over its input's (relative)" if t.get("loss") == "relative" else "MSE"
         how = (
-            "supervised: MSE to the full-dose image on simulated low-dose / full-dose pairs, noise-gain augmentation "
-            f"{t.get('noise_gain')}."
+            f"supervised: {loss} to the full-dose image on simulated low-dose / full-dose pairs, noise-gain "
+            f"augmentation {t.get('noise_gain')}."
+        )
+    if t.get("init"):
+        how += (
+            f" Started from `{t['init']}` (weights sha256 `{t.get('init_weights_sha256')}`): the figures below are "
+            "of this second schedule; `reproduce` runs both."
         )
     lines = [
         f"# Model card: {name}",
@@ -557,7 +563,8 @@ def _markdown(name: str, card: dict, size_bytes: int) -> str:
         f"sha256 `{t.get('dataset_manifest_sha256')}`. Sources and their splits:",
         sources,
         f"- Optimisation: {t.get('step')} steps of {t.get('batch')} random {t.get('patch')}² patches (flips, 90° "
-        f"rotations), {t.get('optimizer')}, peak lr {t.get('lr')}, seed {t.get('seed')}.",
+        f"rotations; at least {t.get('min_body', 0.1)} of each above {BODY_HU:g} HU), {t.get('optimizer')}, peak lr "
+        f"{t.get('lr')}, seed {t.get('seed')}.",
         f"- Hardware: {t.get('hardware')}, torch {t.get('torch_version')}; training time "
         f"{t.get('wall_time_s', 0) / 60:.1f} min.",
         "",
