@@ -437,7 +437,7 @@ class DenoiseTrainer:
 
     def resume(self) -> None:
         """Continue from run_dir's last checkpoint; InputError when there is none or the settings differ."""
-        state = resume_state(self.run_dir, self._run_record(), self.optimizer, self.rng, self.generator, self.device)
+        state, _ = resume_state(self.run_dir, self._run_record(), self.optimizer, self.rng, self.generator, self.device)
         model, card = load_denoise_model(self.run_dir / MODEL, self.device)
         self.model.load_state_dict(model.state_dict())
         self.step, self.elapsed_s, self.metrics = state["step"], state["elapsed_s"], card.get("metrics", {})

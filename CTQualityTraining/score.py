@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
@@ -58,10 +57,8 @@ from ctqa.outputs import check_output_folder
 from .files import check_output_file, written_whole
 from .metrics import agreement
 from .score_data import ScoreSamples, load_score_split
-from .trainer import _optimizer_tensors, _restore_optimizer, hardware, learning_rate, manifest_sha256
+from .trainer import MODEL, STATE, hardware, learning_rate, manifest_sha256, resume_state, save_state
 
-MODEL = "model"
-STATE = "trainer_state"
 PSEUDO_LABELS = "pseudo_labels.json"
 WEIGHT_DECAY = 1e-4
 
@@ -242,44 +239,29 @@ class ScoreTrainer:
     def save(self) -> None:
         """Write the checkpoint (model + card) and the trainer state; each file replaced whole."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with written_whole(self.run_dir / "run.json") as partial:
-            partial.write_text(json.dumps(self._run_record(), indent=2) + "\n", encoding="utf-8")
         save_score_model(self.exported, self.config, self.card(), self.run_dir / MODEL)
-        tensors, rest = _optimizer_tensors(self.optimizer)
-        tensors["torch_rng"] = torch.get_rng_state()
-        tensors.update({f"student.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()})
+        extra = {f"student.{k}": v for k, v in self.model.state_dict().items()}
         if self.teacher is not None:
-            tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in self.teacher.state_dict().items()})
-        with written_whole(self.run_dir / f"{STATE}.safetensors") as partial:
-            save_file(tensors, str(partial))
-        state = {
-            "step": self.state.step,
-            "elapsed_s": self.state.elapsed_s,
-            "metrics": self.state.metrics,
-            "optimizer": rest,
-            "numpy_rng": self.rng.bit_generator.state,
-        }
-        with written_whole(self.run_dir / f"{STATE}.json") as partial:
-            partial.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+            extra.update({f"ema.{k}": v for k, v in self.teacher.state_dict().items()})
+        save_state(
+            self.run_dir,
+            self._run_record(),
+            self.optimizer,
+            self.rng,
+            None,
+            self.state.step,
+            self.state.elapsed_s,
+            extra,
+            {"metrics": self.state.metrics},
+        )
 
     def resume(self) -> None:
         """Continue from run_dir's last checkpoint; InputError when there is none or the settings differ."""
-        record_path = self.run_dir / "run.json"
-        if not (self.run_dir / f"{STATE}.json").is_file() or not record_path.is_file():
-            raise InputError(f"{self.run_dir}: nothing to resume (no {STATE}.json); start without --resume")
-        saved = json.loads(record_path.read_text(encoding="utf-8"))
-        changed = sorted(k for k, v in self._run_record().items() if saved.get(k) != v)
-        if changed:
-            raise InputError(f"{self.run_dir}: cannot resume with other settings ({', '.join(changed)} differ)")
-        state = json.loads((self.run_dir / f"{STATE}.json").read_text(encoding="utf-8"))
-        tensors = load_file(str(self.run_dir / f"{STATE}.safetensors"))
-        torch.set_rng_state(tensors.pop("torch_rng"))
+        state, tensors = resume_state(self.run_dir, self._run_record(), self.optimizer, self.rng, None, self.device)
         for prefix, module in (("student.", self.model), ("ema.", self.teacher)):
-            part = {k[len(prefix) :]: tensors.pop(k) for k in list(tensors) if k.startswith(prefix)}
+            part = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             if module is not None:
                 module.load_state_dict(part)
-        _restore_optimizer(self.optimizer, {k: v.to(self.device) for k, v in tensors.items()}, state["optimizer"])
-        self.rng.bit_generator.state = state["numpy_rng"]
         self.state = _TrainingState(state["step"], state["elapsed_s"], state["metrics"])
 
     def validate(self) -> dict[str, float]:

@@ -211,9 +211,12 @@ def save_state(
     generator: torch.Generator | None,
     step: int,
     elapsed_s: float,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+    extra_state: dict | None = None,
 ) -> None:
     """Write run.json (record: the run's settings) and the trainer state (optimizer tensors, torch RNG states,
-    step, wall time, optimizer scalars, numpy generator) of a run in run_dir; each file replaced whole."""
+    step, wall time, optimizer scalars, numpy generator; a trainer's own extra_tensors, named without the "state."
+    prefix of the optimizer's, and JSON extra_state) of a run in run_dir; each file replaced whole."""
     from .files import written_whole
 
     with written_whole(run_dir / "run.json") as partial:
@@ -222,9 +225,11 @@ def save_state(
     tensors["torch_rng"] = torch.get_rng_state()
     if generator is not None:
         tensors["generator_rng"] = generator.get_state()
+    tensors.update({k: v.detach().cpu().contiguous() for k, v in (extra_tensors or {}).items()})
     with written_whole(run_dir / f"{STATE}.safetensors") as partial:
         save_file(tensors, str(partial))
-    state = {"step": step, "elapsed_s": elapsed_s, "optimizer": rest, "numpy_rng": rng.bit_generator.state}
+    state = {**(extra_state or {}), "step": step, "elapsed_s": elapsed_s, "optimizer": rest}
+    state["numpy_rng"] = rng.bit_generator.state
     with written_whole(run_dir / f"{STATE}.json") as partial:
         partial.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
 
@@ -236,10 +241,9 @@ def resume_state(
     rng: np.random.Generator,
     generator: torch.Generator | None,
     device: torch.device,
-) -> dict:
-    """Restore what ``save_state`` wrote (optimizer, RNGs) and return the state JSON ({"step", "elapsed_s", ...}).
-
-    InputError when run_dir holds no state or was run with settings other than record.
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Restore what ``save_state`` wrote (optimizer, RNGs); return (the state JSON {"step", "elapsed_s", ...}, the
+    extra tensors). InputError when run_dir holds no state or was run with settings other than record.
     """
     record_path = run_dir / "run.json"
     if not (run_dir / f"{STATE}.json").is_file() or not record_path.is_file():
@@ -254,9 +258,10 @@ def resume_state(
     generator_state = tensors.pop("generator_rng", None)
     if generator is not None and generator_state is not None:
         generator.set_state(generator_state)
-    _restore_optimizer(optimizer, {k: v.to(device) for k, v in tensors.items()}, state["optimizer"])
+    optimizer_tensors = {k: v.to(device) for k, v in tensors.items() if k.startswith("state.")}
+    _restore_optimizer(optimizer, optimizer_tensors, state["optimizer"])
     rng.bit_generator.state = state["numpy_rng"]
-    return state
+    return state, {k: v for k, v in tensors.items() if not k.startswith("state.")}
 
 
 def hardware(device: torch.device) -> str:
@@ -305,20 +310,9 @@ class Trainer:
 
     def resume(self) -> None:
         """Load the last checkpoint and trainer state of run_dir; InputError when absent or settings differ."""
-        record_path = self.run_dir / "run.json"
-        if not (self.run_dir / f"{STATE}.json").is_file() or not record_path.is_file():
-            raise InputError(f"{self.run_dir}: nothing to resume (no {STATE}.json); start without --resume")
-        saved = json.loads(record_path.read_text(encoding="utf-8"))
-        changed = sorted(k for k, v in self._run_record().items() if saved.get(k) != v)
-        if changed:
-            raise InputError(f"{self.run_dir}: cannot resume with other settings ({', '.join(changed)} differ)")
+        state, _ = resume_state(self.run_dir, self._run_record(), self.optimizer, self.rng, None, self.device)
         model, card = checkpoints.load(self.run_dir / MODEL)
         self.model.load_state_dict(model.state_dict())
-        state = json.loads((self.run_dir / f"{STATE}.json").read_text(encoding="utf-8"))
-        tensors = load_file(str(self.run_dir / f"{STATE}.safetensors"))
-        torch.set_rng_state(tensors.pop("torch_rng"))
-        _restore_optimizer(self.optimizer, {k: v.to(self.device) for k, v in tensors.items()}, state["optimizer"])
-        self.rng.bit_generator.state = state["numpy_rng"]
         self.step, self.elapsed_s, self.metrics = state["step"], state["elapsed_s"], card.get("metrics", {})
 
     def card(self) -> dict:
@@ -339,19 +333,8 @@ class Trainer:
 
     def save(self) -> None:
         """Write the checkpoint (model + card) and the trainer state; each file replaced whole."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "run.json").write_text(json.dumps(self._run_record(), indent=2) + "\n", encoding="utf-8")
         checkpoints.save(self.model, self.config, self.card(), self.run_dir / MODEL)
-        tensors, rest = _optimizer_tensors(self.optimizer)
-        tensors["torch_rng"] = torch.get_rng_state()
-        save_file(tensors, str(self.run_dir / f"{STATE}.safetensors"))
-        state = {
-            "step": self.step,
-            "elapsed_s": self.elapsed_s,
-            "optimizer": rest,
-            "numpy_rng": self.rng.bit_generator.state,
-        }
-        (self.run_dir / f"{STATE}.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+        save_state(self.run_dir, self._run_record(), self.optimizer, self.rng, None, self.step, self.elapsed_s)
 
     def validate(self) -> dict[str, float]:
         """Metrics of the current model on the val split (``evaluate.evaluate_split``); {} when it is empty."""
