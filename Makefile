@@ -11,15 +11,23 @@ $(BIN)/ctqa: pyproject.toml $(PIP_CONSTRAINTS)
 	$(BIN)/python -m pip install --quiet -c $(PIP_CONSTRAINTS) -e ".[test]"
 	touch $@
 
-.PHONY: setup demo test bench clean
+.PHONY: setup browser demo test bench clean
 setup: $(BIN)/ctqa
+
+# Debian's chromium for the HTML report screenshot tests (installed when this is a root shell with apt-get; the tests
+# skip with a reason otherwise).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		{ apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
+		apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+		echo "chromium is not installed (apt-get install chromium): the report screenshot tests will skip"
 
 demo: setup
 	$(BIN)/ctqa sample sample_data
 	$(BIN)/ctqa assess sample_data/sample_ct.nrrd --reference sample_data/sample_reference_ct.nrrd \
 		--roi sample_data/sample_labels.nrrd --roi-names sample_data/sample_labels.txt --out demo_output
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
 
 bench: setup

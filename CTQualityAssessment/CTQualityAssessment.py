@@ -2,7 +2,8 @@
 
 Assessments run out of process (CTQualityAssessmentLib.process: `ctqa assess` in PythonSlicer, progress as JSON
 lines, cancel ends the process tree), so Slicer never freezes and a crash or GPU memory stays in the worker; the MRML
-work lives in CTQualityAssessmentLib.mrml. Both are tested headless with slicer-core. This file holds the Slicer-only
+work lives in CTQualityAssessmentLib.mrml. Batches of series (Logic.batchAssess) run `ctqa batch` in a process the
+same way (CTQualityAssessmentLib.batch). All are tested headless with slicer-core. This file holds the Slicer-only
 parts: module description, sample data, the widget (polls the process from a timer) and the self-test.
 Dependencies are installed (CTQualityAssessmentLib.dependencies) before anything imports the core.
 """
@@ -448,9 +449,10 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 
 
 class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
-    """Runs assessments out of process (CTQualityAssessmentLib.process). From the Python console or a batch script:
+    """Runs assessments out of process (CTQualityAssessmentLib.process). From the Python console or a script:
 
     outputs = CTQualityAssessmentLogic().process(getNode("CT"), segmentationNode=getNode("Segmentation"))
+    rows = CTQualityAssessmentLogic().batchAssess("/data/archive", "/data/audit")  # every CT series in a folder
     """
 
     def __init__(self) -> None:
@@ -460,13 +462,14 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
         return CTQualityAssessmentParameterNode(super().getParameterNode())
 
     @staticmethod
-    def _prepare(model: str, scoreModel: str = "default", denoiseModel=None) -> None:
+    def _prepare(model: str, scoreModel: str = "default", denoiseModel=None, batch: bool = False) -> None:
         """Install what the run needs (before any core import), and refuse an unknown model before any work.
 
         The learned packages are installed for a learned quality model, for a denoiser (Denoise and compare), for a
         score model chosen by name, and for the default score model once PyTorch is there (then only timm & co. come
         from pip). Without PyTorch the default score is left out with a note in the run's summary: PyTorch is never
         installed just for it. A denoiser that is not installed is refused here, before anything is installed.
+        batch: also the packages of `ctqa batch` (Ray, matplotlib for the reports).
         """
         ensure_dependencies()
         import importlib.util
@@ -479,8 +482,8 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
             learned = True
         if resolve_score_model(scoreModel, require_packages=False) is not None:
             learned = learned or scoreModel != "default" or importlib.util.find_spec("torch") is not None
-        if learned:
-            ensure_dependencies(learned=True)
+        if learned or batch:
+            ensure_dependencies(learned=learned, batch=batch)
 
     def startAssessment(
         self,
@@ -539,6 +542,52 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
             opacity=opacity,
             score_model=scoreModel,
             denoise_model=denoiseModel,
+        )
+
+    def batchAssess(
+        self,
+        root,
+        outDir,
+        workers=None,
+        address=None,
+        model="default",
+        scoreModel="default",
+        seriesModel="default",
+        denoiseModel=None,
+        device="auto",
+        preview=True,
+        wait=True,
+    ):
+        """Assess every CT series under the folder root into outDir with `ctqa batch` (on Ray): one output folder and
+        report.html per series, index.csv and the group report.html. The same command as in a shell, run in its own
+        process (CTQualityAssessmentLib.batch), so Slicer stays responsive and neither the work nor Ray runs in it.
+
+        workers: series at once (default: as many as cores and memory allow); address: an existing Ray cluster;
+        denoiseModel: None, or a denoiser to also denoise and assess each series. wait=True: returns the rows of
+        index.csv (ctqa.batch_index.IndexRow; a failed series has status "failed" and its reason), with the progress
+        in the log; InputError with the one-line reason for unusable arguments. wait=False: returns the running
+        batch.BatchProcess (poll(), cancel(), rows()).
+        """
+        self._prepare(model, scoreModel, denoiseModel, batch=True)
+        from CTQualityAssessmentLib import batch
+
+        job = batch.BatchProcess.start(
+            root,
+            outDir,
+            workers=workers,
+            address=address,
+            model=model,
+            score_model=scoreModel,
+            series_model=seriesModel,
+            denoise_model=denoiseModel,
+            device=device,
+            preview=preview,
+        )
+        if not wait:
+            return job
+        return job.wait(
+            log=lambda text: logging.info(f"CTQualityAssessment batch: {text}"),
+            idle=slicer.app.processEvents if hasattr(slicer, "app") else None,
         )
 
     @staticmethod

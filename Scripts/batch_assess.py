@@ -1,92 +1,40 @@
-"""Batch example: assess many CT files in 3D Slicer and save maps and tables, one folder per input.
+"""Assess every CT series under a folder: `ctqa batch` (on Ray) as a script, for Slicer's Python or plain Python.
 
-Run (the CTQualityAssessment module must be installed or on Slicer's module paths):
+    PythonSlicer Scripts/batch_assess.py ROOT --out DIR [ctqa batch options]
+    Slicer --no-main-window --python-script Scripts/batch_assess.py -- ROOT --out DIR [ctqa batch options]
+    python Scripts/batch_assess.py ROOT --out DIR [ctqa batch options]
 
-    Slicer --no-main-window --python-script Scripts/batch_assess.py -- \
-        --input scans/*.nrrd --out results [--segmentation-dir segs] [--model physics] [--scene]
-
-For each INPUT (any volume Slicer reads: NRRD, NIfTI, MHA, a DICOM file) it writes into OUT/<input name>/:
-quality_map.nrrd (float32, 1 = best, NaN outside the body, input geometry), noise_map.nrrd (HU),
-slices.csv, segments.csv (when SEGMENTATION_DIR holds <input name>.seg.nrrd), summary.json and, with --scene,
-assessment.mrb (the whole scene). A failing input is reported and skipped; the exit status is 1 if any failed.
+Options, outputs (DIR/index.csv, DIR/report.html, one folder per series) and exit status (0 all assessed, 1 some
+failed, 2 bad arguments, 130 Ctrl-C) are those of `ctqa batch --help`. The core comes from CTQualityAssessment/ beside
+this folder, or in the Slicer application from the installed module; Ray and the core's packages must be installed
+(in Slicer: once through the module, e.g. CTQualityAssessmentLogic().batchAssess(ROOT, DIR) from the Python console).
 """
 
-import argparse
-import glob
-import json
 import sys
 from pathlib import Path
 
-import slicer
 
-
-def _arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="batch_assess.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", nargs="+", required=True, help="CT files (glob patterns are expanded)")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--segmentation-dir", help="folder of <input name>.seg.nrrd segmentations")
-    parser.add_argument("--model", default="default", help="quality model (default: physics)")
-    parser.add_argument("--scene", action="store_true", help="also save each scene as assessment.mrb")
-    return parser.parse_args(argv[1:] if argv and argv[0] == "--" else argv)
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for extension in (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".dcm"):
-        if name.lower().endswith(extension):
-            return name[: -len(extension)]
-    return path.stem
-
-
-def assess_file(logic, path: Path, out: Path, segmentation_dir: Path | None, model: str, save_scene: bool) -> dict:
-    """Assess one file into out/<name>/ and return its summary; the scene is cleared afterwards."""
-    name = _stem(path)
-    folder = out / name
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        volume = slicer.util.loadVolume(str(path), {"name": name, "show": False})
-        segmentation = None
-        if segmentation_dir is not None and (segmentation_dir / f"{name}.seg.nrrd").is_file():
-            segmentation = slicer.util.loadSegmentation(str(segmentation_dir / f"{name}.seg.nrrd"))
-        outputs = logic.process(volume, segmentationNode=segmentation, model=model, showResult=False)
-        slicer.util.saveNode(outputs.quality_map, str(folder / "quality_map.nrrd"))
-        slicer.util.saveNode(outputs.noise_map, str(folder / "noise_map.nrrd"))
-        slicer.util.saveNode(outputs.slice_table, str(folder / "slices.csv"))
-        if outputs.segment_table is not None:
-            slicer.util.saveNode(outputs.segment_table, str(folder / "segments.csv"))
-        (folder / "summary.json").write_text(json.dumps(outputs.summary, indent=2) + "\n", encoding="utf-8")
-        if save_scene:
-            slicer.mrmlScene.WriteToMRB(str(folder / "assessment.mrb"))
-        return outputs.summary
-    finally:
-        slicer.mrmlScene.Clear()
+def module_dir() -> Path:
+    """The folder holding the ctqa package: the installed module's in the Slicer application, else
+    CTQualityAssessment/ of this checkout."""
+    slicer = sys.modules.get("slicer")  # the Slicer application has imported it, and only there has it app
+    if hasattr(slicer, "app") and hasattr(slicer.modules, "ctqualityassessment"):
+        return Path(slicer.modules.ctqualityassessment.path).parent
+    return Path(__file__).resolve().parents[1] / "CTQualityAssessment"
 
 
 def main(argv: list[str]) -> int:
-    from ctqa.errors import InputError
-    from CTQualityAssessment import CTQualityAssessmentLogic
+    """`ctqa batch` with argv (after a leading "--", which Slicer's --python-script passes on)."""
+    sys.path.insert(0, str(module_dir()))
+    from ctqa.cli import main as ctqa
 
-    args = _arguments(argv)
-    paths = [Path(p) for pattern in args.input for p in (sorted(glob.glob(pattern)) or [pattern])]
-    out = Path(args.out)
-    segmentation_dir = Path(args.segmentation_dir) if args.segmentation_dir else None
-    logic = CTQualityAssessmentLogic()
-    failed = 0
-    for path in paths:
-        try:
-            summary = assess_file(logic, path, out, segmentation_dir, args.model, args.scene)
-        except (InputError, RuntimeError, OSError) as error:
-            failed += 1
-            print(f"{path}: failed: {error}", file=sys.stderr)
-            continue
-        score, gnl = summary["global_quality_score"], summary["gnl_hu"]
-        print(
-            f"{path}: quality {score if score is None else round(score, 3)}, "
-            f"GNL {gnl if gnl is None else round(gnl, 1)} HU"
-        )
-    print(f"{len(paths) - failed} of {len(paths)} inputs assessed; results in {out}")
-    return 1 if failed else 0
+    return ctqa(["batch", *(argv[1:] if argv[:1] == ["--"] else argv)])
 
 
 if __name__ == "__main__":
-    slicer.util.exit(main(sys.argv[1:]))
+    status = main(sys.argv[1:])
+    slicer = sys.modules.get("slicer")
+    if hasattr(slicer, "app"):  # the Slicer application exits with the status once its pending events are done
+        slicer.util.exit(status)
+    else:
+        sys.exit(status)

@@ -4,9 +4,10 @@ No Slicer application runs here, so a call to an API that does not exist (``slic
 argument the API needs (``registerCustomSampleDataSource`` without ``uris``) only shows up at start-up in Slicer.
 These tests read the code (ast) instead of running it.
 
-**Which names are collected.** In ``CTQualityAssessment.py`` and every ``CTQualityAssessmentLib/*.py``, every dotted
-name that starts at one of the roots ``slicer``, ``qt``, ``ctk``, ``vtk`` (and the two other Slicer modules the code
-calls, ``SampleData`` and ``PyTorchUtils``), wherever it appears (module level or inside functions):
+**Which names are collected.** In ``CTQualityAssessment.py``, every ``CTQualityAssessmentLib/*.py`` and
+``Scripts/batch_assess.py``, every dotted name that starts at one of the roots ``slicer``, ``qt``, ``ctk``, ``vtk``
+(and the two other Slicer modules the code calls, ``SampleData`` and ``PyTorchUtils``), wherever it appears (module
+level or inside functions):
 
 - attribute chains on a root: ``slicer.util.pip_install(...)`` gives ``slicer.util.pip_install``;
   ``slicer.app.layoutManager().setLayout(...)`` gives ``slicer.app.layoutManager`` (a call ends the chain:
@@ -40,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "CTQualityAssessment"
 MODULE_FILE = MODULE_DIR / "CTQualityAssessment.py"
 LIB_DIR = MODULE_DIR / "CTQualityAssessmentLib"
+BATCH_SCRIPT = ROOT / "Scripts" / "batch_assess.py"
 VERIFIED_FILE = Path(__file__).with_name("slicer_api_verified.json")
 
 API_ROOTS = {"slicer", "qt", "ctk", "vtk", "SampleData", "PyTorchUtils"}
@@ -49,8 +51,8 @@ KNOWN_MISSING = {"slicer.pydeps"}
 
 
 def slicer_files() -> list[Path]:
-    """The module file and the Slicer glue package: the code that runs inside Slicer."""
-    return [MODULE_FILE, *sorted(LIB_DIR.glob("*.py"))]
+    """The module file, the Slicer glue package and the batch script: the code that runs inside Slicer."""
+    return [MODULE_FILE, *sorted(LIB_DIR.glob("*.py")), BATCH_SCRIPT]
 
 
 def _dotted(node: ast.AST) -> list[str] | None:

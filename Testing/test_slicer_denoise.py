@@ -124,7 +124,7 @@ def test_learned_packages_are_installed_for_a_denoiser_and_a_missing_one_is_refu
     Prepare = class_with(
         "CTQualityAssessmentLogic",
         {"_prepare"},
-        {**NAMESPACE, "ensure_dependencies": lambda learned=False: calls.append(learned)},
+        {**NAMESPACE, "ensure_dependencies": lambda learned=False, batch=False: calls.append(learned)},
     )
     Prepare._prepare("physics", "none", str(tiny_denoiser))
     assert calls == [False, True]

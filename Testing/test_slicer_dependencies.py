@@ -14,6 +14,7 @@ from packaging.requirements import Requirement
 
 from CTQualityAssessmentLib import dependencies
 from CTQualityAssessmentLib.dependencies import (
+    BATCH_REQUIREMENTS_FILE,
     LEARNED_REQUIREMENTS_FILE,
     REQUIREMENTS_FILE,
     installed_version,
@@ -47,7 +48,7 @@ def _not_installed_here():
 def test_requirement_files_parse_one_requirement_a_line():
     """slicer.packaging.load_requirements keeps every line that is not blank, '#' or '-': each must be a requirement
     on its own (a comment after a requirement would make it an invalid requirement)."""
-    for path in (REQUIREMENTS_FILE, LEARNED_REQUIREMENTS_FILE):
+    for path in (REQUIREMENTS_FILE, LEARNED_REQUIREMENTS_FILE, BATCH_REQUIREMENTS_FILE):
         lines = read_requirements(path)
         assert lines, path
         for line in lines:
@@ -67,13 +68,15 @@ def test_requirement_files_leave_slicer_and_pytorch_packages_alone():
         "tqdm",
     }
     assert _names(read_requirements(LEARNED_REQUIREMENTS_FILE)) == {"monai", "safetensors", "timm"}
-    for path in (REQUIREMENTS_FILE, LEARNED_REQUIREMENTS_FILE):
+    assert _names(read_requirements(BATCH_REQUIREMENTS_FILE)) == {"ray", "matplotlib"}
+    for path in (REQUIREMENTS_FILE, LEARNED_REQUIREMENTS_FILE, BATCH_REQUIREMENTS_FILE):
         assert not _names(read_requirements(path)) & NOT_FROM_PIP
 
 
 def test_requirement_files_match_pyproject():
-    """The same bounds as the pip package; pyproject's other dependencies are Slicer's own, or matplotlib, which only
-    draws preview.png (the module runs the core with --no-preview)."""
+    """The same bounds as the pip package; pyproject's other dependencies are Slicer's own, or matplotlib, which
+    draws preview.png and the batch reports: the module's assessments run without a preview, so it comes with the
+    batch requirements (Ray: pyproject's batch extra)."""
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     core = {Requirement(r).name.lower(): str(Requirement(r).specifier) for r in project["dependencies"]}
@@ -84,6 +87,12 @@ def test_requirement_files_match_pyproject():
         assert core[Requirement(line).name.lower()] == str(Requirement(line).specifier), line
     for line in read_requirements(LEARNED_REQUIREMENTS_FILE):
         assert learned[Requirement(line).name.lower()] == str(Requirement(line).specifier), line
+    batch = {
+        Requirement(r).name.lower(): str(Requirement(r).specifier) for r in project["optional-dependencies"]["batch"]
+    }
+    for line in read_requirements(BATCH_REQUIREMENTS_FILE):
+        assert {**core, **batch}[Requirement(line).name.lower()] == str(Requirement(line).specifier), line
+    assert set(batch) <= _names(read_requirements(BATCH_REQUIREMENTS_FILE))
     assert set(core) - _names(read_requirements(REQUIREMENTS_FILE)) == {
         "numpy",
         "scipy",
@@ -286,7 +295,7 @@ def test_torch_without_torchvision_goes_through_pytorch_utils(monkeypatch):
     assert "torchvision" in dependencies.SLICER_OWNED_PACKAGES
 
 
-def test_learned_installs_the_core_then_torch_then_the_learned_file(monkeypatch):
+def test_learned_and_batch_install_the_core_then_their_files(monkeypatch):
     order = []
     monkeypatch.setattr(dependencies, "ensure_requirements", lambda path: order.append(path.name))
     monkeypatch.setattr(dependencies, "ensure_torch", lambda: order.append("torch"))
@@ -295,9 +304,12 @@ def test_learned_installs_the_core_then_torch_then_the_learned_file(monkeypatch)
     order.clear()
     dependencies.ensure_dependencies(learned=True)
     assert order == ["requirements.txt", "torch", "requirements-learned.txt"]
+    order.clear()
+    dependencies.ensure_dependencies(batch=True)
+    assert order == ["requirements.txt", "requirements-batch.txt"]
 
 
 def test_requirement_files_are_where_slicer_installs_the_module_resources():
     """CMake copies MODULE_PYTHON_RESOURCES beside the module's scripts: Resources/ next to CTQualityAssessmentLib/."""
     assert REQUIREMENTS_FILE == ROOT / "CTQualityAssessment" / "Resources" / "requirements.txt"
-    assert LEARNED_REQUIREMENTS_FILE.parent == REQUIREMENTS_FILE.parent
+    assert LEARNED_REQUIREMENTS_FILE.parent == BATCH_REQUIREMENTS_FILE.parent == REQUIREMENTS_FILE.parent

@@ -180,7 +180,7 @@ def test_learned_packages_are_installed_for_a_named_score_model_or_where_pytorch
     Prepare = class_with(
         "CTQualityAssessmentLogic",
         {"_prepare"},
-        {**NAMESPACE, "ensure_dependencies": lambda learned=False: calls.append(learned)},
+        {**NAMESPACE, "ensure_dependencies": lambda learned=False, batch=False: calls.append(learned)},
     )
 
     def prepared(model: str, scoreModel: str) -> list[bool]:

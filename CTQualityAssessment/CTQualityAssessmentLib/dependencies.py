@@ -1,7 +1,8 @@
 """Install the Python packages the core (``ctqa``) needs inside 3D Slicer, the way Slicer recommends.
 
 This file imports nothing from ``ctqa``: it runs before the core can be imported. The packages are listed once, in
-``Resources/requirements.txt`` (the core) and ``Resources/requirements-learned.txt`` (learned models).
+``Resources/requirements.txt`` (the core), ``Resources/requirements-learned.txt`` (learned models) and
+``Resources/requirements-batch.txt`` (``ctqa batch``: Ray, and matplotlib for its reports).
 
 - Slicer >= 5.11 has ``slicer.packaging``: ``pip_ensure`` checks, asks the user, installs with a progress dialog
   and offers a restart when a package that was already imported changed.
@@ -42,6 +43,7 @@ except ImportError:  # outside Slicer (tests, PythonSlicer without the applicati
 RESOURCES = Path(__file__).resolve().parents[1] / "Resources"
 REQUIREMENTS_FILE = RESOURCES / "requirements.txt"
 LEARNED_REQUIREMENTS_FILE = RESOURCES / "requirements-learned.txt"
+BATCH_REQUIREMENTS_FILE = RESOURCES / "requirements-batch.txt"
 REQUESTER = "CTQualityAssessment"
 #: Packages whose build belongs to Slicer (numpy, SimpleITK with Slicer's IO) or to the PyTorch extension (torch,
 #: torchvision).
@@ -51,17 +53,20 @@ TORCH_VERSION_REQUIREMENT = ">=2.3"
 TORCHVISION_REQUIREMENT = "torchvision"
 
 
-def ensure_dependencies(learned: bool = False) -> None:
+def ensure_dependencies(learned: bool = False, batch: bool = False) -> None:
     """Make the core importable: install what Resources/requirements.txt lists and is missing.
 
     learned=True also makes learned models usable: PyTorch from the PyTorch extension, then
-    Resources/requirements-learned.txt. Nothing is installed when everything is there already.
+    Resources/requirements-learned.txt. batch=True also installs Resources/requirements-batch.txt (`ctqa batch`).
+    Nothing is installed when everything is there already.
     Raises RuntimeError saying what failed and how to fix it (declined, no network, pip error, no PyTorch extension).
     """
     ensure_requirements(REQUIREMENTS_FILE)
     if learned:
         ensure_torch()
         ensure_requirements(LEARNED_REQUIREMENTS_FILE)
+    if batch:
+        ensure_requirements(BATCH_REQUIREMENTS_FILE)
 
 
 #

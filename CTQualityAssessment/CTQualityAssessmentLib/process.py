@@ -10,7 +10,8 @@
 3. on success the caller loads the completed output folder (ctqa.outputs.read_outputs) into MRML (mrml.py).
 
 subprocess.Popen directly, rather than slicer.util.launchConsoleProcess (which wraps it), because cancel needs the
-process group, and because the same code then runs headless in the tests. Nothing here touches Qt.
+process group, and because the same code then runs headless in the tests. Nothing here touches Qt. start_ctqa and
+end_process_tree also run `ctqa batch` (batch.py).
 """
 
 from __future__ import annotations
@@ -153,6 +154,42 @@ def _read_lines(stream, tag: str, lines: queue.Queue) -> None:
     lines.put((tag, None))
 
 
+def start_ctqa(command: list[str]) -> tuple[subprocess.Popen, queue.Queue]:
+    """Start a `ctqa` command line in its own process group (end_process_tree ends all it starts), with the module
+    folder on PYTHONPATH; two reader threads queue (tag, line) of its stdout ("out") and stderr ("err") and (tag,
+    None) when a stream closes (queued_lines takes them). OSError when it cannot start."""
+    paths = [str(MODULE_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]  # no empty entry (= the cwd)
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
+    if os.name == "posix":
+        group = {"start_new_session": True}
+    else:
+        group = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,  # universal newlines: each "\r" redraw of a progress bar arrives as a line
+        encoding="utf-8",
+        errors="replace",
+        env=environment,
+        **group,
+    )
+    lines = queue.Queue()
+    for stream, tag in ((process.stdout, "out"), (process.stderr, "err")):
+        threading.Thread(target=_read_lines, args=(stream, tag, lines), daemon=True).start()
+    return process, lines
+
+
+def queued_lines(lines: queue.Queue) -> list[tuple[str, str | None]]:
+    """What start_ctqa's readers queued so far, without blocking."""
+    taken = []
+    while True:
+        try:
+            taken.append(lines.get_nowait())
+        except queue.Empty:
+            return taken
+
+
 @dataclass
 class AssessmentProcess:
     """One running `ctqa assess`; poll() for progress, cancel() to stop it, result() for the loaded outputs."""
@@ -166,7 +203,7 @@ class AssessmentProcess:
     error: str | None = None
     log: list[LogLine] = field(default_factory=list)
     _process: subprocess.Popen | None = None
-    _lines: queue.Queue = field(default_factory=queue.Queue)
+    _lines: queue.Queue | None = None
     _open_streams: int = 2
     _started: float = field(default_factory=time.monotonic)
 
@@ -184,33 +221,13 @@ class AssessmentProcess:
         inputs.folder / "out"."""
         out = inputs.folder / "out"
         job = cls(inputs, out, command_line(inputs, out, model, device, window_mm, score_model, denoise_model))
-        paths = [str(MODULE_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]  # no empty entry (= the cwd)
-        environment = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
-        if os.name == "posix":
-            group = {"start_new_session": True}
-        else:
-            group = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
         try:
-            job._process = job._popen(environment, group)
+            job._process, job._lines = start_ctqa(job.command)
         except OSError as error:
             job.cleanup()
             raise InputError(f"cannot start the assessment process ({job.command[0]}): {error}") from None
-        for stream, tag in ((job._process.stdout, "out"), (job._process.stderr, "err")):
-            threading.Thread(target=_read_lines, args=(stream, tag, job._lines), daemon=True).start()
         job._note(f"started: {' '.join(job.command[1:])}")
         return job
-
-    def _popen(self, environment: dict, group: dict) -> subprocess.Popen:
-        return subprocess.Popen(
-            self.command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            env=environment,
-            **group,
-        )
 
     def _note(self, text: str) -> None:
         self.log.append(LogLine(time.monotonic() - self._started, text))
@@ -237,11 +254,7 @@ class AssessmentProcess:
 
     def poll(self) -> str:
         """Take what the process printed so far (never blocks) and return the state."""
-        while True:
-            try:
-                tag, line = self._lines.get_nowait()
-            except queue.Empty:
-                break
+        for tag, line in queued_lines(self._lines):
             if line is None:
                 self._open_streams -= 1
             else:
@@ -269,7 +282,7 @@ class AssessmentProcess:
         """End the process tree (SIGTERM lets ctqa remove its staging folder; then kill) and delete the inputs."""
         if self.state != RUNNING:
             return
-        _end_process_tree(self._process)
+        end_process_tree(self._process)
         self.state = CANCELLED
         self._note("cancelled")
         self.cleanup()
@@ -285,7 +298,7 @@ class AssessmentProcess:
         shutil.rmtree(self.inputs.folder, ignore_errors=True)
 
 
-def _end_process_tree(process: subprocess.Popen) -> None:
+def end_process_tree(process: subprocess.Popen) -> None:
     """Terminate a process started in its own group/session, and everything it started; kill if it lingers."""
     if process.poll() is not None:
         return

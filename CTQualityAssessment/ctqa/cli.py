@@ -64,6 +64,27 @@ examples:
   ctqa denoise dicom_folder/ --out denoised.nii.gz --model my_denoiser.json --device cuda
 """
 
+BATCH_EPILOG = """\
+outputs in --out:
+  index.csv       one row per series: id, input, status (assessed / reused / failed), reason, checks, shape,
+                  spacing, scanner, kernel, protocol, window and dose class, GNL, quality mean and p10, score,
+                  runtime (the columns: docs/contract.md)
+  report.html     the group report: distributions per scanner, kernel and protocol, outliers, a sortable table
+  <id>/           the `ctqa assess` outputs of each series, and its report.html
+
+A series that fails (unreadable, not a CT, ...) gets a row with the one-line reason; the others finish. Ctrl-C stops
+the run; the series done so far are kept and the next run goes on from there. Ray is an optional extra:
+pip install 'ctqa[batch]'.
+
+exit status: 0 when every series was assessed, 1 when some failed (their count is printed), 2 on unusable
+arguments (one line on stderr), 130 on Ctrl-C, 143 on SIGTERM.
+
+examples:
+  ctqa batch archive/ --out audit                    (a local Ray instance sized to this machine)
+  ctqa batch archive/ --out audit --workers 2 --score-model none
+  ctqa batch /shared/archive --out /shared/audit --address auto   (an existing Ray cluster; ctqa on every node)
+"""
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctqa", description=DESCRIPTION)
@@ -91,22 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         "--roi-names", metavar="TABLE", help="label names: Slicer colour table (value name R G B A) or value,name CSV"
     )
     assess.add_argument("--series", metavar="UID", help="SeriesInstanceUID to read when INPUT holds several series")
-    assess.add_argument(
-        "--model",
-        default="default",
-        metavar="NAME|PATH",
-        help="quality model: default (the bundled learned model, physics when none is installed), physics "
-        "(noise-based, no training), a bundled model's name, or a checkpoint (X.json / X.safetensors)",
-    )
-    assess.add_argument(
-        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where learned models run (default: auto)"
-    )
-    assess.add_argument(
-        "--window-mm",
-        type=float,
-        default=DEFAULT_WINDOW_MM,
-        help=f"noise window size in mm (default {DEFAULT_WINDOW_MM:g})",
-    )
+    _add_assessment_options(assess)
     _add_reading_options(assess)
     assess.add_argument(
         "--progress",
@@ -117,42 +123,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     assess.add_argument("--quiet", action="store_true", help="no progress bar (same as --progress none)")
     assess.add_argument(
-        "--no-preview", action="store_true", help="do not draw preview.png (programs that show the maps themselves)"
-    )
-    assess.add_argument(
         "--no-compress", action="store_true", help="write the maps uncompressed (temporary outputs a program reads)"
     )
-
     assess.add_argument(
         "--acquisition-from",
         metavar="DICOM_FILE",
         help="read the acquisition tags (kernel, CTDIvol, mAs, thickness) from this DICOM file of the series INPUT "
         "was exported from (INPUT itself carries none, e.g. NRRD written by Slicer)",
-    )
-    assess.add_argument(
-        "--series-model",
-        default="default",
-        metavar="NAME|PATH",
-        help="series panel classifier: default (the bundled series model), physics, a name or a checkpoint",
-    )
-    assess.add_argument(
-        "--score-model",
-        default="default",
-        metavar="NAME|PATH|none",
-        help="0-4 quality score model (LDCTIQAC2023 scale): default (the bundled score model; skipped with a note "
-        "when none is installed), a bundled model's name, a checkpoint (X.json / X.safetensors), or none to skip",
-    )
-    assess.add_argument(
-        "--denoise",
-        action="store_true",
-        help="also denoise the CT and assess the result the same way: adds denoised_ct.nrrd, "
-        "quality_map_denoised.nrrd and the summary's denoised block (the input is never changed)",
-    )
-    assess.add_argument(
-        "--denoise-model",
-        metavar="NAME|PATH",
-        help="denoiser for --denoise (implies it): default (the bundled denoiser), a bundled model's name, or a "
-        "checkpoint (X.json / X.safetensors)",
     )
 
     denoise = commands.add_parser(
@@ -199,6 +176,40 @@ def _parser() -> argparse.ArgumentParser:
     classify.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="(default: auto)")
     classify.add_argument("--json", action="store_true", help="one JSON object per line (the summary's series block)")
 
+    batch = commands.add_parser(
+        "batch",
+        help="assess every CT series under a folder (on Ray): one output folder each, index.csv, HTML reports",
+        description="Assess every CT series under ROOT (DICOM trees grouped by SeriesInstanceUID; .nii, .nii.gz, "
+        ".nrrd, .mha files) with the options of `ctqa assess`, in parallel on Ray: one output folder per series, "
+        "index.csv, a report.html per series and a group report.html. Rerunning skips series whose outputs are "
+        "complete and whose input files and options are unchanged.",
+        epilog=BATCH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    batch.add_argument("root", metavar="ROOT", help="folder to search (recursively) for CT series")
+    batch.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    batch.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="series assessed at once on this machine (default: one per core, fewer when the largest series' "
+        "memory would not fit)",
+    )
+    batch.add_argument(
+        "--address", metavar="ADDRESS", help="an existing Ray cluster (auto or host:port) instead of a local instance"
+    )
+    _add_assessment_options(batch)
+    _add_reading_options(batch, pixel_mm=False)
+    batch.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    report = commands.add_parser(
+        "report",
+        help="rebuild the HTML reports of a batch (or of one assessment) from its outputs",
+        description="Rebuild report.html from existing outputs: in a `ctqa batch` folder (with index.csv) every "
+        "series report and the group report; in a `ctqa assess` folder (with summary.json) its series report.",
+    )
+    report.add_argument("folder", metavar="DIR", help="a ctqa batch or ctqa assess output folder")
+
     sample = commands.add_parser(
         "sample",
         help="write the bundled synthetic sample CT",
@@ -209,7 +220,56 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_reading_options(command: argparse.ArgumentParser) -> None:
+def _add_assessment_options(command: argparse.ArgumentParser) -> None:
+    """The options of `ctqa assess` that `ctqa batch` applies to every series: models, device, noise window,
+    denoising, preview."""
+    command.add_argument(
+        "--model",
+        default="default",
+        metavar="NAME|PATH",
+        help="quality model: default (the bundled learned model, physics when none is installed), physics "
+        "(noise-based, no training), a bundled model's name, or a checkpoint (X.json / X.safetensors)",
+    )
+    command.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where learned models run (default: auto)"
+    )
+    command.add_argument(
+        "--window-mm",
+        type=float,
+        default=DEFAULT_WINDOW_MM,
+        help=f"noise window size in mm (default {DEFAULT_WINDOW_MM:g})",
+    )
+    command.add_argument(
+        "--series-model",
+        default="default",
+        metavar="NAME|PATH",
+        help="series panel classifier: default (the bundled series model), physics, a name or a checkpoint",
+    )
+    command.add_argument(
+        "--score-model",
+        default="default",
+        metavar="NAME|PATH|none",
+        help="0-4 quality score model (LDCTIQAC2023 scale): default (the bundled score model; skipped with a note "
+        "when none is installed), a bundled model's name, a checkpoint (X.json / X.safetensors), or none to skip",
+    )
+    command.add_argument(
+        "--denoise",
+        action="store_true",
+        help="also denoise the CT and assess the result the same way: adds denoised_ct.nrrd, "
+        "quality_map_denoised.nrrd and the summary's denoised block (the input is never changed)",
+    )
+    command.add_argument(
+        "--denoise-model",
+        metavar="NAME|PATH",
+        help="denoiser for --denoise (implies it): default (the bundled denoiser), a bundled model's name, or a "
+        "checkpoint (X.json / X.safetensors)",
+    )
+    command.add_argument(
+        "--no-preview", action="store_true", help="do not draw preview.png (programs that show the maps themselves)"
+    )
+
+
+def _add_reading_options(command: argparse.ArgumentParser, pixel_mm: bool = True) -> None:
     command.add_argument(
         "--scaling",
         metavar="SCALING",
@@ -221,9 +281,10 @@ def _add_reading_options(command: argparse.ArgumentParser) -> None:
         action="store_true",
         help="resample a DICOM series with missing slices or uneven spacing onto a regular grid (else refused)",
     )
-    command.add_argument(
-        "--pixel-mm", type=float, metavar="MM", help="pixel size of TIFF/.npy inputs, which store none (default 1)"
-    )
+    if pixel_mm:
+        command.add_argument(
+            "--pixel-mm", type=float, metavar="MM", help="pixel size of TIFF/.npy inputs, which store none (default 1)"
+        )
 
 
 class _ProgressBar:
@@ -544,6 +605,79 @@ def write_file_atomically(array, like, out: Path, overwrite: bool) -> None:
         raise
 
 
+class _SeriesBar:
+    """tqdm bar over the series of a batch, with the last series' status."""
+
+    def __init__(self, enabled: bool):
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=0, unit="series", disable=not enabled, desc="batch")
+        self._failed = 0
+
+    def __call__(self, done: int, total: int, row) -> None:
+        self._bar.total = total
+        self._failed += row.status == "failed"
+        self._bar.set_postfix_str(f"{self._failed} failed, last {row.id} {row.status}", refresh=False)
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from ctqa.batch import AssessOptions, run_batch
+    from ctqa.batch_index import FAILED, INDEX_NAME, REUSED
+    from ctqa.pipeline import (
+        check_window_mm,
+        resolve_denoise_model,
+        resolve_model,
+        resolve_score_model,
+        resolve_series_model,
+    )
+
+    resolve_model(args.model)  # unknown names and missing packages: one line before any work
+    resolve_series_model(args.series_model)
+    resolve_score_model(args.score_model)
+    denoise_model = (args.denoise_model or "default") if args.denoise or args.denoise_model else None
+    if denoise_model is not None:
+        resolve_denoise_model(denoise_model)
+    options = AssessOptions(
+        model=args.model,
+        device=args.device,
+        window_mm=check_window_mm(args.window_mm),
+        scaling=args.scaling,
+        regularize=args.regularize,
+        series_model=args.series_model,
+        score_model=args.score_model,
+        denoise_model=denoise_model,
+        preview=not args.no_preview,
+    )
+    bar = _SeriesBar(enabled=not args.quiet)
+    try:
+        result = run_batch(args.root, args.out, options, args.workers, args.address, progress=bar)
+    finally:
+        bar.close()
+    for phrase in result.left_out:
+        print(f"ctqa: note: left out {phrase}", file=sys.stderr)
+    for row in result.rows:
+        if row.status == FAILED:
+            print(f"ctqa: failed: {row.id}: {row.reason}", file=sys.stderr)
+    failed, reused = result.count(FAILED), result.count(REUSED)
+    assessed = len(result.rows) - failed - reused
+    print(
+        f"{len(result.rows)} series: {assessed} assessed, {reused} reused from an earlier run, {failed} failed; "
+        f"{result.out / INDEX_NAME}, {result.out / 'report.html'}"
+    )
+    return 1 if failed else 0
+
+
+def _report(args: argparse.Namespace) -> None:
+    from ctqa.batch import rebuild_reports
+
+    for path in rebuild_reports(args.folder):
+        print(f"wrote {path}")
+
+
 def _sample(args: argparse.Namespace) -> None:
     from ctqa.sample import write_sample
 
@@ -555,7 +689,14 @@ def _sample(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `ctqa`; returns the exit status (2 on bad input, with one line on stderr)."""
     args = _parser().parse_args(argv)
-    commands = {"assess": _assess, "classify": _classify, "denoise": _denoise, "sample": _sample}
+    commands = {
+        "assess": _assess,
+        "batch": _batch,
+        "classify": _classify,
+        "denoise": _denoise,
+        "report": _report,
+        "sample": _sample,
+    }
     return exit_status("ctqa", lambda: commands[args.command](args))
 
 

@@ -324,7 +324,28 @@ def read_dicom_folder(folder: str, series_uid: str | None = None, regularize: bo
                 f"{folder}: no DICOM images in folder ({found.non_image_files} DICOM files without pixel data)"
             )
         raise InputError(f"{folder}: no DICOM files in folder")
-    entry = _choose_series(found.series, folder, series_uid)
+    return _read_entry(_choose_series(found.series, folder, series_uid), folder, regularize)
+
+
+def read_dicom_files(files: list[str], folder: str, regularize: bool = False) -> DicomRead:
+    """The one series made of these DICOM files (a batch's discovery found them; folder names it in messages),
+    read without scanning the folder again; checked as read_dicom_folder checks a series."""
+    entry = None
+    for path in files:
+        header = read_dicom_header(path)
+        if header is None or "PixelData" not in header:
+            raise InputError(f"{path}: not a DICOM image")
+        if entry is None:
+            entry = DicomSeries(str(header.get("SeriesInstanceUID", "")), _modality(header)[0], header)
+        entry.slices.append(_slice(header, path))
+        entry.sizes.add((int(header.get("Rows", 0)), int(header.get("Columns", 0))))
+    if entry is None:
+        raise InputError(f"{folder}: no DICOM files")
+    return _read_entry(entry, folder, regularize)
+
+
+def _read_entry(entry: DicomSeries, folder: str, regularize: bool) -> DicomRead:
+    """Check and read one series found in folder (module docstring: what is refused, resampled or noted)."""
     notes = _check_ct_image(entry.first_header, entry.slices[0].path)
     if len(entry.sizes) > 1:
         raise InputError(f"{folder}: series {entry.uid or '<no UID>'} mixes slice sizes {sorted(entry.sizes)}")
@@ -370,15 +391,24 @@ def acquisition_of(header: pydicom.Dataset | None) -> Acquisition | None:
         except (TypeError, ValueError):
             return None
 
+    def text(*keywords: str) -> str | None:
+        for keyword in keywords:
+            value = str(header.get(keyword, "") or "").strip()
+            if value:
+                return value
+        return None
+
     kernel = header.get("ConvolutionKernel")
     if isinstance(kernel, pydicom.multival.MultiValue):
         kernel = "\\".join(str(k) for k in kernel)
     return Acquisition(
-        manufacturer=str(header.get("Manufacturer", "")).strip() or None,
+        manufacturer=text("Manufacturer"),
         kernel=str(kernel).strip() if kernel else None,
         slice_thickness_mm=number("SliceThickness"),
         ctdivol_mgy=number("CTDIvol"),
         exposure_mas=number("Exposure"),
         tube_current_ma=number("XRayTubeCurrent"),
         kvp=number("KVP"),
+        model_name=text("ManufacturerModelName"),
+        protocol=text("ProtocolName", "SeriesDescription"),
     )

@@ -146,6 +146,7 @@ def read_volume(
     scaling: str | None = None,
     regularize: bool = False,
     pixel_mm: float | None = None,
+    dicom_files: list[str] | None = None,
 ) -> CTVolume:
     """Read a CT volume in HU from a DICOM folder or file, NIfTI, NRRD, MHA, 2D/3D TIFF or .npy.
 
@@ -153,6 +154,7 @@ def read_volume(
     scaling: see scaling.py; None means "hu" with the plausibility check, any explicit value is trusted.
     regularize: resample DICOM series with gaps or uneven spacing onto a regular grid instead of refusing them.
     pixel_mm: pixel size (and slice spacing) for TIFF/.npy, which store none (default DEFAULT_PIXEL_MM, noted).
+    dicom_files: the files of one DICOM series in the folder path, read without scanning it (a batch found them).
     Raises InputError with a one-line reason for anything that is not a readable CT.
     """
     source = str(path)
@@ -170,7 +172,10 @@ def read_volume(
         geometry = ((size, size, size), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
         return _to_volume(stored, geometry, source, chosen, scaling is not None, notes)
     if os.path.isdir(source):
-        found = dicom.read_dicom_folder(source, series_uid, regularize)
+        if dicom_files:
+            found = dicom.read_dicom_files(list(dicom_files), source, regularize)
+        else:
+            found = dicom.read_dicom_folder(source, series_uid, regularize)
         image, notes, header = found.image, found.notes, found.header
     else:
         header = dicom.read_dicom_header(source)

@@ -220,6 +220,22 @@ class OutputFolder:
         self._release()
 
 
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file (UTF-8, readable by all: a report or table to share) whole or not at all: a temporary file
+    beside path, renamed onto it; the temporary file is removed on any error, Ctrl-C or SIGTERM."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+        os.chmod(temporary, 0o644)  # mkstemp creates it private
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_csv(rows: list[dict], columns: tuple[str, ...], path: Path) -> None:
     """A CSV table with a header; None is written as an empty cell."""
     with path.open("w", newline="", encoding="utf-8") as handle:
@@ -245,7 +261,7 @@ class SavedOutputs:
     summary: dict
 
 
-def _read_csv(path: Path, types: dict[str, type]) -> list[dict]:
+def read_csv(path: Path, types: dict[str, type]) -> list[dict]:
     """Rows of a contract table, each cell of its column's type (None for empty cells)."""
     with path.open(newline="", encoding="utf-8") as handle:
         return [
@@ -271,6 +287,6 @@ def read_outputs(folder: str | os.PathLike) -> SavedOutputs:
     }
     rois = None
     if OUTPUT_FILES["rois"] in listed:
-        rois = _read_csv(folder / OUTPUT_FILES["rois"], table_column_types(RoiRow))
-    slices = _read_csv(folder / OUTPUT_FILES["slices"], table_column_types(SliceRow))
+        rois = read_csv(folder / OUTPUT_FILES["rois"], table_column_types(RoiRow))
+    slices = read_csv(folder / OUTPUT_FILES["slices"], table_column_types(SliceRow))
     return SavedOutputs(folder, maps, slices, rois, summary)

@@ -392,12 +392,17 @@ def _writing_into(folder: Path):
 
 
 def write_outputs(
-    assessment: Assessment, folder: str | os.PathLike, preview: bool = True, compress: bool = True
+    assessment: Assessment,
+    folder: str | os.PathLike,
+    preview: bool = True,
+    compress: bool = True,
+    extra: dict | None = None,
 ) -> dict[str, Path]:
     """Write the output contract (outputs.OUTPUT_FILES) into folder atomically; returns the written paths by role.
 
     preview=False leaves out preview.png (and matplotlib, which Slicer does not bundle); compress=False writes the
-    maps uncompressed (temporary outputs another program reads at once).
+    maps uncompressed (temporary outputs another program reads at once); extra: blocks added to summary.json
+    (a batch run's "batch" block: batch.py).
     """
     volume = assessment.volume
     with OutputFolder(folder) as out, _writing_into(out.folder):
@@ -416,4 +421,4 @@ def write_outputs(
             from ctqa.reports.preview import save_preview  # matplotlib is imported only when a preview is drawn
 
             save_preview(assessment, out.stage("preview"))
-        return out.commit(to_json(assessment.summary))
+        return out.commit({**to_json(assessment.summary), **(extra or {})})

@@ -9,7 +9,8 @@ from typing import Callable
 ProgressCallback = Callable[[float, str], None]
 
 SLAB_SLICES = 8
-WORKER_THREADS = min(4, os.cpu_count() or 1)
+#: Threads of the slab pools: CTQA_THREADS when set (a batch worker's share of the CPUs), else up to 4 of the cores.
+WORKER_THREADS = max(1, int(os.environ.get("CTQA_THREADS") or min(4, os.cpu_count() or 1)))
 
 
 def run_over_slabs(

@@ -9,7 +9,10 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Acquisition:
-    """Acquisition tags of a DICOM series (first slice); None where a tag is missing."""
+    """Acquisition tags of a DICOM series (first slice); None where a tag is missing.
+
+    model_name: ManufacturerModelName (the scanner); protocol: ProtocolName, else SeriesDescription.
+    """
 
     manufacturer: str | None = None
     kernel: str | None = None
@@ -18,6 +21,8 @@ class Acquisition:
     exposure_mas: float | None = None
     tube_current_ma: float | None = None
     kvp: float | None = None
+    model_name: str | None = None
+    protocol: str | None = None
 
 
 @dataclass(frozen=True)

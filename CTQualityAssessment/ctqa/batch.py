@@ -1,0 +1,494 @@
+"""`ctqa batch`: every CT series under a folder, assessed on Ray, one output folder each (the `ctqa assess` contract),
+resumable and failure-isolated; index.csv (batch_index.py) and the HTML reports (reports/).
+
+Ray is the scheduler: a local instance sized to this machine, or an existing cluster (address); the same tasks
+either way. Each series is one task asking for its CPUs and an estimate of its peak memory, so Ray never runs more
+series at once than fit. A series whose folder holds complete outputs (summary.json is committed last) made from
+the same input files and options (the fingerprint in summary.json's "batch" block) is reused, not assessed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from ctqa import __version__
+from ctqa.batch_index import ASSESSED, FAILED, INDEX_NAME, REPORT_NAME, REUSED, IndexRow, row_from_summary, write_index
+from ctqa.errors import InputError, first_line
+from ctqa.io import VOLUME_EXTENSIONS
+from ctqa.outputs import OUTPUT_FILES
+from ctqa.physics.noise import DEFAULT_WINDOW_MM
+
+RAY_MISSING = "ctqa batch runs on Ray, which is not installed: pip install 'ctqa[batch]' (or pip install ray)"
+#: Peak memory of one series (bytes): a process baseline with the models loaded, plus bytes per voxel, measured by
+#: benchmarks/bench_assess.py (532 MiB + 3.1 MiB per 512 x 512 slice, i.e. 12 B/voxel) with a margin; denoising
+#: assesses a second volume.
+PEAK_BASE_BYTES = 800 << 20
+PEAK_BYTES_PER_VOXEL = 16
+PEAK_BYTES_PER_VOXEL_DENOISE = 30
+#: Share of the machine's available memory the local Ray instance lets the series use.
+MEMORY_SHARE = 0.8
+#: Files that are never a CT series of their own.
+SKIPPED_SUFFIXES = (".seg.nrrd",)
+
+ProgressCallback = Callable[[int, int, IndexRow], None]
+
+
+@dataclass(frozen=True)
+class AssessOptions:
+    """The `ctqa assess` options a batch applies to every series (see pipeline.assess)."""
+
+    model: str = "default"
+    device: str = "auto"
+    window_mm: float = DEFAULT_WINDOW_MM
+    scaling: str | None = None
+    regularize: bool = False
+    series_model: str = "default"
+    score_model: str = "default"
+    denoise_model: str | None = None
+    preview: bool = True
+
+
+@dataclass(frozen=True)
+class SeriesInput:
+    """One CT series found under the batch root.
+
+    id: its output folder's name (unique in the batch); path: the volume file, or the folder holding the DICOM
+    series; series_uid: its SeriesInstanceUID ("" for volume files and DICOM without one); files: every file of the
+    series (read as one series; what the fingerprint covers); voxels: its size (z * y * x), for the memory estimate;
+    modality: the DICOM Modality ("" for volume files).
+    """
+
+    id: str
+    path: str
+    series_uid: str
+    files: tuple[str, ...]
+    voxels: int
+    modality: str = ""
+
+
+@dataclass
+class Discovery:
+    """What a root holds: the series to assess, rows for files that cannot be read as one, and what was left out
+    (other modalities, localizers, non-image DICOM), one phrase each."""
+
+    series: list[SeriesInput]
+    unreadable: list[IndexRow]
+    left_out: list[str]
+
+
+@dataclass
+class BatchResult:
+    """The rows of a batch (index.csv order) and where its outputs are."""
+
+    out: Path
+    rows: list[IndexRow]
+    left_out: list[str]
+
+    def count(self, status: str) -> int:
+        return sum(row.status == status for row in self.rows)
+
+
+def _slug(text: str) -> str:
+    """A folder-name-safe version of text (letters, digits, ._-), at most 80 characters."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:80] or "series"
+
+
+def _stem(name: str) -> str:
+    for extension in sorted(VOLUME_EXTENSIONS, key=len, reverse=True):
+        if name.lower().endswith(extension):
+            return name[: -len(extension)]
+    return name
+
+
+def _volume_voxels(path: str) -> int:
+    """z * y * x of a volume file from its header (0 when unreadable: reading it later says why)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return 0
+    return math.prod(reader.GetSize())
+
+
+def _unique_ids(series: list[SeriesInput]) -> list[SeriesInput]:
+    """Series with ids made unique by a suffix of their input's hash where two would share a folder."""
+    counts: dict[str, int] = {}
+    for entry in series:
+        counts[entry.id.lower()] = counts.get(entry.id.lower(), 0) + 1
+    unique = []
+    for entry in series:
+        if counts[entry.id.lower()] > 1:
+            digest = hashlib.sha1(f"{entry.path}\0{entry.series_uid}".encode()).hexdigest()[:8]
+            entry = replace(entry, id=f"{entry.id}-{digest}")
+        unique.append(entry)
+    return unique
+
+
+def find_series(root: str | os.PathLike, exclude: str | os.PathLike | None = None) -> Discovery:
+    """Every CT series under root: volume files (NIfTI, NRRD, MHA) one each, DICOM files grouped by
+    SeriesInstanceUID (localizers and other modalities left out). exclude: a folder not to look in (the batch's
+    own output folder when it lies inside root); folders holding a ctqa summary.json (outputs) are not looked in."""
+    from ctqa.dicom import read_dicom_header
+
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder; `ctqa assess` takes one file")
+    skipped = Path(exclude).resolve() if exclude is not None else None
+    volumes: list[SeriesInput] = []
+    dicom: dict[str, dict] = {}
+    unreadable: list[IndexRow] = []
+    non_image = 0
+    for folder, subfolders, names in os.walk(root):
+        here = Path(folder)
+        subfolders[:] = sorted(
+            name for name in subfolders if not name.startswith(".") and (here / name).resolve() != skipped
+        )
+        if OUTPUT_FILES["summary"] in names:
+            subfolders[:] = []  # an output folder of ctqa, not input
+            continue
+        for name in sorted(names):
+            path = here / name
+            relative = path.relative_to(root).as_posix()
+            if name.startswith(".") or name.lower().endswith(SKIPPED_SUFFIXES):
+                continue
+            if name.lower().endswith(VOLUME_EXTENSIONS):
+                volumes.append(
+                    SeriesInput(_slug(_stem(relative)), str(path), "", (str(path),), _volume_voxels(str(path)))
+                )
+                continue
+            try:
+                header = read_dicom_header(str(path))
+            except InputError as error:
+                unreadable.append(IndexRow(id=_slug(relative), input=str(path), status=FAILED, reason=str(error)))
+                continue
+            if header is None:
+                continue
+            if "PixelData" not in header:
+                non_image += 1
+                continue
+            uid = str(header.get("SeriesInstanceUID", ""))
+            entry = dicom.setdefault(
+                uid or f"{folder}/<no SeriesInstanceUID>", {"uid": uid, "header": header, "files": []}
+            )
+            entry["files"].append(str(path))
+    series, left_out = list(volumes), []
+    for entry in dicom.values():
+        uid, header, files = entry["uid"], entry["header"], entry["files"]
+        modality = str(header.get("Modality", "")).strip().upper()
+        image_type = [str(value).upper() for value in header.get("ImageType", [])]
+        if modality not in ("CT", "") or "LOCALIZER" in image_type:
+            left_out.append(
+                f"{'localizer' if 'LOCALIZER' in image_type else modality} series {uid} ({len(files)} files)"
+            )
+            continue
+        folder = Path(os.path.commonpath(files)) if len(files) > 1 else Path(files[0]).parent
+        relative = folder.relative_to(root).as_posix() if folder != root else root.name
+        named = "_".join(str(header.get(key) or "") for key in ("SeriesNumber", "SeriesDescription"))
+        single = re.sub(r"(?i)\.(dcm|ima)$", "", Path(files[0]).relative_to(root).as_posix())
+        label = f"{relative}_{named}" if len(files) > 1 else single
+        voxels = len(files) * int(header.get("Rows", 0) or 0) * int(header.get("Columns", 0) or 0)
+        series.append(SeriesInput(_slug(label), str(folder), uid, tuple(sorted(files)), voxels, modality or "CT"))
+    if non_image:
+        left_out.append(f"{non_image} DICOM file{'s' if non_image > 1 else ''} without pixel data")
+    return Discovery(_unique_ids(sorted(series, key=lambda s: s.id)), unreadable, left_out)
+
+
+def fingerprint(series: SeriesInput, options: AssessOptions) -> str:
+    """sha256 of what a series' outputs depend on: ctqa's version, the options and each input file's path, size and
+    modification time (a changed, added or removed file changes it)."""
+    digest = hashlib.sha256(json.dumps({"ctqa": __version__, "options": asdict(options)}, sort_keys=True).encode())
+    digest.update(series.series_uid.encode())
+    for path in series.files:
+        stat = os.stat(path)
+        digest.update(f"\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def completed_summary(folder: Path, expected_fingerprint: str) -> dict | None:
+    """The summary.json of a complete output folder made from the same input and options, else None."""
+    try:
+        summary = json.loads((folder / OUTPUT_FILES["summary"]).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or (summary.get("batch") or {}).get("fingerprint") != expected_fingerprint:
+        return None
+    if not all((folder / name).is_file() for name in summary.get("outputs", [])):
+        return None
+    return summary
+
+
+def peak_bytes(series: SeriesInput, options: AssessOptions) -> int:
+    """Estimated peak memory of assessing one series (bytes; see PEAK_BASE_BYTES)."""
+    per_voxel = PEAK_BYTES_PER_VOXEL_DENOISE if options.denoise_model else PEAK_BYTES_PER_VOXEL
+    return PEAK_BASE_BYTES + per_voxel * series.voxels
+
+
+def _write_report(folder: Path) -> str:
+    """The series report (reports/series_report.py); "" when it could not be drawn (the outputs stand)."""
+    try:
+        from ctqa.reports.series_report import write_series_report
+
+        write_series_report(folder)
+    except Exception as error:  # a report is a view of complete outputs: never fail the series for it
+        print(f"ctqa: warning: {folder}: report not written ({first_line(error)})", file=sys.stderr)
+        return ""
+    return f"{folder.name}/{REPORT_NAME}"
+
+
+def assess_series(series: SeriesInput, options: AssessOptions, out: str) -> IndexRow:
+    """Assess one series into out/<id>/ (the `ctqa assess` contract, summary.json with a "batch" block) and write its
+    report; the index row. Any failure becomes a failed row with a one-line reason (this runs in a Ray worker)."""
+    from ctqa.io import read_volume
+    from ctqa.pipeline import assess, write_outputs
+
+    folder = Path(out) / series.id
+    start = time.perf_counter()
+    try:
+        expected = fingerprint(series, options)
+        volume = read_volume(
+            series.path,
+            scaling=options.scaling,
+            regularize=options.regularize,
+            dicom_files=list(series.files) if Path(series.path).is_dir() else None,
+        )
+        assessment = assess(
+            volume,
+            model=options.model,
+            window_mm=options.window_mm,
+            device=options.device,
+            series_model=options.series_model,
+            score_model=options.score_model,
+            denoise_model=options.denoise_model,
+        )
+        runtime = time.perf_counter() - start
+        batch_block = {
+            "fingerprint": expected,
+            "series_uid": series.series_uid,
+            "runtime_s": round(runtime, 2),
+            "worker_peak_rss_mib": _peak_rss_mib(),
+        }
+        write_outputs(assessment, folder, preview=options.preview, extra={"batch": batch_block})
+        summary = json.loads((folder / OUTPUT_FILES["summary"]).read_text(encoding="utf-8"))
+    except InputError as error:
+        return _failed(series, str(error), time.perf_counter() - start)
+    except MemoryError:
+        return _failed(series, "out of memory (run fewer workers: --workers)", time.perf_counter() - start)
+    except Exception as error:  # isolate the series: the batch goes on, the row says what broke
+        return _failed(series, f"{type(error).__name__}: {first_line(error)}", time.perf_counter() - start)
+    report = _write_report(folder)
+    return row_from_summary(
+        series.id,
+        series.path,
+        series.series_uid,
+        summary,
+        status=ASSESSED,
+        modality=series.modality or "CT",
+        runtime_s=round(time.perf_counter() - start, 2),
+        report=report,
+    )
+
+
+def _peak_rss_mib() -> float | None:
+    """Peak resident memory of this process so far (MiB; a Ray worker's over the series it ran), None off POSIX."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, 1)
+
+
+def _failed(series: SeriesInput, reason: str, runtime: float) -> IndexRow:
+    return IndexRow(
+        id=series.id,
+        input=series.path,
+        series_uid=series.series_uid,
+        status=FAILED,
+        reason=reason,
+        modality=series.modality,
+        runtime_s=round(runtime, 2),
+    )
+
+
+def _reused_row(series: SeriesInput, folder: Path, summary: dict) -> IndexRow:
+    report = f"{series.id}/{REPORT_NAME}" if (folder / REPORT_NAME).is_file() else _write_report(folder)
+    return row_from_summary(
+        series.id,
+        series.path,
+        series.series_uid,
+        summary,
+        status=REUSED,
+        modality=series.modality or "CT",
+        runtime_s=float((summary.get("batch") or {}).get("runtime_s") or math.nan),
+        report=report,
+    )
+
+
+def default_workers(series: list[SeriesInput], options: AssessOptions) -> int:
+    """Series run at once on this machine: one per core, fewer when the largest series' peak memory times that many
+    would not fit in MEMORY_SHARE of the available memory (at least 1)."""
+    cores = os.cpu_count() or 1
+    largest = max((peak_bytes(entry, options) for entry in series), default=PEAK_BASE_BYTES)
+    return max(1, min(cores, int(MEMORY_SHARE * _available_memory() // largest)))
+
+
+def _available_memory() -> int:
+    """Bytes of memory available to new processes (MemAvailable on Linux; total physical memory elsewhere)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _start_ray(workers: int | None, address: str | None, threads: int):
+    """Ray, connected: an existing cluster at address, else a local instance with workers * threads CPUs. The
+    workers find this ctqa (PYTHONPATH) and use threads threads each (CTQA_THREADS, OMP_NUM_THREADS)."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError(RAY_MISSING) from None
+    package_parent = str(Path(__file__).resolve().parents[1])
+    paths = [package_parent, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {"PYTHONPATH": os.pathsep.join(paths), "CTQA_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    settings = dict(runtime_env={"env_vars": env}, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    if ray.is_initialized():
+        return ray, False
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    on_sigterm = signal.getsignal(signal.SIGTERM) if in_main_thread else None
+    try:
+        if address:
+            ray.init(address=address, **settings)
+        else:
+            ray.init(num_cpus=workers * threads, **settings)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise InputError(f"cannot start Ray{f' at {address}' if address else ''}: {first_line(error)}") from None
+    finally:
+        if in_main_thread:  # Ray installs its own SIGTERM handler: keep ours (clean unwinding, exit status 143)
+            signal.signal(signal.SIGTERM, on_sigterm)
+    return ray, True
+
+
+def run_batch(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    options: AssessOptions = AssessOptions(),
+    workers: int | None = None,
+    address: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> BatchResult:
+    """Assess every CT series under root into out (module docstring); returns the rows, also written to
+    out/index.csv (after each series, so an interrupted run leaves the finished rows) with the group report.
+
+    workers: series at once on a local Ray instance (default: default_workers); address: an existing Ray cluster
+    ("auto" or host:port), whose CPUs and memory then decide. progress(done, total, row) after each series.
+    The Python console of 3D Slicer can call this directly (the work runs in Ray's worker processes).
+    """
+    from ctqa.outputs import check_output_folder
+
+    out = check_output_folder(out)
+    if address and workers:
+        raise InputError("--workers sizes a local Ray instance; with --address the cluster's CPUs and memory decide")
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers {workers}: must be at least 1")
+    found = find_series(root, exclude=out)
+    if not found.series and not found.unreadable:
+        raise InputError(f"{root}: no CT series found (DICOM, .nii, .nii.gz, .nrrd, .mha)")
+    out.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, IndexRow] = {row.id: row for row in found.unreadable}
+    pending = []
+    for series in found.series:
+        summary = completed_summary(out / series.id, fingerprint(series, options))
+        if summary is not None:
+            rows[series.id] = _reused_row(series, out / series.id, summary)
+        else:
+            pending.append(series)
+    order = [row.id for row in found.unreadable] + [series.id for series in found.series]
+    total, done = len(order), len(rows)
+
+    def save() -> list[IndexRow]:
+        ordered = [rows[key] for key in order if key in rows]
+        write_index(ordered, out / INDEX_NAME)
+        return ordered
+
+    for row in list(rows.values()):
+        if progress is not None:
+            progress(done, total, row)
+    if pending:
+        workers = workers or (None if address else default_workers(pending, options))
+        threads = max(1, (os.cpu_count() or 1) // workers) if workers else 1
+        ray, started = _start_ray(workers, address, threads)
+        try:
+            task = ray.remote(assess_series)
+            futures = {
+                task.options(num_cpus=threads, memory=peak_bytes(series, options), max_retries=0).remote(
+                    series, options, str(out)
+                ): series
+                for series in pending
+            }
+            waiting = list(futures)
+            while waiting:
+                finished, waiting = ray.wait(waiting, num_returns=1)
+                series = futures[finished[0]]
+                try:
+                    row = ray.get(finished[0])
+                except ray.exceptions.RayTaskError as error:  # assess_series isolates failures: a bug of ours
+                    row = _failed(series, f"{type(error.cause).__name__}: {first_line(error.cause)}", math.nan)
+                except ray.exceptions.RayError as error:  # the worker died (killed, out of memory)
+                    row = _failed(series, f"worker lost: {first_line(error)}", math.nan)
+                rows[series.id] = row
+                done += 1
+                save()
+                if progress is not None:
+                    progress(done, total, row)
+        finally:
+            if started:
+                ray.shutdown()
+    ordered = save()
+    from ctqa.reports.group_report import write_group_report
+
+    write_group_report(out, ordered)
+    return BatchResult(out, ordered, found.left_out)
+
+
+def rebuild_reports(folder: str | os.PathLike) -> list[Path]:
+    """Rebuild report.html from existing outputs (`ctqa report`): in a batch folder (index.csv) each series report
+    whose outputs are complete, then the group report; in an assessment folder (summary.json) its report. The
+    written reports; InputError for any other folder."""
+    from ctqa.batch_index import read_index
+    from ctqa.reports.group_report import write_group_report
+    from ctqa.reports.series_report import write_series_report
+
+    folder = Path(folder)
+    if (folder / INDEX_NAME).is_file():
+        rows, written = read_index(folder / INDEX_NAME), []
+        for index, row in enumerate(rows):
+            if (folder / row.id / OUTPUT_FILES["summary"]).is_file():
+                written.append(write_series_report(folder / row.id))
+                rows[index] = replace(row, report=f"{row.id}/{REPORT_NAME}")
+        write_index(rows, folder / INDEX_NAME)
+        return [*written, write_group_report(folder, rows)]
+    if (folder / OUTPUT_FILES["summary"]).is_file():
+        return [write_series_report(folder)]
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder")
+    raise InputError(f"{folder}: neither a ctqa batch folder (index.csv) nor a ctqa assess folder (summary.json)")
