@@ -36,6 +36,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_simulation.py
 	$(BIN)/python benchmarks/bench_assess.py
 	$(BIN)/python benchmarks/bench_runner.py
+	$(BIN)/python benchmarks/bench_batch.py
 
 clean:
 	rm -rf sample_data demo_output

@@ -38,6 +38,8 @@ PEAK_BYTES_PER_VOXEL = 16
 PEAK_BYTES_PER_VOXEL_DENOISE = 30
 #: Share of the machine's available memory the local Ray instance lets the series use.
 MEMORY_SHARE = 0.8
+#: index.csv is rewritten after a series completes at most this often (seconds; and when the run ends or stops).
+INDEX_SAVE_INTERVAL_S = 2.0
 #: Files that are never a CT series of their own.
 SKIPPED_SUFFIXES = (".seg.nrrd",)
 
@@ -75,6 +77,11 @@ class SeriesInput:
     files: tuple[str, ...]
     voxels: int
     modality: str = ""
+
+    @property
+    def input(self) -> str:
+        """What is read and shown as the series' input: its one file, or the folder of a series of several files."""
+        return self.files[0] if len(self.files) == 1 else self.path
 
 
 @dataclass
@@ -262,10 +269,10 @@ def assess_series(series: SeriesInput, options: AssessOptions, out: str) -> Inde
     try:
         expected = fingerprint(series, options)
         volume = read_volume(
-            series.path,
+            series.input,
             scaling=options.scaling,
             regularize=options.regularize,
-            dicom_files=list(series.files) if Path(series.path).is_dir() else None,
+            dicom_files=list(series.files) if Path(series.input).is_dir() else None,
         )
         assessment = assess(
             volume,
@@ -294,7 +301,7 @@ def assess_series(series: SeriesInput, options: AssessOptions, out: str) -> Inde
     report = _write_report(folder)
     return row_from_summary(
         series.id,
-        series.path,
+        series.input,
         series.series_uid,
         summary,
         status=ASSESSED,
@@ -317,7 +324,7 @@ def _peak_rss_mib() -> float | None:
 def _failed(series: SeriesInput, reason: str, runtime: float) -> IndexRow:
     return IndexRow(
         id=series.id,
-        input=series.path,
+        input=series.input,
         series_uid=series.series_uid,
         status=FAILED,
         reason=reason,
@@ -330,7 +337,7 @@ def _reused_row(series: SeriesInput, folder: Path, summary: dict) -> IndexRow:
     report = f"{series.id}/{REPORT_NAME}" if (folder / REPORT_NAME).is_file() else _write_report(folder)
     return row_from_summary(
         series.id,
-        series.path,
+        series.input,
         series.series_uid,
         summary,
         status=REUSED,
@@ -397,7 +404,7 @@ def run_batch(
     progress: ProgressCallback | None = None,
 ) -> BatchResult:
     """Assess every CT series under root into out (module docstring); returns the rows, also written to
-    out/index.csv (after each series, so an interrupted run leaves the finished rows) with the group report.
+    out/index.csv (as series complete, so an interrupted run leaves the finished rows) with the group report.
 
     workers: series at once on a local Ray instance (default: default_workers); address: an existing Ray cluster
     ("auto" or host:port), whose CPUs and memory then decide. progress(done, total, row) after each series.
@@ -445,7 +452,7 @@ def run_batch(
                 ): series
                 for series in pending
             }
-            waiting = list(futures)
+            waiting, saved_at = list(futures), -math.inf
             while waiting:
                 finished, waiting = ray.wait(waiting, num_returns=1)
                 series = futures[finished[0]]
@@ -457,10 +464,13 @@ def run_batch(
                     row = _failed(series, f"worker lost: {first_line(error)}", math.nan)
                 rows[series.id] = row
                 done += 1
-                save()
+                if time.monotonic() - saved_at >= INDEX_SAVE_INTERVAL_S:
+                    save()
+                    saved_at = time.monotonic()
                 if progress is not None:
                     progress(done, total, row)
         finally:
+            save()  # the rows so far, also when interrupted
             if started:
                 ray.shutdown()
     ordered = save()

@@ -63,8 +63,9 @@ def _text(value) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _number(value) -> float:
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.nan
+def _number(value, digits: int) -> float:
+    """A summary figure rounded for the table (far below its uncertainty), NaN when missing."""
+    return round(float(value), digits) if isinstance(value, (int, float)) and math.isfinite(value) else math.nan
 
 
 def _dims(values, fmt: str) -> str:
@@ -89,11 +90,11 @@ def row_from_summary(series_id: str, input_path: str, series_uid: str, summary: 
         protocol=_text(tags.get("protocol")),
         window_class=_text((panel.get("window") or {}).get("label")),
         dose_class=_text((panel.get("dose") or {}).get("label")),
-        gnl_hu=_number(summary.get("gnl_hu")),
-        quality_mean=_number(summary.get("global_quality_score")),
-        quality_p10=_number(summary.get("quality_p10")),
-        score=_number(score.get("value")),
-        score_sd=_number(score.get("sd")),
+        gnl_hu=_number(summary.get("gnl_hu"), 2),
+        quality_mean=_number(summary.get("global_quality_score"), 4),
+        quality_p10=_number(summary.get("quality_p10"), 4),
+        score=_number(score.get("value"), 3),
+        score_sd=_number(score.get("sd"), 3),
         **row,
     )
 

@@ -112,7 +112,7 @@ def _header(saved: SavedSeries) -> str:
     summary = saved.summary
     settings = summary.get("settings") or {}
     score = summary.get("global_score")
-    name = Path(str(summary.get("input", saved.folder.name))).name
+    name = series_name(saved)
     shape = "x".join(str(size) for size in summary.get("shape_zyx") or ()) or NOT_AVAILABLE
     spacing = "x".join(f"{size:.4g}" for size in summary.get("spacing_mm_xyz") or ()) or NOT_AVAILABLE
     if score:
@@ -416,6 +416,13 @@ def _notes(summary: dict) -> str:
     return bullet_list(notes) if notes else "<p>None.</p>"
 
 
+def series_name(saved: SavedSeries) -> str:
+    """The series' name on its page: its folder (the series id) in a batch, else the input's file or folder name."""
+    if "batch" in saved.summary:
+        return saved.folder.name
+    return Path(str(saved.summary.get("input", saved.folder.name))).name
+
+
 def series_page(saved: SavedSeries) -> str:
     """The whole series report page."""
     summary = saved.summary
@@ -434,5 +441,5 @@ def series_page(saved: SavedSeries) -> str:
         f"{escape(saved.folder.name)}/ ({escape(', '.join(summary.get('outputs', ())))}); "
         "a self-contained page (no external resources).</footer>",
     ]
-    name = Path(str(summary.get("input", saved.folder.name))).name
+    name = series_name(saved)
     return page(f"CT quality: {name}", "\n".join(part for part in body if part))
