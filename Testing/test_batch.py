@@ -203,12 +203,14 @@ def test_cli_exit_status_counts_failures(tree: Path, tmp_path: Path, capsys):
     [
         (["--workers", "0"], "--workers 0: must be at least 1"),
         (["--workers", "2", "--address", "auto"], "with --address the cluster's CPUs and memory decide"),
+        (["--address", "127.0.0.1:9"], "--address 127.0.0.1:9: no Ray cluster answers there"),
     ],
 )
 def test_bad_arguments_are_one_line(tree: Path, tmp_path: Path, capsys, arguments, message):
     assert main(["batch", str(tree), "--out", str(tmp_path / "out"), *arguments, *FAST_FLAGS]) == 2
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_roots_without_series_are_refused(tmp_path: Path):

@@ -15,6 +15,7 @@ import math
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -40,6 +41,8 @@ PEAK_BYTES_PER_VOXEL_DENOISE = 30
 MEMORY_SHARE = 0.8
 #: index.csv is rewritten after a series completes at most this often (seconds; and when the run ends or stops).
 INDEX_SAVE_INTERVAL_S = 2.0
+#: Seconds to wait for a cluster's address to answer before refusing it.
+CONNECT_TIMEOUT_S = 5.0
 #: Files that are never a CT series of their own.
 SKIPPED_SUFFIXES = (".seg.nrrd",)
 
@@ -367,6 +370,18 @@ def _available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def _check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse a host:port (or ray://host:port) address nothing answers at within timeout_s: Ray itself would keep
+    retrying for minutes. "auto" and other forms are left to Ray."""
+    match = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address.strip())
+    if match is None:
+        return
+    try:
+        socket.create_connection((match[1], int(match[2])), timeout=timeout_s).close()
+    except OSError as error:
+        raise InputError(f"--address {address}: no Ray cluster answers there ({error.strerror or error})") from None
+
+
 def _start_ray(workers: int | None, address: str | None, threads: int):
     """Ray, connected: an existing cluster at address, else a local instance with workers * threads CPUs. The
     workers find this ctqa (PYTHONPATH) and use threads threads each (CTQA_THREADS, OMP_NUM_THREADS)."""
@@ -380,6 +395,8 @@ def _start_ray(workers: int | None, address: str | None, threads: int):
     settings = dict(runtime_env={"env_vars": env}, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     if ray.is_initialized():
         return ray, False
+    if address:
+        _check_reachable(address)
     in_main_thread = threading.current_thread() is threading.main_thread()
     on_sigterm = signal.getsignal(signal.SIGTERM) if in_main_thread else None
     try:
@@ -420,7 +437,6 @@ def run_batch(
     found = find_series(root, exclude=out)
     if not found.series and not found.unreadable:
         raise InputError(f"{root}: no CT series found (DICOM, .nii, .nii.gz, .nrrd, .mha)")
-    out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, IndexRow] = {row.id: row for row in found.unreadable}
     pending = []
     for series in found.series:
@@ -444,6 +460,7 @@ def run_batch(
         workers = workers or (None if address else default_workers(pending, options))
         threads = max(1, (os.cpu_count() or 1) // workers) if workers else 1
         ray, started = _start_ray(workers, address, threads)
+        out.mkdir(parents=True, exist_ok=True)
         try:
             task = ray.remote(assess_series)
             futures = {
@@ -473,6 +490,7 @@ def run_batch(
             save()  # the rows so far, also when interrupted
             if started:
                 ray.shutdown()
+    out.mkdir(parents=True, exist_ok=True)  # (a run with nothing to assess and only unreadable files)
     ordered = save()
     from ctqa.reports.group_report import write_group_report
 
