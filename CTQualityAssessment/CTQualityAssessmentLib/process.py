@@ -191,21 +191,78 @@ def queued_lines(lines: queue.Queue) -> list[tuple[str, str | None]]:
 
 
 @dataclass
-class AssessmentProcess:
-    """One running `ctqa assess`; poll() for progress, cancel() to stop it, result() for the loaded outputs."""
+class CtqaProcess:
+    """A running `ctqa` command line (start_ctqa): its state, its one-line error and a timed log; poll() takes what
+    it printed (never blocks), cancel() ends its process tree. Subclasses say what their output lines mean
+    (_handle), which exit statuses are a finished run (FINISHED_STATUSES) and what they are called (KIND)."""
 
-    inputs: InputFiles
-    out: Path
+    KIND = "ctqa"
+    FINISHED_STATUSES = (0,)
+
     command: list[str]
-    state: str = RUNNING
-    fraction: float = 0.0
-    stage: str = "starting"
-    error: str | None = None
-    log: list[LogLine] = field(default_factory=list)
-    _process: subprocess.Popen | None = None
-    _lines: queue.Queue | None = None
-    _open_streams: int = 2
-    _started: float = field(default_factory=time.monotonic)
+    state: str = field(default=RUNNING, init=False)
+    error: str | None = field(default=None, init=False)
+    exit_status: int | None = field(default=None, init=False)
+    log: list[LogLine] = field(default_factory=list, init=False)
+    _process: subprocess.Popen | None = field(default=None, init=False)
+    _lines: queue.Queue | None = field(default=None, init=False)
+    _open_streams: int = field(default=2, init=False)
+    _started: float = field(default_factory=time.monotonic, init=False)
+
+    def _launch(self) -> None:
+        """Start the command; InputError (one line) when it cannot start."""
+        try:
+            self._process, self._lines = start_ctqa(self.command)
+        except OSError as error:
+            raise InputError(f"cannot start the {self.KIND} process ({self.command[0]}): {error}") from None
+        self._note(f"started: {' '.join(self.command[1:])}")
+
+    def _note(self, text: str) -> None:
+        self.log.append(LogLine(time.monotonic() - self._started, text))
+
+    def _handle(self, tag: str, line: str) -> None:
+        """One output line: logged, and a `ctqa: error:` line on stderr kept as the error."""
+        self._note(line)
+        if tag == "err" and line.startswith("ctqa: error: "):
+            self.error = line.removeprefix("ctqa: error: ")
+
+    def poll(self) -> str:
+        """Take what the process printed so far (never blocks) and return the state."""
+        for tag, line in queued_lines(self._lines):
+            if line is None:
+                self._open_streams -= 1
+            elif line.strip():
+                self._handle(tag, line.strip() if tag == "err" else line)
+        if self.state == RUNNING and self._open_streams == 0 and self._process.poll() is not None:
+            self.exit_status = self._process.returncode
+            self.state = DONE if self.exit_status in self.FINISHED_STATUSES else FAILED
+            if self.state == FAILED and self.error is None:
+                self.error = f"the {self.KIND} process ended with exit status {self.exit_status}"
+            elapsed = time.monotonic() - self._started
+            self._note(f"finished in {elapsed:.1f} s" if self.state == DONE else f"failed: {self.error}")
+        return self.state
+
+    def cancel(self) -> None:
+        """End the process tree (SIGTERM lets ctqa remove its staging folder and stop Ray; then kill)."""
+        if self.state != RUNNING:
+            return
+        end_process_tree(self._process)
+        self.exit_status = self._process.returncode
+        self.state = CANCELLED
+        self._note("cancelled")
+
+
+@dataclass
+class AssessmentProcess(CtqaProcess):
+    """One running `ctqa assess --progress json`; poll() for progress, cancel() to stop it (and delete the inputs),
+    result() for the loaded outputs."""
+
+    KIND = "assessment"
+
+    inputs: InputFiles = None
+    out: Path = None
+    fraction: float = field(default=0.0, init=False)
+    stage: str = field(default="starting", init=False)
 
     @classmethod
     def start(
@@ -220,23 +277,19 @@ class AssessmentProcess:
         """Start the assessment of inputs (with denoise_model: also of the denoised CT); the outputs go to
         inputs.folder / "out"."""
         out = inputs.folder / "out"
-        job = cls(inputs, out, command_line(inputs, out, model, device, window_mm, score_model, denoise_model))
+        command = command_line(inputs, out, model, device, window_mm, score_model, denoise_model)
+        job = cls(command, inputs=inputs, out=out)
         try:
-            job._process, job._lines = start_ctqa(job.command)
-        except OSError as error:
+            job._launch()
+        except InputError:
             job.cleanup()
-            raise InputError(f"cannot start the assessment process ({job.command[0]}): {error}") from None
-        job._note(f"started: {' '.join(job.command[1:])}")
+            raise
         return job
-
-    def _note(self, text: str) -> None:
-        self.log.append(LogLine(time.monotonic() - self._started, text))
 
     def _handle(self, tag: str, line: str) -> None:
         if tag == "err":
-            self._note(line)
-            if line.startswith("ctqa: error: "):
-                self.error = line.removeprefix("ctqa: error: ")
+            super()._handle(tag, line)
+            if self.error is not None:
                 for path, name in self.inputs.node_names.items():  # name the node, not its temporary file
                     self.error = self.error.replace(path, name)
             return
@@ -252,22 +305,6 @@ class AssessmentProcess:
         elif event.get("event") == "done":
             self._note(f"done: {len(event.get('outputs', []))} files")
 
-    def poll(self) -> str:
-        """Take what the process printed so far (never blocks) and return the state."""
-        for tag, line in queued_lines(self._lines):
-            if line is None:
-                self._open_streams -= 1
-            else:
-                self._handle(tag, line)
-        if self.state == RUNNING and self._open_streams == 0 and self._process.poll() is not None:
-            code = self._process.returncode
-            self.state = DONE if code == 0 else FAILED
-            if code != 0 and self.error is None:
-                self.error = f"the assessment process ended with exit status {code}"
-            elapsed = time.monotonic() - self._started
-            self._note(f"finished in {elapsed:.1f} s" if code == 0 else f"failed: {self.error}")
-        return self.state
-
     def wait(self, progress=None, interval_s: float = 0.05) -> str:
         """Block until the process ends (the Python-console and batch path); progress(fraction, stage) on changes."""
         reported = None
@@ -279,13 +316,11 @@ class AssessmentProcess:
         return self.state
 
     def cancel(self) -> None:
-        """End the process tree (SIGTERM lets ctqa remove its staging folder; then kill) and delete the inputs."""
-        if self.state != RUNNING:
-            return
-        end_process_tree(self._process)
-        self.state = CANCELLED
-        self._note("cancelled")
-        self.cleanup()
+        """End the process tree and delete the inputs."""
+        running = self.state == RUNNING
+        super().cancel()
+        if running:
+            self.cleanup()
 
     def result(self) -> SavedOutputs:
         """The completed outputs (state DONE); InputError with the process's one-line reason otherwise."""

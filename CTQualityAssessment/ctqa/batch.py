@@ -25,6 +25,7 @@ from typing import Callable
 
 from ctqa import __version__
 from ctqa.batch_index import ASSESSED, FAILED, INDEX_NAME, REPORT_NAME, REUSED, IndexRow, row_from_summary, write_index
+from ctqa.dicom import DicomSeries, add_image, is_localizer, read_dicom_header
 from ctqa.errors import InputError, first_line
 from ctqa.io import VOLUME_EXTENSIONS
 from ctqa.outputs import OUTPUT_FILES
@@ -152,8 +153,6 @@ def find_series(root: str | os.PathLike, exclude: str | os.PathLike | None = Non
     """Every CT series under root: volume files (NIfTI, NRRD, MHA) one each, DICOM files grouped by
     SeriesInstanceUID (localizers and other modalities left out). exclude: a folder not to look in (the batch's
     own output folder when it lies inside root); folders holding a ctqa summary.json (outputs) are not looked in."""
-    from ctqa.dicom import read_dicom_header
-
     root = Path(root)
     if not root.exists():
         raise InputError(f"{root}: no such folder")
@@ -161,7 +160,7 @@ def find_series(root: str | os.PathLike, exclude: str | os.PathLike | None = Non
         raise InputError(f"{root}: not a folder; `ctqa assess` takes one file")
     skipped = Path(exclude).resolve() if exclude is not None else None
     volumes: list[SeriesInput] = []
-    dicom: dict[str, dict] = {}
+    dicom: dict[str, DicomSeries] = {}
     unreadable: list[IndexRow] = []
     non_image = 0
     for folder, subfolders, names in os.walk(root):
@@ -193,30 +192,31 @@ def find_series(root: str | os.PathLike, exclude: str | os.PathLike | None = Non
                 non_image += 1
                 continue
             uid = str(header.get("SeriesInstanceUID", ""))
-            entry = dicom.setdefault(
-                uid or f"{folder}/<no SeriesInstanceUID>", {"uid": uid, "header": header, "files": []}
-            )
-            entry["files"].append(str(path))
-    series, left_out = list(volumes), []
-    for entry in dicom.values():
-        uid, header, files = entry["uid"], entry["header"], entry["files"]
-        modality = str(header.get("Modality", "")).strip().upper()
-        image_type = [str(value).upper() for value in header.get("ImageType", [])]
-        if modality not in ("CT", "") or "LOCALIZER" in image_type:
-            left_out.append(
-                f"{'localizer' if 'LOCALIZER' in image_type else modality} series {uid} ({len(files)} files)"
-            )
+            add_image(dicom, header, str(path), key=uid or f"{folder}/<no SeriesInstanceUID>")
+    series, left_out = _dicom_inputs(list(dicom.values()), root)
+    if non_image:
+        left_out.append(f"{non_image} DICOM file{'s' if non_image > 1 else ''} without pixel data")
+    return Discovery(_unique_ids(sorted(volumes + series, key=lambda s: s.id)), unreadable, left_out)
+
+
+def _dicom_inputs(found: list[DicomSeries], root: Path) -> tuple[list[SeriesInput], list[str]]:
+    """The CT series among the DICOM series found under root, and a phrase for each one left out (localizers, other
+    modalities). A series' id: its folder and SeriesNumber_SeriesDescription, or its file for a one-file series."""
+    inputs, left_out = [], []
+    for entry in found:
+        header, files = entry.first_header, sorted(item.path for item in entry.slices)
+        if entry.modality != "CT" or is_localizer(header):
+            kind = "localizer" if is_localizer(header) else entry.modality or "unknown modality"
+            left_out.append(f"{kind} series {entry.uid} ({len(files)} files)")
             continue
         folder = Path(os.path.commonpath(files)) if len(files) > 1 else Path(files[0]).parent
         relative = folder.relative_to(root).as_posix() if folder != root else root.name
         named = "_".join(str(header.get(key) or "") for key in ("SeriesNumber", "SeriesDescription"))
         single = re.sub(r"(?i)\.(dcm|ima)$", "", Path(files[0]).relative_to(root).as_posix())
         label = f"{relative}_{named}" if len(files) > 1 else single
-        voxels = len(files) * int(header.get("Rows", 0) or 0) * int(header.get("Columns", 0) or 0)
-        series.append(SeriesInput(_slug(label), str(folder), uid, tuple(sorted(files)), voxels, modality or "CT"))
-    if non_image:
-        left_out.append(f"{non_image} DICOM file{'s' if non_image > 1 else ''} without pixel data")
-    return Discovery(_unique_ids(sorted(series, key=lambda s: s.id)), unreadable, left_out)
+        voxels = len(files) * max(rows * columns for rows, columns in entry.sizes)
+        inputs.append(SeriesInput(_slug(label), str(folder), entry.uid, tuple(files), voxels, "CT"))
+    return inputs, left_out
 
 
 def fingerprint(series: SeriesInput, options: AssessOptions) -> str:
@@ -302,14 +302,18 @@ def assess_series(series: SeriesInput, options: AssessOptions, out: str) -> Inde
     except Exception as error:  # isolate the series: the batch goes on, the row says what broke
         return _failed(series, f"{type(error).__name__}: {first_line(error)}", time.perf_counter() - start)
     report = _write_report(folder)
+    return _done_row(series, summary, ASSESSED, time.perf_counter() - start, report)
+
+
+def _done_row(series: SeriesInput, summary: dict, status: str, runtime_s: float, report: str) -> IndexRow:
     return row_from_summary(
         series.id,
         series.input,
         series.series_uid,
         summary,
-        status=ASSESSED,
+        status=status,
         modality=series.modality or "CT",
-        runtime_s=round(time.perf_counter() - start, 2),
+        runtime_s=round(runtime_s, 2),
         report=report,
     )
 
@@ -338,16 +342,8 @@ def _failed(series: SeriesInput, reason: str, runtime: float) -> IndexRow:
 
 def _reused_row(series: SeriesInput, folder: Path, summary: dict) -> IndexRow:
     report = f"{series.id}/{REPORT_NAME}" if (folder / REPORT_NAME).is_file() else _write_report(folder)
-    return row_from_summary(
-        series.id,
-        series.input,
-        series.series_uid,
-        summary,
-        status=REUSED,
-        modality=series.modality or "CT",
-        runtime_s=float((summary.get("batch") or {}).get("runtime_s") or math.nan),
-        report=report,
-    )
+    earlier = float((summary.get("batch") or {}).get("runtime_s") or math.nan)  # reading and assessing
+    return _done_row(series, summary, REUSED, earlier, report)
 
 
 def default_workers(series: list[SeriesInput], options: AssessOptions) -> int:

@@ -29,8 +29,9 @@ class IndexRow:
     by " | "; shape_zyx: "z x y x x" voxels; spacing_mm_xyz: mm; scanner: Manufacturer and ManufacturerModelName;
     protocol: ProtocolName, else SeriesDescription; window_class, dose_class: the series panel's calls;
     gnl_hu: global noise level (HU); quality_mean, quality_p10: of the quality map over the body (1 = best);
-    score, score_sd: the 0-4 global score (LDCTIQAC2023 scale); runtime_s: wall time of the series' assessment (s;
-    the earlier run's for "reused"); report: the series report relative to the batch folder ("" when none).
+    score, score_sd: the 0-4 global score (LDCTIQAC2023 scale); runtime_s: wall time of the series in this run
+    (s: reading, assessing, writing the outputs and the report), for "reused" the earlier run's reading and
+    assessing; report: the series report relative to the batch folder ("" when none).
     """
 
     id: str

@@ -485,14 +485,14 @@ def series_line(name: str, panel) -> str:
 def _series_of(path: str) -> list[tuple[str | None, str]]:
     """(SeriesInstanceUID, label) of each CT image series in a DICOM folder, localizers (scouts) left out; [(None,
     path)] for a file or a folder without one (reading it then says what it holds)."""
-    from ctqa.dicom import find_dicom_series
+    from ctqa.dicom import find_dicom_series, is_localizer
 
     if not Path(path).is_dir():
         return [(None, path)]
     found = []
     for series in find_dicom_series(path).series:
         header = series.first_header
-        if series.modality != "CT" or "LOCALIZER" in [str(v).upper() for v in header.get("ImageType", [])]:
+        if series.modality != "CT" or is_localizer(header):
             continue
         number, description = header.get("SeriesNumber", ""), header.get("SeriesDescription", "")
         found.append((series.uid, f"{path} [series {number} {description}]".replace(" ]", "]")))

@@ -176,6 +176,20 @@ def _slice(header: pydicom.Dataset, path: str) -> DicomSlice:
     return DicomSlice(path, instance, float(position @ normal), tuple(orientation.tolist()))
 
 
+def add_image(found: dict[str, DicomSeries], header: pydicom.Dataset, path: str, key: str | None = None) -> None:
+    """File an image (its header, pixel data deferred) under its series in found, keyed by key (default: its
+    SeriesInstanceUID, "" when missing)."""
+    uid = str(header.get("SeriesInstanceUID", ""))
+    entry = found.setdefault(uid if key is None else key, DicomSeries(uid, _modality(header)[0], header))
+    entry.slices.append(_slice(header, path))
+    entry.sizes.add((int(header.get("Rows", 0)), int(header.get("Columns", 0))))
+
+
+def is_localizer(header: pydicom.Dataset) -> bool:
+    """A localizer (scout) image: ImageType says LOCALIZER."""
+    return "LOCALIZER" in [str(value).upper() for value in header.get("ImageType", [])]
+
+
 def find_dicom_series(folder: str | os.PathLike) -> DicomFolder:
     """All DICOM image series under folder (recursively), any modality, largest first.
 
@@ -193,10 +207,7 @@ def find_dicom_series(folder: str | os.PathLike) -> DicomFolder:
             if "PixelData" not in header:
                 non_image_files += 1
                 continue
-            uid = str(header.get("SeriesInstanceUID", ""))
-            entry = series.setdefault(uid, DicomSeries(uid, _modality(header)[0], header))
-            entry.slices.append(_slice(header, path))
-            entry.sizes.add((int(header.get("Rows", 0)), int(header.get("Columns", 0))))
+            add_image(series, header, path)
     return DicomFolder(sorted(series.values(), key=lambda s: len(s.slices), reverse=True), non_image_files)
 
 
@@ -330,18 +341,15 @@ def read_dicom_folder(folder: str, series_uid: str | None = None, regularize: bo
 def read_dicom_files(files: list[str], folder: str, regularize: bool = False) -> DicomRead:
     """The one series made of these DICOM files (a batch's discovery found them; folder names it in messages),
     read without scanning the folder again; checked as read_dicom_folder checks a series."""
-    entry = None
+    found: dict[str, DicomSeries] = {}
     for path in files:
         header = read_dicom_header(path)
         if header is None or "PixelData" not in header:
             raise InputError(f"{path}: not a DICOM image")
-        if entry is None:
-            entry = DicomSeries(str(header.get("SeriesInstanceUID", "")), _modality(header)[0], header)
-        entry.slices.append(_slice(header, path))
-        entry.sizes.add((int(header.get("Rows", 0)), int(header.get("Columns", 0))))
-    if entry is None:
+        add_image(found, header, path, key="")
+    if not found:
         raise InputError(f"{folder}: no DICOM files")
-    return _read_entry(entry, folder, regularize)
+    return _read_entry(found[""], folder, regularize)
 
 
 def _read_entry(entry: DicomSeries, folder: str, regularize: bool) -> DicomRead:
