@@ -38,6 +38,9 @@ RAY_MISSING = "ctqa batch runs on Ray, which is not installed: pip install 'ctqa
 PEAK_BASE_BYTES = 800 << 20
 PEAK_BYTES_PER_VOXEL = 16
 PEAK_BYTES_PER_VOXEL_DENOISE = 30
+#: GPU share a series asks for when the cluster has GPUs and --device is not cpu (Ray then gives its worker that GPU
+#: in CUDA_VISIBLE_DEVICES): two series share one; a series holds one batch of slices on it.
+GPU_SHARE = 0.5
 #: Share of the machine's available memory the local Ray instance lets the series use.
 MEMORY_SHARE = 0.8
 #: index.csv is rewritten after a series completes at most this often (seconds; and when the run ends or stops).
@@ -459,8 +462,9 @@ def run_batch(
         out.mkdir(parents=True, exist_ok=True)
         try:
             task = ray.remote(assess_series)
+            gpus = GPU_SHARE if options.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0 else 0
             futures = {
-                task.options(num_cpus=threads, memory=peak_bytes(series, options), max_retries=0).remote(
+                task.options(num_cpus=threads, num_gpus=gpus, memory=peak_bytes(series, options), max_retries=0).remote(
                     series, options, str(out)
                 ): series
                 for series in pending
