@@ -23,6 +23,7 @@ from ctqa.batch import (
     find_series,
     fingerprint,
     peak_bytes,
+    rebuild_reports,
     run_batch,
 )
 from ctqa.batch_index import ASSESSED, FAILED, INDEX_NAME, REUSED, read_index
@@ -123,11 +124,12 @@ def test_batch_isolates_failures_and_resumes(tree: Path, tmp_path: Path):
     assert again["patient2_broken.dcm"].status == FAILED  # failures are tried again, and fail again
 
 
-def test_fingerprint_follows_files_and_options(tree: Path):
+def test_fingerprint_follows_files_options_and_models(tree: Path):
     series = next(s for s in find_series(tree).series if s.id == "volumes_small")
     first = fingerprint(series, FAST)
     assert fingerprint(series, FAST) == first
     assert fingerprint(series, AssessOptions(model="physics", score_model="none")) != first
+    assert fingerprint(series, FAST, models="a retrained checkpoint") != first
     os.utime(series.path, ns=(1, 1))
     assert fingerprint(series, FAST) != first
 
@@ -232,3 +234,56 @@ def test_without_ray_the_command_says_how_to_install_it(tree: Path, tmp_path: Pa
     )
     assert run.returncode == 2
     assert run.stderr.strip() == f"ctqa: error: {RAY_MISSING}"
+
+
+def test_discovery_of_awkward_archives(tree: Path, shared_data: Path):
+    chest = sorted((tree / "patient2").glob("A*.dcm"))
+    (tree / "backup").mkdir()
+    shutil.copy(chest[0], tree / "backup" / "copy.dcm")  # the same image twice: one series, a note
+    for name in ("t 1.dcm", "t_1.dcm"):  # two unreadable files whose ids would collide
+        (tree / name).write_bytes(chest[1].read_bytes()[:30000])
+    (tree / "study").mkdir()
+    (tree / "study" / "summary.json").write_text('{"patients": 1}')  # a dataset's own summary.json hides nothing
+    shutil.copy(shared_data / "totalseg" / "example_ct_sm.nii.gz", tree / "study" / "ct.nii.gz")
+    found = find_series(tree)
+    ids = [series.id for series in found.series]
+    assert "study_ct" in ids
+    assert ("backup_copy" in ids) != (f"patient2_{chest[0].stem}" in ids)  # the first copy found is the series
+    assert "1 second copy of DICOM images (same SOPInstanceUID)" in found.left_out
+    unreadable = [row.id for row in found.unreadable]
+    assert len(unreadable) == len(set(unreadable)) == 3
+
+
+def test_a_memory_request_no_node_can_meet_does_not_wait_forever(tree: Path, tmp_path: Path):
+    """Ray leaves a task that asks for more memory than any node has waiting forever: the request is capped."""
+    script = (
+        "import sys, ctqa.batch as b; b.peak_bytes = lambda series, options: 1 << 50; "
+        "r = b.run_batch(sys.argv[1], sys.argv[2], b.AssessOptions(model='physics', series_model='physics', "
+        "score_model='none', preview=False), workers=1); print(sorted(row.status for row in r.rows))"
+    )
+    shutil.rmtree(tree / "patient1")
+    shutil.rmtree(tree / "volumes")
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tree / "patient2"), str(tmp_path / "out")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['assessed', 'assessed', 'failed']"
+
+
+def test_report_rebuild_leaves_failed_rows_unlinked(tree: Path, tmp_path: Path):
+    out = tmp_path / "audit"
+    shutil.rmtree(tree / "patient1")
+    shutil.copy(tree / "volumes" / "small.nii.gz", tree / "volumes" / "later.nii.gz")
+    run_batch(tree, out, FAST, workers=2)
+    (tree / "volumes" / "later.nii.gz").write_bytes((tree / "volumes" / "labels.nii.gz").read_bytes())  # now fails
+    rows = {row.id: row for row in run_batch(tree, out, FAST, workers=1).rows}
+    assert rows["volumes_later"].status == FAILED and rows["volumes_later"].report == ""
+    assert (out / "volumes_later" / "summary.json").is_file()  # the earlier run's outputs are not deleted ...
+    written = rebuild_reports(out)
+    rebuilt = {row.id: row for row in read_index(out / INDEX_NAME)}
+    assert rebuilt["volumes_later"].report == "" and out / "volumes_later" / "report.html" not in written
+    assert 'href="volumes_later/report.html"' not in (out / "report.html").read_text()  # ... nor linked

@@ -146,6 +146,18 @@ def test_incomplete_folder_is_refused_and_nothing_written(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slices.csv"]
 
 
+def test_dicom_text_is_text_not_markup(tmp_path):
+    """Protocol and scanner names come from DICOM tags: "$" is not mathtext, "<" is not HTML."""
+    names = ["CHEST $^^$ W/O", "<script>alert(1)</script>", "$5 to $10", "ABD\\PEL"]
+    rows = [
+        IndexRow(id=f"s{k}", input=f"/in/s{k}", protocol=name, scanner=name, kernel=name, gnl_hu=10.0 + k)
+        for k, name in enumerate(names)
+    ]
+    text = write_group_report(tmp_path, rows).read_text()
+    assert "<script>alert" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "CHEST $^^$ W/O" in text
+
+
 def test_fences_and_outlier_reasons():
     gnl = MEASURES[0]
     rows = [IndexRow(id=f"s{n}", input="", gnl_hu=value) for n, value in enumerate([10.0, 11.0, 12.0, 13.0, 100.0])]

@@ -10,7 +10,7 @@ status 1 (some series failed) is a finished batch: the rows say which series fai
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -57,6 +57,7 @@ class BatchProcess(CtqaProcess):
     FINISHED_STATUSES = FINISHED_STATUSES
 
     out: Path = None
+    _wall_start: float = field(default_factory=time.time, init=False)
 
     @classmethod
     def start(cls, root: str | Path, out: str | Path, **options) -> BatchProcess:
@@ -92,4 +93,8 @@ class BatchProcess(CtqaProcess):
         """The rows of index.csv of a finished batch; InputError with the process's one-line reason otherwise."""
         if self.state != DONE:
             raise InputError(self.error or f"batch {self.state}")
-        return read_index(self.out / INDEX_NAME)
+        index = self.out / INDEX_NAME
+        if not index.is_file() or index.stat().st_mtime < self._wall_start:  # exit 1 from a crash, not failed series
+            last = self.log[-2].text if len(self.log) > 1 else "no output"
+            raise InputError(f"the batch ended without writing {index} ({last})")
+        return read_index(index)

@@ -43,12 +43,15 @@ PEAK_BYTES_PER_VOXEL_DENOISE = 30
 GPU_SHARE = 0.5
 #: Share of the machine's available memory the local Ray instance lets the series use.
 MEMORY_SHARE = 0.8
+#: Results taken from Ray at a time (ray.wait over a long list costs time in proportion to it).
+WAIT_BATCH = 64
 #: index.csv is rewritten after a series completes at most this often (seconds; and when the run ends or stops).
 INDEX_SAVE_INTERVAL_S = 2.0
 #: Seconds to wait for a cluster's address to answer before refusing it.
 CONNECT_TIMEOUT_S = 5.0
-#: Files that are never a CT series of their own.
+#: Files that are never a CT series of their own: segmentations, and the maps and tables of ctqa's outputs.
 SKIPPED_SUFFIXES = (".seg.nrrd",)
+OUTPUT_NAMES = frozenset(OUTPUT_FILES.values()) | {INDEX_NAME, REPORT_NAME}
 
 ProgressCallback = Callable[[int, int, IndexRow], None]
 
@@ -138,25 +141,40 @@ def _volume_voxels(path: str) -> int:
     return math.prod(reader.GetSize())
 
 
-def _unique_ids(series: list[SeriesInput]) -> list[SeriesInput]:
-    """Series with ids made unique by a suffix of their input's hash where two would share a folder."""
+def _unique_ids(items: list, key: Callable[[object], str]) -> list:
+    """Series (or rows) with ids made unique, ignoring case, by a suffix of key(item)'s hash where two would share a
+    folder or a row."""
     counts: dict[str, int] = {}
-    for entry in series:
-        counts[entry.id.lower()] = counts.get(entry.id.lower(), 0) + 1
-    unique = []
-    for entry in series:
-        if counts[entry.id.lower()] > 1:
-            digest = hashlib.sha1(f"{entry.path}\0{entry.series_uid}".encode()).hexdigest()[:8]
-            entry = replace(entry, id=f"{entry.id}-{digest}")
-        unique.append(entry)
-    return unique
+    for item in items:
+        counts[item.id.lower()] = counts.get(item.id.lower(), 0) + 1
+    return [
+        replace(item, id=f"{item.id}-{hashlib.sha1(key(item).encode()).hexdigest()[:8]}")
+        if counts[item.id.lower()] > 1
+        else item
+        for item in items
+    ]
+
+
+def _is_ctqa_output(folder: Path, names: list[str]) -> bool:
+    """A folder `ctqa assess` or a batch wrote: its summary.json says tool "ctqa ...", or the batch's index.csv."""
+    if INDEX_NAME in names and REPORT_NAME in names:
+        return True
+    if OUTPUT_FILES["summary"] not in names:
+        return False
+    try:
+        summary = json.loads((folder / OUTPUT_FILES["summary"]).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and str(summary.get("tool", "")).startswith("ctqa ")
 
 
 def find_series(root: str | os.PathLike, exclude: str | os.PathLike | None = None) -> Discovery:
     """Every CT series under root: volume files (NIfTI, NRRD, MHA) one each, DICOM files grouped by
     SeriesInstanceUID (localizers and other modalities left out). exclude: a folder not to look in (the batch's
-    own output folder when it lies inside root); folders holding a ctqa summary.json (outputs) are not looked in."""
-    root = Path(root)
+    own output folder when it lies inside root); ctqa's output folders (a summary.json ctqa wrote, a batch's
+    index.csv) are not looked in, nor are symbolic links to folders. Second copies of a DICOM image (same
+    SOPInstanceUID in one series) are left out with a note."""
+    root = Path(root).absolute()
     if not root.exists():
         raise InputError(f"{root}: no such folder")
     if not root.is_dir():
@@ -164,20 +182,21 @@ def find_series(root: str | os.PathLike, exclude: str | os.PathLike | None = Non
     skipped = Path(exclude).resolve() if exclude is not None else None
     volumes: list[SeriesInput] = []
     dicom: dict[str, DicomSeries] = {}
+    instances: set[tuple[str, str]] = set()
     unreadable: list[IndexRow] = []
-    non_image = 0
+    non_image = copies = 0
     for folder, subfolders, names in os.walk(root):
         here = Path(folder)
         subfolders[:] = sorted(
             name for name in subfolders if not name.startswith(".") and (here / name).resolve() != skipped
         )
-        if OUTPUT_FILES["summary"] in names:
-            subfolders[:] = []  # an output folder of ctqa, not input
+        if _is_ctqa_output(here, names):
+            subfolders[:] = []  # outputs of ctqa, not input
             continue
         for name in sorted(names):
             path = here / name
             relative = path.relative_to(root).as_posix()
-            if name.startswith(".") or name.lower().endswith(SKIPPED_SUFFIXES):
+            if name.startswith(".") or name.lower().endswith(SKIPPED_SUFFIXES) or name in OUTPUT_NAMES:
                 continue
             if name.lower().endswith(VOLUME_EXTENSIONS):
                 volumes.append(
@@ -195,11 +214,20 @@ def find_series(root: str | os.PathLike, exclude: str | os.PathLike | None = Non
                 non_image += 1
                 continue
             uid = str(header.get("SeriesInstanceUID", ""))
-            add_image(dicom, header, str(path), key=uid or f"{folder}/<no SeriesInstanceUID>")
+            key = uid or f"{folder}/<no SeriesInstanceUID>"
+            instance = str(header.get("SOPInstanceUID", "")) or str(path)
+            if (key, instance) in instances:  # a second copy of an image (a backup, a double export)
+                copies += 1
+                continue
+            instances.add((key, instance))
+            add_image(dicom, header, str(path), key=key)
     series, left_out = _dicom_inputs(list(dicom.values()), root)
     if non_image:
         left_out.append(f"{non_image} DICOM file{'s' if non_image > 1 else ''} without pixel data")
-    return Discovery(_unique_ids(sorted(volumes + series, key=lambda s: s.id)), unreadable, left_out)
+    if copies:
+        left_out.append(f"{copies} second cop{'ies' if copies > 1 else 'y'} of DICOM images (same SOPInstanceUID)")
+    found = _unique_ids(sorted(volumes + series, key=lambda item: item.id), lambda item: item.path + item.series_uid)
+    return Discovery(found, _unique_ids(unreadable, lambda row: row.input), left_out)
 
 
 def _dicom_inputs(found: list[DicomSeries], root: Path) -> tuple[list[SeriesInput], list[str]]:
@@ -222,10 +250,38 @@ def _dicom_inputs(found: list[DicomSeries], root: Path) -> tuple[list[SeriesInpu
     return inputs, left_out
 
 
-def fingerprint(series: SeriesInput, options: AssessOptions) -> str:
-    """sha256 of what a series' outputs depend on: ctqa's version, the options and each input file's path, size and
-    modification time (a changed, added or removed file changes it)."""
-    digest = hashlib.sha256(json.dumps({"ctqa": __version__, "options": asdict(options)}, sort_keys=True).encode())
+def resolved_models(options: AssessOptions) -> dict:
+    """The model specs (registry.ModelSpec, None where none runs) the options name, by role."""
+    from ctqa.pipeline import resolve_denoise_model, resolve_model, resolve_score_model, resolve_series_model
+
+    return {
+        "model": resolve_model(options.model),
+        "series_model": resolve_series_model(options.series_model),
+        "score_model": resolve_score_model(options.score_model),
+        "denoise_model": resolve_denoise_model(options.denoise_model) if options.denoise_model else None,
+    }
+
+
+def model_identity(options: AssessOptions) -> str:
+    """What the options' model names resolve to on this machine, for the fingerprint: each model's name, card and the
+    modification times of its card and weights (a checkpoint retrained under the same path changes it; the score
+    model is null while PyTorch is missing, so installing it changes it too)."""
+
+    def identity(spec) -> list | None:
+        if spec is None:
+            return None
+        files = [spec.card_path, spec.card_path.with_suffix(".safetensors")] if spec.card_path else []
+        return [spec.name, *(f"{path}@{path.stat().st_mtime_ns}" for path in files if path.is_file())]
+
+    return json.dumps({role: identity(spec) for role, spec in resolved_models(options).items()}, sort_keys=True)
+
+
+def fingerprint(series: SeriesInput, options: AssessOptions, models: str = "") -> str:
+    """sha256 of what a series' outputs depend on: ctqa's version, the options, the models they resolve to
+    (model_identity) and each input file's path, size and modification time (a changed, added or removed file
+    changes it). OSError when a file has gone."""
+    settings = {"ctqa": __version__, "options": asdict(options), "models": models}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     digest.update(series.series_uid.encode())
     for path in series.files:
         stat = os.stat(path)
@@ -264,16 +320,16 @@ def _write_report(folder: Path) -> str:
     return f"{folder.name}/{REPORT_NAME}"
 
 
-def assess_series(series: SeriesInput, options: AssessOptions, out: str) -> IndexRow:
-    """Assess one series into out/<id>/ (the `ctqa assess` contract, summary.json with a "batch" block) and write its
-    report; the index row. Any failure becomes a failed row with a one-line reason (this runs in a Ray worker)."""
+def assess_series(series: SeriesInput, options: AssessOptions, out: str, expected_fingerprint: str) -> IndexRow:
+    """Assess one series into out/<id>/ (the `ctqa assess` contract, summary.json with a "batch" block holding
+    expected_fingerprint) and write its report; the index row. Any failure becomes a failed row with a one-line
+    reason (this runs in a Ray worker)."""
     from ctqa.io import read_volume
     from ctqa.pipeline import assess, write_outputs
 
     folder = Path(out) / series.id
     start = time.perf_counter()
     try:
-        expected = fingerprint(series, options)
         volume = read_volume(
             series.input,
             scaling=options.scaling,
@@ -291,7 +347,7 @@ def assess_series(series: SeriesInput, options: AssessOptions, out: str) -> Inde
         )
         runtime = time.perf_counter() - start
         batch_block = {
-            "fingerprint": expected,
+            "fingerprint": expected_fingerprint,
             "series_uid": series.series_uid,
             "runtime_s": round(runtime, 2),
             "worker_peak_rss_mib": _peak_rss_mib(),
@@ -344,7 +400,11 @@ def _failed(series: SeriesInput, reason: str, runtime: float) -> IndexRow:
 
 
 def _reused_row(series: SeriesInput, folder: Path, summary: dict) -> IndexRow:
-    report = f"{series.id}/{REPORT_NAME}" if (folder / REPORT_NAME).is_file() else _write_report(folder)
+    """The row of a series reused from an earlier run; its report is drawn again unless it is newer than the
+    summary (a run stopped between the commit and the report leaves an older one)."""
+    report_path, summary_path = folder / REPORT_NAME, folder / OUTPUT_FILES["summary"]
+    current = report_path.is_file() and report_path.stat().st_mtime_ns >= summary_path.stat().st_mtime_ns
+    report = f"{series.id}/{REPORT_NAME}" if current else _write_report(folder)
     earlier = float((summary.get("batch") or {}).get("runtime_s") or math.nan)  # reading and assessing
     return _done_row(series, summary, REUSED, earlier, report)
 
@@ -428,7 +488,7 @@ def run_batch(
     """
     from ctqa.outputs import check_output_folder
 
-    out = check_output_folder(out)
+    out = check_output_folder(Path(out).absolute())  # absolute: Ray's workers (on other nodes too) write there
     if address and workers:
         raise InputError("--workers sizes a local Ray instance; with --address the cluster's CPUs and memory decide")
     if workers is not None and workers < 1:
@@ -436,14 +496,19 @@ def run_batch(
     found = find_series(root, exclude=out)
     if not found.series and not found.unreadable:
         raise InputError(f"{root}: no CT series found (DICOM, .nii, .nii.gz, .nrrd, .mha)")
+    models = model_identity(options)
     rows: dict[str, IndexRow] = {row.id: row for row in found.unreadable}
-    pending = []
+    pending: dict[str, tuple[SeriesInput, str]] = {}
     for series in found.series:
-        summary = completed_summary(out / series.id, fingerprint(series, options))
+        try:
+            expected = fingerprint(series, options, models)
+        except OSError:  # a file went away since discovery: the series' worker says so
+            expected = ""
+        summary = completed_summary(out / series.id, expected) if expected else None
         if summary is not None:
             rows[series.id] = _reused_row(series, out / series.id, summary)
         else:
-            pending.append(series)
+            pending[series.id] = (series, expected)
     order = [row.id for row in found.unreadable] + [series.id for series in found.series]
     total, done = len(order), len(rows)
 
@@ -456,51 +521,93 @@ def run_batch(
         if progress is not None:
             progress(done, total, row)
     if pending:
-        workers = workers or (None if address else default_workers(pending, options))
+        workers = workers or (None if address else default_workers([s for s, _ in pending.values()], options))
         threads = max(1, (os.cpu_count() or 1) // workers) if workers else 1
         ray, started = _start_ray(workers, address, threads)
         out.mkdir(parents=True, exist_ok=True)
         try:
+            requests = _ray_requests(ray, options, threads)
             task = ray.remote(assess_series)
-            gpus = GPU_SHARE if options.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0 else 0
             futures = {
-                task.options(num_cpus=threads, num_gpus=gpus, memory=peak_bytes(series, options), max_retries=0).remote(
-                    series, options, str(out)
-                ): series
-                for series in pending
+                task.options(**requests(series)).remote(series, options, str(out), expected): series
+                for series, expected in pending.values()
             }
             waiting, saved_at = list(futures), -math.inf
             while waiting:
-                finished, waiting = ray.wait(waiting, num_returns=1)
-                series = futures[finished[0]]
-                try:
-                    row = ray.get(finished[0])
-                except ray.exceptions.RayTaskError as error:  # assess_series isolates failures: a bug of ours
-                    row = _failed(series, f"{type(error.cause).__name__}: {first_line(error.cause)}", math.nan)
-                except ray.exceptions.RayError as error:  # the worker died (killed, out of memory)
-                    row = _failed(series, f"worker lost: {first_line(error)}", math.nan)
-                rows[series.id] = row
-                done += 1
-                if time.monotonic() - saved_at >= INDEX_SAVE_INTERVAL_S:
+                finished, waiting = _wait(ray, waiting)
+                for future in finished:
+                    series = futures.pop(future)
+                    try:
+                        row = ray.get(future)
+                    except ray.exceptions.RayTaskError as error:  # assess_series isolates failures: a bug of ours
+                        row = _failed(series, f"{type(error.cause).__name__}: {first_line(error.cause)}", math.nan)
+                    except ray.exceptions.RayError as error:  # the worker died (killed, out of memory)
+                        row = _failed(series, f"worker lost: {first_line(error)}", math.nan)
+                    rows[series.id] = row
+                    done += 1
+                    if progress is not None:
+                        progress(done, total, row)
+                if finished and time.monotonic() - saved_at >= INDEX_SAVE_INTERVAL_S:
                     save()
                     saved_at = time.monotonic()
-                if progress is not None:
-                    progress(done, total, row)
         finally:
             save()  # the rows so far, also when interrupted
             if started:
                 ray.shutdown()
     out.mkdir(parents=True, exist_ok=True)  # (a run with nothing to assess and only unreadable files)
     ordered = save()
+    _write_group_report(out, ordered)
+    return BatchResult(out, ordered, found.left_out)
+
+
+def _wait(ray, waiting: list) -> tuple[list, list]:
+    """ray.wait for up to WAIT_BATCH finished tasks (at most a second). A signal handler's exception raised inside
+    Ray's wait (SIGTERM's Terminated) comes out as a SystemError caused by it: raised as itself, so that the run
+    unwinds as on Ctrl-C."""
+    try:
+        return ray.wait(waiting, num_returns=min(len(waiting), WAIT_BATCH), timeout=1.0)
+    except SystemError as error:
+        cause = error.__cause__
+        if cause is not None and not isinstance(cause, Exception):
+            raise cause from None
+        raise
+
+
+def _ray_requests(ray, options: AssessOptions, threads: int) -> Callable[[SeriesInput], dict]:
+    """The Ray resources one series asks for: its threads as CPUs; its peak memory estimate, capped at the largest
+    node's memory (a request no node can meet would wait forever; such a series runs alone and may fail, with a
+    row saying so); GPU_SHARE of a GPU when a learned model runs, --device is not cpu and the cluster has GPUs."""
+    largest = max((node["Resources"].get("memory", 0) for node in ray.nodes() if node.get("Alive")), default=0)
+    learned = model_runs_learned(options)
+    gpus = GPU_SHARE if learned and options.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0 else 0
+    return lambda series: dict(
+        num_cpus=threads,
+        num_gpus=gpus,
+        memory=min(peak_bytes(series, options), int(largest)) if largest else peak_bytes(series, options),
+        max_retries=0,
+    )
+
+
+def model_runs_learned(options: AssessOptions) -> bool:
+    """Whether a learned model (which can use a GPU) runs for each series: quality map, series classifier, score or
+    denoiser."""
+    return any(spec is not None and spec.is_learned for spec in resolved_models(options).values())
+
+
+def _write_group_report(out: Path, rows: list[IndexRow]) -> None:
+    """The group report; a failure is a warning (index.csv and the series' outputs stand)."""
     from ctqa.reports.group_report import write_group_report
 
-    write_group_report(out, ordered)
-    return BatchResult(out, ordered, found.left_out)
+    try:
+        write_group_report(out, rows)
+    except Exception as error:  # a view of the index: never lose a finished batch for it
+        print(f"ctqa: warning: {out / REPORT_NAME}: not written ({first_line(error)})", file=sys.stderr)
 
 
 def rebuild_reports(folder: str | os.PathLike) -> list[Path]:
     """Rebuild report.html from existing outputs (`ctqa report`): in a batch folder (index.csv) each series report
-    whose outputs are complete, then the group report; in an assessment folder (summary.json) its report. The
+    whose outputs are complete (not of failed rows: their folder may hold an earlier run of another input), then the
+    group report; in an assessment folder (summary.json) its report. The
     written reports; InputError for any other folder."""
     from ctqa.batch_index import read_index
     from ctqa.reports.group_report import write_group_report
@@ -510,7 +617,7 @@ def rebuild_reports(folder: str | os.PathLike) -> list[Path]:
     if (folder / INDEX_NAME).is_file():
         rows, written = read_index(folder / INDEX_NAME), []
         for index, row in enumerate(rows):
-            if (folder / row.id / OUTPUT_FILES["summary"]).is_file():
+            if row.status != FAILED and (folder / row.id / OUTPUT_FILES["summary"]).is_file():
                 written.append(write_series_report(folder / row.id))
                 rows[index] = replace(row, report=f"{row.id}/{REPORT_NAME}")
         write_index(rows, folder / INDEX_NAME)

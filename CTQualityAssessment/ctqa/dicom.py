@@ -400,18 +400,18 @@ def acquisition_of(header: pydicom.Dataset | None) -> Acquisition | None:
             return None
 
     def text(*keywords: str) -> str | None:
+        """The first of keywords that holds text; several values joined by "\\" as DICOM stores them."""
         for keyword in keywords:
-            value = str(header.get(keyword, "") or "").strip()
-            if value:
-                return value
+            value = header.get(keyword, "") or ""
+            if isinstance(value, pydicom.multival.MultiValue):
+                value = "\\".join(str(item) for item in value)
+            if str(value).strip():
+                return str(value).strip()
         return None
 
-    kernel = header.get("ConvolutionKernel")
-    if isinstance(kernel, pydicom.multival.MultiValue):
-        kernel = "\\".join(str(k) for k in kernel)
     return Acquisition(
         manufacturer=text("Manufacturer"),
-        kernel=str(kernel).strip() if kernel else None,
+        kernel=text("ConvolutionKernel"),
         slice_thickness_mm=number("SliceThickness"),
         ctdivol_mgy=number("CTDIvol"),
         exposure_mas=number("Exposure"),

@@ -191,8 +191,11 @@ def distribution_figure(rows: list[IndexRow], measure: Measure, fences: Fences |
             red = np.array([row.id in flagged for row, _ in members])
             axes.scatter(group_values[~red], position + spread[~red], s=22, color="tab:blue", alpha=0.75, zorder=3)
             axes.scatter(group_values[red], position + spread[red], s=34, color="tab:red", ec="black", zorder=4)
-        axes.set_yticks(
-            range(len(groups)), [f"{short_label(name)} (n={len(members)})" for name, members in groups], fontsize=8
+        axes.set_yticks(  # DICOM text as it is: no mathtext for "$" in a protocol name
+            range(len(groups)),
+            [f"{short_label(name)} (n={len(members)})" for name, members in groups],
+            fontsize=8,
+            parse_math=False,
         )
         axes.set_ylim(len(groups) - 0.4, -0.6)
         axes.set_title(f"by {title}", fontsize=9, loc="left")
@@ -246,11 +249,11 @@ def _median_text(rows: list[IndexRow], measure: Measure) -> str:
 
 def _header(folder: Path, rows: list[IndexRow]) -> str:
     counts = {status: sum(row.status == status for row in rows) for status in (ASSESSED, REUSED, FAILED)}
-    runtime = sum(row.runtime_s for row in rows if is_number(row.runtime_s) and row.status == ASSESSED)
+    worker_time = sum(row.runtime_s for row in rows if is_number(row.runtime_s) and row.status == ASSESSED)
     gnl, score, quality = MEASURES
     boxes = [
         KeyFigure("Series", str(len(rows)), "rows of index.csv"),
-        KeyFigure("Assessed", str(counts[ASSESSED]), f"by this run ({runtime:.0f} s)"),
+        KeyFigure("Assessed", str(counts[ASSESSED]), f"by this run ({worker_time:.0f} s of worker time)"),
         KeyFigure("Reused", str(counts[REUSED]), "from an earlier run"),
         KeyFigure("Failed", str(counts[FAILED]), "see Failed series"),
         KeyFigure("Median GNL", _median_text(rows, gnl), "lower = less noise"),

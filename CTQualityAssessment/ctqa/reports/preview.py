@@ -111,5 +111,6 @@ def save_preview(assessment: Assessment, path: str | Path) -> None:
         figures.append(f"score {summary.global_score.value:.1f}{spread} / 4")
     if math.isfinite(summary.gnl_hu):
         figures.append(f"GNL {summary.gnl_hu:.1f} HU")
-    figure.suptitle(f"{Path(volume.source).name}: {', '.join(figures)}  ({assessment.model})", fontsize=10)
+    title = f"{Path(volume.source).name}: {', '.join(figures)}  ({assessment.model})"
+    figure.suptitle(title, fontsize=10, parse_math=False)  # a file name is text, not mathtext
     FigureCanvasAgg(figure).print_png(str(path))
