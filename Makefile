@@ -18,8 +18,8 @@ setup: $(BIN)/ctqa
 # skip with a reason otherwise).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-		{ apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
-		apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
 		echo "chromium is not installed (apt-get install chromium): the report screenshot tests will skip"
 
 demo: setup
