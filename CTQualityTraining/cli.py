@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 from ctqa.errors import InputError, exit_status
+from ctqa.outputs import written_whole
 
 from . import __version__
-from .files import check_output_file, written_whole
+from .files import check_output_file
 
 
 def _parser() -> argparse.ArgumentParser:

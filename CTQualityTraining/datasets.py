@@ -38,10 +38,9 @@ from tqdm import tqdm
 
 from ctqa.errors import InputError
 from ctqa.io import read_volume
-from ctqa.outputs import check_output_folder
+from ctqa.outputs import check_output_folder, written_whole
 from ctqa.physics.lung import LUNG_WINDOW_HU
 
-from .files import written_whole
 from .imagedomain import simulate_from_pair
 from .labels import dose_class, kernel_class, ssim_labels, surrogate_score
 from .projection import DEFAULT_DOSES, DEFAULT_VIEWS, check_ct_slices, check_not_blank, simulate
@@ -314,6 +313,23 @@ def _samples_of(data: dict, parameters: dict, seed: int, source: str) -> dict[st
     return {k: np.concatenate(v) for k, v in arrays.items()}
 
 
+def source_entries(sources: list, splits: dict[str, str], seed: int) -> list[dict]:
+    """The manifest entry of each source (sorted): id, group, kind, path, split (splits by group), seed (seed + its
+    position) and its shard file."""
+    return [
+        {
+            "id": s.id,
+            "group": s.group,
+            "kind": s.kind,
+            "path": s.path,
+            "split": splits[s.group],
+            "seed": seed + k,
+            "shard": f"shards/{s.id}.npz",
+        }
+        for k, s in enumerate(sources)
+    ]
+
+
 def build_dataset(
     paths,
     out: str | os.PathLike,
@@ -357,18 +373,7 @@ def build_dataset(
     manifest = {
         "format": "ctqa-simulated-slices/1",
         "parameters": parameters,
-        "sources": [
-            {
-                "id": s.id,
-                "group": s.group,
-                "kind": s.kind,
-                "path": s.path,
-                "split": splits[s.group],
-                "seed": seed + k,
-                "shard": f"shards/{s.id}.npz",
-            }
-            for k, s in enumerate(sources)
-        ],
+        "sources": source_entries(sources, splits, seed),
     }
     pending = list(zip(sources, manifest["sources"]))
     for source, entry in tqdm(pending, desc="simulate", unit="volume", disable=not progress):

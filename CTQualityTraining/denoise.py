@@ -79,10 +79,9 @@ from ctqa.models.denoise_network import (
 )
 from ctqa.models.inference import resolve_device
 from ctqa.models.registry import checkpoint_files, read_json
-from ctqa.outputs import check_output_folder
+from ctqa.outputs import check_output_folder, written_whole
 
-from .datasets import assign_splits, find_sources, pad_to_square, shard_build
-from .files import written_whole
+from .datasets import assign_splits, find_sources, pad_to_square, shard_build, source_entries
 from .projection import check_ct_slices, simulate
 from .trainer import MODEL, WEIGHT_DECAY, hardware, learning_rate, manifest_sha256, resume_state, save_state
 
@@ -195,18 +194,7 @@ def build_denoise_dataset(
         stored = json.loads(manifest_path.read_text(encoding="utf-8"))
         if stored.get("format") != DENOISE_FORMAT or stored.get("parameters") != parameters:
             raise InputError(f"{folder}: holds a dataset built with other parameters; choose a new folder")
-    entries = [
-        {
-            "id": s.id,
-            "group": s.group,
-            "kind": s.kind,
-            "path": s.path,
-            "split": splits[s.group],
-            "seed": seed + k,
-            "shard": f"shards/{s.id}.npz",
-        }
-        for k, s in enumerate(sources)
-    ]
+    entries = source_entries(sources, splits, seed)
     for source, entry in tqdm(list(zip(sources, entries)), desc="denoise data", unit="source", disable=not progress):
         shard = folder / entry["shard"]
         build = json.dumps({"parameters": parameters, "source": entry}, sort_keys=True)

@@ -39,12 +39,13 @@ from pathlib import Path
 import numpy as np
 
 from ctqa.errors import InputError
+from ctqa.outputs import written_whole
 from ctqa.physics.noise import analyse_noise
 from ctqa.physics.ssim import SSIM_WINDOW_HU, ssim_map
 from ctqa.volume import CTVolume
 
 from .datasets import MAYO_PIXEL_MM
-from .files import check_output_file, written_whole
+from .files import check_output_file
 from .mtf import edge_mtf50
 
 #: PSNR range (HU): values clipped to it, data range its width (the Mayo .npy scale).

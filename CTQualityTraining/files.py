@@ -1,9 +1,9 @@
-"""Output files of the training commands: checked before any work, then written whole or not at all."""
+"""Output files of the training commands: checked before any work, then written whole or not at all
+(ctqa.outputs.written_whole, shared with the core)."""
 
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from ctqa.errors import InputError
@@ -20,21 +20,3 @@ def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
         raise InputError(f"{target}: {option} is a folder; name the file to write")
     check_output_folder(target.parent)
     return target
-
-
-@contextmanager
-def written_whole(path: str | os.PathLike):
-    """Yield a temporary path beside path (same name after a prefix, so writers that go by the extension work) and,
-    when the block succeeds, move it onto path with os.replace: path is then whole or, after an error or Ctrl-C,
-    as it was. The folder is created when missing; InputError naming path when it cannot be written."""
-    target = Path(path)
-    temporary = target.with_name(f".partial-{os.getpid()}-{target.name}")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        yield temporary
-        os.replace(temporary, target)
-    except OSError as error:
-        raise InputError(f"{target}: cannot write ({error.strerror or error})") from None
-    finally:
-        with suppress(OSError):
-            temporary.unlink(missing_ok=True)

@@ -52,9 +52,9 @@ from ctqa.models.score_network import (
     save_score_model,
     score_input,
 )
-from ctqa.outputs import check_output_folder
+from ctqa.outputs import check_output_folder, written_whole
 
-from .files import check_output_file, written_whole
+from .files import check_output_file
 from .metrics import agreement
 from .score_data import ScoreSamples, load_score_split
 from .trainer import MODEL, STATE, hardware, learning_rate, manifest_sha256, resume_state, save_state

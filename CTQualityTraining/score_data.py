@@ -2,8 +2,8 @@
 
 Layout of DIR (as ``datasets.build_dataset``): ``shards/<source id>.npz``, one per source, and ``manifest.json``
 (parameters, surrogate definition, sources with group, split, seed, shard and sample counts), each written whole
-(``files.written_whole``), the manifest last. A rerun keeps the shards whose recorded build matches and rebuilds the
-others; a folder holding a complete dataset built with other parameters is refused.
+(``ctqa.outputs.written_whole``), the manifest last. A rerun keeps the shards whose recorded build matches and
+rebuilds the others; a folder holding a complete dataset built with other parameters is refused.
 
 Arrays of a shard (n samples): ``hu`` int16 (n, 512, 512) HU, square (pad with air, then resize; see below);
 ``score`` float32 (n,) on 0-4 (surrogate, radiologists' mean for LDCTIQAC2023, NaN when unlabelled); ``labelled``
@@ -77,11 +77,10 @@ import torch
 from tqdm import tqdm
 
 from ctqa.errors import InputError
-from ctqa.outputs import check_output_folder
+from ctqa.outputs import check_output_folder, written_whole
 from ctqa.scaling import NAMED
 
 from .datasets import SPLITS, Source, assign_splits, find_sources, pad_to_square, shard_build
-from .files import written_whole
 from .labels import BODY_HU, ssim_labels
 from .projection import (
     DEFAULT_VIEWS,

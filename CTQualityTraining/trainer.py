@@ -42,7 +42,7 @@ from ctqa.errors import InputError
 from ctqa.models import checkpoints
 from ctqa.models.inference import resolve_device
 from ctqa.models.networks import VARIANTS, build_network, loss_terms, nearest_dose_class, network_input
-from ctqa.outputs import check_output_folder
+from ctqa.outputs import check_output_folder, written_whole
 from ctqa.physics.lung import QUALITY_WINDOWS_HU
 from ctqa.physics.ssim import ssim_map
 
@@ -217,7 +217,6 @@ def save_state(
     """Write run.json (record: the run's settings) and the trainer state (optimizer tensors, torch RNG states,
     step, wall time, optimizer scalars, numpy generator; a trainer's own extra_tensors, named without the "state."
     prefix of the optimizer's, and JSON extra_state) of a run in run_dir; each file replaced whole."""
-    from .files import written_whole
 
     with written_whole(run_dir / "run.json") as partial:
         partial.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -262,10 +262,10 @@ def resolved_models(options: AssessOptions) -> dict:
     }
 
 
-def model_identity(options: AssessOptions) -> str:
-    """What the options' model names resolve to on this machine, for the fingerprint: each model's name, card and the
-    modification times of its card and weights (a checkpoint retrained under the same path changes it; the score
-    model is null while PyTorch is missing, so installing it changes it too)."""
+def model_identity(models: dict) -> str:
+    """What the options' model names resolve to on this machine (models: resolved_models), for the fingerprint:
+    each model's name, card and the modification times of its card and weights (a checkpoint retrained under the same
+    path changes it; the score model is null while PyTorch is missing, so installing it changes it too)."""
 
     def identity(spec) -> list | None:
         if spec is None:
@@ -273,7 +273,7 @@ def model_identity(options: AssessOptions) -> str:
         files = [spec.card_path, spec.card_path.with_suffix(".safetensors")] if spec.card_path else []
         return [spec.name, *(f"{path}@{path.stat().st_mtime_ns}" for path in files if path.is_file())]
 
-    return json.dumps({role: identity(spec) for role, spec in resolved_models(options).items()}, sort_keys=True)
+    return json.dumps({role: identity(spec) for role, spec in models.items()}, sort_keys=True)
 
 
 def fingerprint(series: SeriesInput, options: AssessOptions, models: str = "") -> str:
@@ -493,10 +493,11 @@ def run_batch(
         raise InputError("--workers sizes a local Ray instance; with --address the cluster's CPUs and memory decide")
     if workers is not None and workers < 1:
         raise InputError(f"--workers {workers}: must be at least 1")
+    specs = resolved_models(options)  # unknown names and missing packages: one line before any work
     found = find_series(root, exclude=out)
     if not found.series and not found.unreadable:
         raise InputError(f"{root}: no CT series found (DICOM, .nii, .nii.gz, .nrrd, .mha)")
-    models = model_identity(options)
+    models = model_identity(specs)
     rows: dict[str, IndexRow] = {row.id: row for row in found.unreadable}
     pending: dict[str, tuple[SeriesInput, str]] = {}
     for series in found.series:
@@ -526,7 +527,7 @@ def run_batch(
         ray, started = _start_ray(workers, address, threads)
         out.mkdir(parents=True, exist_ok=True)
         try:
-            requests = _ray_requests(ray, options, threads)
+            requests = _ray_requests(ray, options, threads, specs)
             task = ray.remote(assess_series)
             futures = {
                 task.options(**requests(series)).remote(series, options, str(out), expected): series
@@ -573,12 +574,13 @@ def _wait(ray, waiting: list) -> tuple[list, list]:
         raise
 
 
-def _ray_requests(ray, options: AssessOptions, threads: int) -> Callable[[SeriesInput], dict]:
+def _ray_requests(ray, options: AssessOptions, threads: int, specs: dict) -> Callable[[SeriesInput], dict]:
     """The Ray resources one series asks for: its threads as CPUs; its peak memory estimate, capped at the largest
     node's memory (a request no node can meet would wait forever; such a series runs alone and may fail, with a
-    row saying so); GPU_SHARE of a GPU when a learned model runs, --device is not cpu and the cluster has GPUs."""
+    row saying so); GPU_SHARE of a GPU when a learned model runs (specs: resolved_models), --device is not cpu and the
+    cluster has GPUs."""
     largest = max((node["Resources"].get("memory", 0) for node in ray.nodes() if node.get("Alive")), default=0)
-    learned = model_runs_learned(options)
+    learned = any(spec is not None and spec.is_learned for spec in specs.values())
     gpus = GPU_SHARE if learned and options.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0 else 0
     return lambda series: dict(
         num_cpus=threads,
@@ -586,12 +588,6 @@ def _ray_requests(ray, options: AssessOptions, threads: int) -> Callable[[Series
         memory=min(peak_bytes(series, options), int(largest)) if largest else peak_bytes(series, options),
         max_retries=0,
     )
-
-
-def model_runs_learned(options: AssessOptions) -> bool:
-    """Whether a learned model (which can use a GPU) runs for each series: quality map, series classifier, score or
-    denoiser."""
-    return any(spec is not None and spec.is_learned for spec in resolved_models(options).values())
 
 
 def _write_group_report(out: Path, rows: list[IndexRow]) -> None:

@@ -581,28 +581,19 @@ def check_denoise_output(path: str, input_path: str, overwrite: bool) -> Path:
 
 
 def write_file_atomically(array, like, out: Path, overwrite: bool) -> None:
-    """Write a (z, y, x) array with like's geometry to out through a temporary file beside it (ctqa.io.write_map),
-    renamed onto out when complete; the temporary file is removed on any error, Ctrl-C or SIGTERM."""
-    import os
-    import tempfile
+    """Write a (z, y, x) array with like's geometry to out (ctqa.io.write_map) whole or not at all
+    (outputs.written_whole: a temporary file beside it, renamed onto out when complete, removed on any error, Ctrl-C
+    or SIGTERM)."""
+    from ctqa.io import write_map
+    from ctqa.outputs import written_whole
 
-    from ctqa.io import WRITABLE_EXTENSIONS, write_map
-
-    suffix = next(ext for ext in sorted(WRITABLE_EXTENSIONS, key=len, reverse=True) if out.name.lower().endswith(ext))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
-    os.close(handle)
-    try:
+    with written_whole(out) as partial:
         try:
-            write_map(array, like, temporary)
+            write_map(array, like, partial)
         except InputError as error:  # name the file the user asked for, not the temporary one
-            raise InputError(str(error).replace(temporary, str(out))) from None
+            raise InputError(str(error).replace(str(partial), str(out))) from None
         if out.exists() and not overwrite:  # created by someone else while we worked
             raise InputError(f"{out}: exists; pass --overwrite to replace it")
-        os.replace(temporary, out)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 class _SeriesBar:
@@ -627,20 +618,9 @@ class _SeriesBar:
 def _batch(args: argparse.Namespace) -> int:
     from ctqa.batch import AssessOptions, run_batch
     from ctqa.batch_index import FAILED, INDEX_NAME, REUSED
-    from ctqa.pipeline import (
-        check_window_mm,
-        resolve_denoise_model,
-        resolve_model,
-        resolve_score_model,
-        resolve_series_model,
-    )
+    from ctqa.pipeline import check_window_mm
 
-    resolve_model(args.model)  # unknown names and missing packages: one line before any work
-    resolve_series_model(args.series_model)
-    resolve_score_model(args.score_model)
     denoise_model = (args.denoise_model or "default") if args.denoise or args.denoise_model else None
-    if denoise_model is not None:
-        resolve_denoise_model(denoise_model)
     options = AssessOptions(
         model=args.model,
         device=args.device,

@@ -18,7 +18,7 @@ import shutil
 import signal
 import tempfile
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,20 +220,29 @@ class OutputFolder:
         self._release()
 
 
-def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file (UTF-8, readable by all: a report or table to share) whole or not at all: a temporary file
-    beside path, renamed onto it; the temporary file is removed on any error, Ctrl-C or SIGTERM."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+@contextmanager
+def written_whole(path: str | os.PathLike):
+    """Yield a temporary path beside path (same name after a prefix, so writers that go by the extension work) and,
+    when the block succeeds, move it onto path with os.replace: path is then whole or, after an error, Ctrl-C or
+    SIGTERM, as it was. The folder is created when missing; InputError naming path when it cannot be written."""
+    target = Path(path)
+    temporary = target.with_name(f".partial-{os.getpid()}-{target.name}")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        os.chmod(temporary, 0o644)  # mkstemp creates it private
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        yield temporary
+        os.replace(temporary, target)
+    except OSError as error:
+        raise InputError(f"{target}: cannot write ({error.strerror or error})") from None
+    finally:
+        with suppress(OSError):
+            temporary.unlink(missing_ok=True)
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Write a UTF-8 text file (a report, a table) whole or not at all (written_whole); returns its path."""
+    with written_whole(path) as partial:
+        partial.write_text(text, encoding="utf-8", newline="")
+    return Path(path)
 
 
 def write_csv(rows: list[dict], columns: tuple[str, ...], path: Path) -> None:
