@@ -317,3 +317,20 @@ def test_ctrl_c_while_denoising_leaves_the_output_folder_as_it_was(tmp_path, inp
     argv = ["assess", str(input_file), "--out", str(out), "--model", "physics", "--series-model", "physics"]
     assert main([*argv, "--score-model", "none", "--denoise-model", str(tiny_denoiser)]) == 130
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_preview_shows_the_denoised_slices_in_a_second_row(volume, tiny_denoiser, tmp_path, torch_single_thread):
+    """preview.png gains a row of the same slices denoised, and its title the GNL after denoising."""
+    from PIL import Image
+
+    from ctqa.reports.preview import _title, save_preview
+
+    options = dict(model="physics", series_model="physics", score_model="none", device="cpu")
+    before = assess(volume, **options)
+    after = assess(volume, denoise_model=str(tiny_denoiser), **options)
+    save_preview(before, tmp_path / "before.png")
+    save_preview(after, tmp_path / "after.png")
+    with Image.open(tmp_path / "before.png") as one_row, Image.open(tmp_path / "after.png") as two_rows:
+        assert two_rows.width == one_row.width and two_rows.height > 1.4 * one_row.height
+    assert "denoised" not in _title(before)
+    assert f"({after.summary.denoised.gnl_hu:.1f} denoised by {after.summary.denoised.model})" in _title(after)

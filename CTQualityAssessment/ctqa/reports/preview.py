@@ -46,26 +46,42 @@ def _display_view(image: np.ndarray, direction: tuple[float, ...]) -> np.ndarray
     return image
 
 
+def _slice_view(volume, values: np.ndarray, index: int) -> np.ndarray:
+    return _display_view(values[index], volume.direction)
+
+
+def _noise_text(value: float) -> str:
+    return f"{value:.0f}" if math.isfinite(value) else "n/a"
+
+
 def save_preview(assessment: Assessment, path: str | Path) -> None:
-    """Write the preview PNG of an assessment."""
-    volume = assessment.volume
+    """Write the preview PNG of an assessment: with a denoised CT (``assess --denoise``), a second row shows the same
+    slices denoised (no overlay: the quality map overstates denoised images) and the plot its apparent quality."""
+    volume, denoised = assessment.volume, assessment.denoised
     slice_quality = np.array([row.stats.quality_mean for row in assessment.slices], dtype=float)
     slice_p10 = np.array([row.stats.quality_p10 for row in assessment.slices], dtype=float)
     shown = representative_slices(slice_quality)
     positions = volume.slice_positions_mm()
     norm = Normalize(0.0, 1.0)
+    aspect = volume.spacing[1] / volume.spacing[0]
+    image_rows = 1 if denoised is None else 2
 
-    figure = Figure(figsize=(3.2 * len(shown) + 1.2, 6.4), dpi=110, layout="constrained")
-    grid = figure.add_gridspec(2, len(shown), height_ratios=(3.0, 1.3))
-    image = None
+    figure = Figure(figsize=(3.2 * len(shown) + 1.2, 3.2 + 3.2 * image_rows), dpi=110, layout="constrained")
+    grid = figure.add_gridspec(image_rows + 1, len(shown), height_ratios=(3.0,) * image_rows + (1.3,))
+    image, overlay_axes = None, []
     for column, index in enumerate(shown):
         axes = figure.add_subplot(grid[0, column])
-        ct = _display_view(volume.hu[index], volume.direction)
-        quality = np.ma.masked_invalid(_display_view(assessment.quality[index], volume.direction))
-        aspect = volume.spacing[1] / volume.spacing[0]
-        axes.imshow(ct, cmap="gray", vmin=DISPLAY_WINDOW_HU[0], vmax=DISPLAY_WINDOW_HU[1], aspect=aspect)
+        overlay_axes.append(axes)
+        axes.imshow(
+            _slice_view(volume, volume.hu, index),
+            cmap="gray",
+            vmin=DISPLAY_WINDOW_HU[0],
+            vmax=DISPLAY_WINDOW_HU[1],
+            aspect=aspect,
+        )
+        quality = np.ma.masked_invalid(_slice_view(volume, assessment.quality, index))
         image = axes.imshow(quality, cmap=QUALITY_COLORMAP, norm=norm, alpha=OVERLAY_ALPHA, aspect=aspect)
-        lung = _display_view(assessment.quality_map.lung[index], volume.direction)
+        lung = _slice_view(volume, assessment.quality_map.lung, index)
         if lung.any():  # the lung mask's outline: inside it quality is read in the lung window
             axes.contour(lung, levels=[0.5], colors="white", linewidths=0.6)
         mean = slice_quality[index]
@@ -74,15 +90,31 @@ def save_preview(assessment: Assessment, path: str | Path) -> None:
             score += f", score {assessment.slices[index].score:.1f}"
         axes.set_title(f"slice {index}  z = {positions[index]:.1f} mm\nmean quality {score}", fontsize=9)
         axes.set_axis_off()
-    colorbar = figure.colorbar(image, ax=figure.axes, location="right", shrink=0.9)
+        if denoised is not None:
+            row = assessment.slices[index]
+            after = figure.add_subplot(grid[1, column])
+            after.imshow(
+                _slice_view(volume, denoised.volume.hu, index),
+                cmap="gray",
+                vmin=DISPLAY_WINDOW_HU[0],
+                vmax=DISPLAY_WINDOW_HU[1],
+                aspect=aspect,
+            )
+            noise = f"{_noise_text(row.stats.noise_sd_hu)} → {_noise_text(row.noise_sd_hu_denoised)} HU"
+            after.set_title(f"slice {index} denoised\nnoise SD {noise}", fontsize=9)
+            after.set_axis_off()
+    colorbar = figure.colorbar(image, ax=overlay_axes, location="right", shrink=0.9)
     colorbar.set_label("quality (1 = best; lung window inside the white outline)")
     colorbar.set_ticks([0.0, 0.25, 0.5, 0.75, 1.0], labels=["0 poor", "0.25", "0.5", "0.75", "1 good"])
 
-    plot = figure.add_subplot(grid[1, :])
+    plot = figure.add_subplot(grid[image_rows, :])
     indices = np.arange(len(slice_quality))
     marker = "o" if len(indices) <= MARKER_MAX_SLICES else None  # a line of one point is invisible
     plot.plot(indices, slice_quality, color="tab:blue", marker=marker, label="mean")
     plot.plot(indices, slice_p10, color="tab:orange", lw=1, marker=marker, ms=4, label="10th percentile")
+    if denoised is not None:
+        after_quality = [row.quality_mean_denoised for row in assessment.slices]
+        plot.plot(indices, after_quality, color="tab:blue", ls="--", lw=1, label="mean denoised (overstated)")
     for index in shown:
         plot.axvline(index, color="0.6", lw=0.8, ls=":")
     plot.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
@@ -100,6 +132,12 @@ def save_preview(assessment: Assessment, path: str | Path) -> None:
         handles.append(line)
         labels.append("score 0-4")
     plot.legend(handles, labels, loc="lower left", fontsize=8, ncols=len(labels))
+    figure.suptitle(_title(assessment), fontsize=10, parse_math=False)  # a file name is text, not mathtext
+    FigureCanvasAgg(figure).print_png(str(path))
+
+
+def _title(assessment: Assessment) -> str:
+    """The figure's title: file name, global figures (and the denoised GNL), model."""
     summary = assessment.summary
     figures = [
         f"global quality {summary.global_quality_score:.2f}"
@@ -110,7 +148,8 @@ def save_preview(assessment: Assessment, path: str | Path) -> None:
         spread = f" ± {summary.global_score.sd:.1f}" if math.isfinite(summary.global_score.sd) else ""
         figures.append(f"score {summary.global_score.value:.1f}{spread} / 4")
     if math.isfinite(summary.gnl_hu):
-        figures.append(f"GNL {summary.gnl_hu:.1f} HU")
-    title = f"{Path(volume.source).name}: {', '.join(figures)}  ({assessment.model})"
-    figure.suptitle(title, fontsize=10, parse_math=False)  # a file name is text, not mathtext
-    FigureCanvasAgg(figure).print_png(str(path))
+        gnl = f"GNL {summary.gnl_hu:.1f} HU"
+        if summary.denoised is not None and math.isfinite(summary.denoised.gnl_hu):
+            gnl += f" ({summary.denoised.gnl_hu:.1f} denoised by {summary.denoised.model})"
+        figures.append(gnl)
+    return f"{Path(assessment.volume.source).name}: {', '.join(figures)}  ({assessment.model})"

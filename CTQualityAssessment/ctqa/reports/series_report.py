@@ -187,7 +187,8 @@ def _overlays(saved: SavedSeries) -> str:
         "Representative axial slices with the quality map as a colour overlay, and the per-slice quality plot",
         "preview.png: axial slices from the worst to the best mean quality, the quality map overlaid (colour bar: "
         "0 poor to 1 good; inside the white outline quality is read in the lung window), and below, the per-slice "
-        "mean quality and its 10th percentile (dotted lines: the slices shown).",
+        "mean quality and its 10th percentile (dotted lines: the slices shown). After --denoise, a second row shows "
+        "the same slices denoised, with no overlay, and the dashed line their apparent quality, which overstates.",
     )
 
 
