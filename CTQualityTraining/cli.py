@@ -385,6 +385,14 @@ def _parser() -> argparse.ArgumentParser:
     denoise_eval.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     denoise_eval.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's)")
     denoise_eval.add_argument("--no-bm3d", action="store_true", help="leave out the BM3D baseline")
+    denoise_eval.add_argument(
+        "--val-data",
+        metavar="DIR",
+        help="also compare the methods on the simulated val pairs of this denoising dataset (in-domain check)",
+    )
+    denoise_eval.add_argument(
+        "--val-dose", type=float, nargs="+", default=[0.25], metavar="F", help="dose fractions of that check (0.25)"
+    )
     denoise_eval.add_argument("--out", required=True, metavar="FILE.md", help="report to write (.md; .json beside it)")
     return parser
 

@@ -57,7 +57,7 @@ import math
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -212,14 +212,22 @@ def build_denoise_dataset(
 
 @dataclass
 class DenoiseSamples:
-    """The slices of one split: noisy (y, x) int16 HU images and, per image, its clean image or None."""
+    """The slices of one split: noisy (y, x) int16 HU images and, per image, its clean image or None, its dose
+    fraction (NaN when unknown) and its pixel size (mm)."""
 
     noisy: list[np.ndarray] = field(default_factory=list)
     clean: list[np.ndarray | None] = field(default_factory=list)
+    dose: list[float] = field(default_factory=list)
+    pixel_mm: list[float] = field(default_factory=list)
 
     @property
     def paired(self) -> int:
         return sum(c is not None for c in self.clean)
+
+    def paired_only(self) -> DenoiseSamples:
+        """The images that have a clean image."""
+        keep = [i for i, c in enumerate(self.clean) if c is not None]
+        return DenoiseSamples(*([getattr(self, f.name)[i] for i in keep] for f in fields(self)))
 
 
 def load_denoise_split(data: str | os.PathLike, split: str, with_clean: bool = True) -> DenoiseSamples:
@@ -237,11 +245,14 @@ def load_denoise_split(data: str | os.PathLike, split: str, with_clean: bool = T
         if entry["split"] != split:
             continue
         with np.load(Path(data) / entry["shard"]) as shard:
-            noisy, clean_of = shard["noisy"], shard["clean_of"]
+            noisy, clean_of, doses = shard["noisy"], shard["clean_of"], shard["dose"]
+            pixel_mm = float(shard["pixel_mm"])
             clean = shard["clean"] if with_clean else None
-        for image, which in zip(noisy, clean_of):
+        for image, which, dose in zip(noisy, clean_of, doses):
             samples.noisy.append(image)
             samples.clean.append(clean[which] if clean is not None and which >= 0 else None)
+            samples.dose.append(round(float(dose), 6))  # float32 in the shard: 0.1 comes back as 0.10000000149
+            samples.pixel_mm.append(pixel_mm)
     return samples
 
 
@@ -374,9 +385,7 @@ class DenoiseTrainer:
         self.supervised = settings.method == "supervised"
         train = load_denoise_split(settings.data, "train", with_clean=self.supervised)
         if self.supervised:
-            train = DenoiseSamples(
-                *map(list, zip(*[(n, c) for n, c in zip(train.noisy, train.clean) if c is not None]))
-            )
+            train = train.paired_only()
         if not train.noisy:
             raise InputError(f"{settings.data}: no {'paired ' if self.supervised else ''}slices in the train split")
         self.val = load_denoise_split(settings.data, "val")

@@ -51,7 +51,32 @@ def cropped_pair(shared_data, tmp_path_factory):
         {"name": "tiny", "training": {"method": "supervised"}},
         folder / "tiny",
     )
+    write_val_dataset(folder / "val_data", shared_data)
     return folder
+
+
+def write_val_dataset(folder, shared_data) -> None:
+    """A denoising dataset (ctqa-train denoise-data's format) whose val split holds the cropped full-dose L506_86
+    slice with white noise at two "doses": SD 40 HU at 0.25 and 20 HU at 0.5 (the test needs pairs, not physics)."""
+    from CTQualityTraining.denoise import DENOISE_FORMAT, KINDS
+
+    clean = (np.load(shared_data / "mayo_pairs" / "L506_86_target.npy")[CROP] * 4096.0 - 1024.0).astype(np.int16)
+    rng = np.random.default_rng(0)
+    noisy = [clean + rng.normal(0.0, sd, clean.shape) for sd in (40.0, 20.0)]
+    (folder / "shards").mkdir(parents=True)
+    np.savez(
+        folder / "shards" / "L506.npz",
+        noisy=np.rint(noisy).astype(np.int16),
+        clean=clean[None],
+        clean_of=np.zeros(2, np.int32),
+        dose=np.array([0.25, 0.5], np.float32),
+        kind=np.full(2, KINDS.index("simulated"), np.int8),
+        slice=np.zeros(2, np.int32),
+        pixel_mm=np.float32(0.74),
+    )
+    source = {"id": "L506", "group": "L506", "split": "val", "shard": "shards/L506.npz"}
+    manifest = {"format": DENOISE_FORMAT, "sources": [source]}
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
 
 
 @pytest.fixture
@@ -67,7 +92,8 @@ def report(cropped_pair, torch_single_thread):
         patch.setitem(sys.modules, "bm3d", None)
         out = cropped_pair / "eval.md"
         argv = ["denoise-eval", "--pairs", str(cropped_pair / "pairs"), "--model", str(cropped_pair / "tiny.json")]
-        assert main([*argv, "--label", "identity", "--threads", "1", "--no-bm3d", "--out", str(out)]) == 0
+        argv += ["--label", "identity", "--threads", "1", "--no-bm3d", "--val-data", str(cropped_pair / "val_data")]
+        assert main([*argv, "--out", str(out)]) == 0
     return out.read_text(encoding="utf-8"), json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
 
 
@@ -118,3 +144,22 @@ def test_bad_pairs_folder_is_one_line(tmp_path, capsys, pairs):
     assert main(["denoise-eval", "--pairs", str(folder), "--no-bm3d", "--out", str(tmp_path / "x.md")]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("ctqa-train: error:") and "\n" not in error and str(folder) in error
+
+
+def test_in_domain_check_compares_the_methods_on_the_val_pairs(report):
+    """The identity gains nothing and NLM (at its strength on the Mayo pair) gains on the 0.25 "dose" pair only."""
+    text, results = report
+    check = results["in_domain"]
+    assert check["doses"] == [0.25] and check["pairs"] == 1
+    gains = {row["name"]: row["gain_db"] for row in check["rows"]}
+    assert list(gains) == ["non-local means (scikit-image)", "identity"]
+    assert gains["identity"] == pytest.approx(0.0, abs=0.01) and gains["non-local means (scikit-image)"] > 1.0
+    assert "## In-domain check: simulated val pairs" in text and "| identity | supervised; width 8" in text
+
+
+def test_in_domain_check_without_pairs_at_the_dose_is_one_line(cropped_pair, tmp_path, capsys):
+    argv = ["denoise-eval", "--pairs", str(cropped_pair / "pairs"), "--no-bm3d", "--out", str(tmp_path / "x.md")]
+    assert main([*argv, "--val-data", str(cropped_pair / "val_data"), "--val-dose", "0.1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "no paired val images at dose 0.1" in error
+    assert not (tmp_path / "x.md").exists()
