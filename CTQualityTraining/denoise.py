@@ -43,8 +43,9 @@ this report, never for training (and an "acquired" dataset has none: no validati
 ``min_body``: a patch is drawn again (up to PATCH_TRIES times) while less than this share of it is above BODY_HU,
 so that training sees mostly the patient; 0 samples the slices uniformly, air around the patient included (60 % of a
 Mayo slice), whose noise a denoiser should remove too.
-``init``: a checkpoint of the same architecture to start from (a second schedule after a first run); its path
-and the sha256 of its weights are kept in the card.
+``init``: a checkpoint to start from (a second schedule after a first run), of the same architecture or of the same
+without the non-local block (which then starts as the identity); its path and the sha256 of its weights are kept
+in the card.
 
 Run folder: ``run.json`` (settings), ``model.safetensors`` + ``model.json`` (the checkpoint, ``save_denoise_model``)
 and the trainer state (optimizer, RNGs; ``trainer.resume_state``); ``--resume`` continues bit-identically.
@@ -57,7 +58,7 @@ import math
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,8 @@ from ctqa.models.denoise_network import (
     HU_SCALE,
     INPUT_CLIP_HU,
     METHODS,
+    NONLOCAL_PREFIX,
+    DenoiseNet,
     DenoiseNetConfig,
     build_denoise_network,
     denoise_input,
@@ -374,6 +377,18 @@ def psnr_db(image: np.ndarray, reference: np.ndarray) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(PSNR_RANGE_HU**2 / mse)
 
 
+def start_from(model: DenoiseNet, init: str) -> None:
+    """Load the weights of checkpoint init into model: the same architecture, or model's without its non-local block
+    (which starts as the identity, so that training starts from init's function)."""
+    start, _ = load_denoise_model(init, next(model.parameters()).device)
+    plain = replace(model.config, nonlocal_window=0)
+    if start.config not in (model.config, plain):
+        raise InputError(f"{init}: --init must have the architecture {model.config} or {plain}")
+    missing, unexpected = model.load_state_dict(start.state_dict(), strict=False)
+    if unexpected or any(not key.startswith(NONLOCAL_PREFIX) for key in missing):
+        raise InputError(f"{init}: its weights do not fit {model.config}")
+
+
 class DenoiseTrainer:
     """One training run in run_dir; ``run()`` trains (or, after ``resume()``, continues) to settings.steps."""
 
@@ -392,10 +407,7 @@ class DenoiseTrainer:
         torch.manual_seed(settings.seed)
         self.model = build_denoise_network(settings.config).to(self.device)
         if settings.init:
-            start, _ = load_denoise_model(settings.init, self.device)
-            if start.config != settings.config:
-                raise InputError(f"{settings.init}: --init must have the architecture {settings.config}")
-            self.model.load_state_dict(start.state_dict())
+            start_from(self.model, settings.init)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.lr, weight_decay=WEIGHT_DECAY)
         self.rng = np.random.default_rng(settings.seed)
         self.generator = torch.Generator().manual_seed(settings.seed)

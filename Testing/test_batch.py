@@ -12,8 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
+import SimpleITK as sitk
 
 from ctqa.batch import (
     RAY_MISSING,
@@ -29,6 +31,7 @@ from ctqa.batch import (
 from ctqa.batch_index import ASSESSED, FAILED, INDEX_NAME, REUSED, read_index
 from ctqa.cli import main
 from ctqa.errors import InputError
+from ctqa.io import detached_data_files
 
 pytest.importorskip("ray", reason="ctqa batch needs Ray: pip install 'ctqa[batch]'")
 
@@ -287,3 +290,24 @@ def test_report_rebuild_leaves_failed_rows_unlinked(tree: Path, tmp_path: Path):
     rebuilt = {row.id: row for row in read_index(out / INDEX_NAME)}
     assert rebuilt["volumes_later"].report == "" and out / "volumes_later" / "report.html" not in written
     assert 'href="volumes_later/report.html"' not in (out / "report.html").read_text()  # ... nor linked
+
+
+def test_detached_data_files_are_part_of_the_series(tmp_path: Path):
+    """A .mhd or .nhdr header names its data file: discovery keeps it with the header (not as a series of its own)
+    and the fingerprint follows it, so a rewritten data file is assessed again."""
+    root = tmp_path / "archive"
+    root.mkdir()
+    image = sitk.GetImageFromArray(np.full((2, 16, 16), 40, np.int16))
+    sitk.WriteImage(image, str(root / "a.mhd"))
+    sitk.WriteImage(image, str(root / "b.nhdr"))
+    found = {series.id: series for series in find_series(root).series}
+    assert sorted(found) == ["a", "b"]
+    for series in found.values():
+        header, data = series.files
+        assert header == series.path == series.input and Path(data).parent == root and Path(data).is_file()
+        before = fingerprint(series, FAST)
+        os.utime(data, ns=(1, 1))
+        assert fingerprint(series, FAST) != before
+    header = root / "a.mhd"
+    header.write_text(header.read_text().replace("ElementDataFile = a.raw", "ElementDataFile = LIST"))
+    assert detached_data_files(header) == ()

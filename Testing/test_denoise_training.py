@@ -22,6 +22,7 @@ from CTQualityTraining.denoise import (
     neighbour_choice,
     neighbour_subsample,
     psnr_db,
+    start_from,
 )
 
 
@@ -73,6 +74,24 @@ def test_checkpoint_round_trip_and_tampering(tmp_path, torch_single_thread):
         load_denoise_model(card_path)
     with pytest.raises(ValueError, match="method"):
         save_denoise_model(net, {"training": {}}, tmp_path / "other")
+
+
+def test_a_non_local_model_starts_from_a_plain_checkpoint(tmp_path, torch_single_thread):
+    """--init from the same network without the non-local block: the same function to start with; other widths no."""
+    torch.manual_seed(0)
+    plain = build_denoise_network(DenoiseNetConfig(width=32)).eval()
+    with torch.no_grad():
+        for parameter in plain.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))  # not the identity
+    save_denoise_model(plain, {"name": "plain", "training": {"method": "supervised"}}, tmp_path / "plain")
+    nonlocal_net = build_denoise_network(DenoiseNetConfig(width=32, nonlocal_window=4)).eval()
+    start_from(nonlocal_net, str(tmp_path / "plain.json"))
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(plain(x), x, atol=1e-3)
+        torch.testing.assert_close(nonlocal_net(x), plain(x))
+    with pytest.raises(InputError, match="--init must have the architecture"):
+        start_from(build_denoise_network(DenoiseNetConfig(width=64, nonlocal_window=4)), str(tmp_path / "plain.json"))
 
 
 def test_neighbour_subsample_takes_adjacent_pixels_of_each_cell():

@@ -27,7 +27,7 @@ from ctqa import __version__
 from ctqa.batch_index import ASSESSED, FAILED, INDEX_NAME, REPORT_NAME, REUSED, IndexRow, row_from_summary, write_index
 from ctqa.dicom import DicomSeries, add_image, is_localizer, read_dicom_header
 from ctqa.errors import InputError, first_line
-from ctqa.io import VOLUME_EXTENSIONS
+from ctqa.io import VOLUME_EXTENSIONS, detached_data_files
 from ctqa.outputs import OUTPUT_FILES
 from ctqa.physics.noise import DEFAULT_WINDOW_MM
 
@@ -77,8 +77,8 @@ class SeriesInput:
 
     id: its output folder's name (unique in the batch); path: the volume file, or the folder holding the DICOM
     series; series_uid: its SeriesInstanceUID ("" for volume files and DICOM without one); files: every file of the
-    series (read as one series; what the fingerprint covers); voxels: its size (z * y * x), for the memory estimate;
-    modality: the DICOM Modality ("" for volume files).
+    series (read as one series; what the fingerprint covers; a .mhd/.nhdr header first, then its data file);
+    voxels: its size (z * y * x), for the memory estimate; modality: the DICOM Modality ("" for volume files).
     """
 
     id: str
@@ -199,9 +199,8 @@ def find_series(root: str | os.PathLike, exclude: str | os.PathLike | None = Non
             if name.startswith(".") or name.lower().endswith(SKIPPED_SUFFIXES) or name in OUTPUT_NAMES:
                 continue
             if name.lower().endswith(VOLUME_EXTENSIONS):
-                volumes.append(
-                    SeriesInput(_slug(_stem(relative)), str(path), "", (str(path),), _volume_voxels(str(path)))
-                )
+                files = (str(path), *detached_data_files(path))  # a .mhd/.nhdr header and its data file
+                volumes.append(SeriesInput(_slug(_stem(relative)), str(path), "", files, _volume_voxels(str(path))))
                 continue
             try:
                 header = read_dicom_header(str(path))

@@ -48,6 +48,35 @@ def _has_extension(path: Path | str, extensions: tuple[str, ...]) -> bool:
     return str(path).lower().endswith(extensions)
 
 
+#: Header fields naming a detached data file: MetaImage (.mhd) and NRRD (.nhdr; both spellings of the spec).
+_DATA_FILE_FIELDS = {".mhd": ("elementdatafile",), ".nhdr": ("data file", "datafile")}
+#: Values of those fields that name no single file beside the header (embedded data, lists, patterns).
+_NOT_ONE_FILE = ("local", "list")
+
+
+def detached_data_files(path: str | os.PathLike) -> tuple[str, ...]:
+    """The data file a .mhd or .nhdr header names, as a path beside the header (existing), else (): other formats,
+    embedded data, and lists or patterns of files (what SimpleITK reads then is not one file)."""
+    fields = next((f for ext, f in _DATA_FILE_FIELDS.items() if _has_extension(path, (ext,))), None)
+    if fields is None:
+        return ()
+    try:
+        with open(path, encoding="latin-1") as header:
+            lines = header.read(1 << 16).splitlines()
+    except OSError:
+        return ()
+    for line in lines:
+        key, separator, value = line.partition("=" if _has_extension(path, (".mhd",)) else ":")
+        value = value.strip()
+        if not separator or key.strip().lower() not in fields:
+            continue
+        if value.lower().startswith(_NOT_ONE_FILE) or " " in value or "%" in value:
+            return ()
+        data = Path(path).parent / value
+        return (str(data),) if data.is_file() else ()
+    return ()
+
+
 def _check_nifti_voxels(path: str) -> None:
     """Refuse a NIfTI file whose voxel data is truncated or holds NaN/inf (ITK's reader turns NaN into 0)."""
     import nibabel

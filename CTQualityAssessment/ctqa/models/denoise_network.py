@@ -52,6 +52,8 @@ HU_SCALE = 1000.0
 METHODS = ("supervised", "neighbor2neighbor")
 #: Channels per attention head of the non-local block.
 ATTENTION_HEAD_WIDTH = 32
+#: State-dict keys of the non-local block start with this (``RedCNNBody``'s bottleneck).
+NONLOCAL_PREFIX = "body.bottleneck."
 NORMALISATION = (
     "HU clipped to clip_hu, divided by hu_scale; folded by pixel_unshuffle(space_to_depth); the network returns the "
     "denoised image on the same scale; the HU clipped away are added back unchanged"
