@@ -393,6 +393,9 @@ def _parser() -> argparse.ArgumentParser:
     denoise_eval.add_argument(
         "--val-dose", type=float, nargs="+", default=[0.25], metavar="F", help="dose fractions of that check (0.25)"
     )
+    denoise_eval.add_argument(
+        "--self-ensemble", action="store_true", help="add a row per model: the mean over 8 rotations and flips"
+    )
     denoise_eval.add_argument("--out", required=True, metavar="FILE.md", help="report to write (.md; .json beside it)")
     return parser
 

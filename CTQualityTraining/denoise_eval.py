@@ -1,7 +1,8 @@
 """Honest evaluation of low-dose CT denoisers on real quarter/full-dose Mayo pairs (``ctqa-train denoise-eval``).
 
 Rows: the quarter-dose input (no processing), the full-dose reference (its noise and resolution only), scikit-image
-non-local means and BM3D (the ``bm3d`` package) as baselines, and each given denoise model (``denoise_volume``).
+non-local means and BM3D (the ``bm3d`` package) as baselines, and each given denoise model (``denoise_volume``;
+with ``self_ensemble``, each also as the mean over the slice's eight rotations and flips).
 Figures per pair (all images (y, x) HU, pair = one Mayo slice of 0.74 mm pixels), then means over the pairs:
 
 - PSNR (dB): 10 log10(R^2 / MSE) against full dose over the whole slice, HU clipped to PSNR_RANGE_HU (R = 4096 HU:
@@ -30,6 +31,7 @@ absolute error and the Pearson r of the two maps over body pixels.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -384,9 +386,11 @@ def evaluate(
     log: Log = lambda message: None,
     val_data: str | Path | None = None,
     val_doses: Sequence[float] = (0.25,),
+    self_ensemble: bool = False,
 ) -> Evaluation:
     """Evaluate the baselines and models (bundled names or checkpoints) on the Mayo pairs of pairs_folder, and with
-    val_data, the in-domain check on its simulated val pairs at val_doses."""
+    val_data, the in-domain check on its simulated val pairs at val_doses; self_ensemble adds a row per model for
+    its geometric self-ensemble."""
     import torch
 
     from ctqa.models import checkpoints, registry
@@ -432,16 +436,20 @@ def evaluate(
         rows.append(row)
         best = max(row.sweep, key=row.sweep.get)
         tuned.append((name, f"{parameter} = {best:g} σ", lambda image, sigma, f=function, b=best: f(image, sigma, b)))
-    for label, model, card in denoisers:
-        denoise_volume(model, pairs[0].quarter[None, :64, :64], device=device)  # warm-up, not timed
-        runs = {p.case: _timed(lambda p=p: denoise_volume(model, p.quarter[None], device=device).hu[0]) for p in pairs}
+    for (label, model, card), ensemble in itertools.product(denoisers, (False, True) if self_ensemble else (False,)):
+
+        def denoised(image: np.ndarray, _sigma: float = 0.0, model=model, ensemble=ensemble) -> np.ndarray:
+            return denoise_volume(model, image[None], device=device, self_ensemble=ensemble).hu[0]
+
+        name = f"{label} + self-ensemble" if ensemble else label
+        denoised(pairs[0].quarter[:64, :64])  # warm-up, not timed
+        runs = {p.case: _timed(lambda p=p: denoised(p.quarter)) for p in pairs}
         metrics = {p.case: measure(runs[p.case][0], p, runs[p.case][1], pixel_mm) for p in pairs}
-        rows.append(Row(label, "model", _model_setting(card), metrics))
-        outputs[label] = {case: out for case, (out, _) in runs.items()}
-        log(f"{label}: mean PSNR {rows[-1].mean('psnr_db'):.2f} dB")
-        tuned.append(
-            (label, rows[-1].setting, lambda image, _, m=model: denoise_volume(m, image[None], device=device).hu[0])
-        )
+        setting = _model_setting(card) + ("; mean of 8 rotations and flips" if ensemble else "")
+        rows.append(Row(name, "model", setting, metrics))
+        outputs[name] = {case: out for case, (out, _) in runs.items()}
+        log(f"{name}: mean PSNR {rows[-1].mean('psnr_db'):.2f} dB")
+        tuned.append((name, setting, denoised))
     for row in rows:
         if row.kind != "reference":
             row.maps = {p.case: map_check(quality_net, outputs[row.name][p.case], p, device) for p in pairs}
@@ -620,6 +628,7 @@ def run_cli(args) -> None:
         log=lambda message: print(message, file=sys.stderr, flush=True),
         val_data=args.val_data,
         val_doses=args.val_dose,
+        self_ensemble=args.self_ensemble,
     )
     report = markdown(evaluation, command)
     with written_whole(out.with_suffix(".json")) as partial:

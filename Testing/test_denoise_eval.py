@@ -93,6 +93,7 @@ def report(cropped_pair, torch_single_thread):
         out = cropped_pair / "eval.md"
         argv = ["denoise-eval", "--pairs", str(cropped_pair / "pairs"), "--model", str(cropped_pair / "tiny.json")]
         argv += ["--label", "identity", "--threads", "1", "--no-bm3d", "--val-data", str(cropped_pair / "val_data")]
+        argv += ["--self-ensemble"]
         assert main([*argv, "--out", str(out)]) == 0
     return out.read_text(encoding="utf-8"), json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
 
@@ -100,7 +101,14 @@ def report(cropped_pair, torch_single_thread):
 def test_identity_model_and_nlm(report):
     _, results = report
     rows = {row["name"]: row for row in results["rows"]}
-    assert list(rows) == ["quarter dose (input)", "full dose (reference)", "non-local means (scikit-image)", "identity"]
+    assert list(rows) == [
+        "quarter dose (input)",
+        "full dose (reference)",
+        "non-local means (scikit-image)",
+        "identity",
+        "identity + self-ensemble",
+    ]
+    assert rows["identity + self-ensemble"]["mean"]["gain_db"] == pytest.approx(0.0, abs=0.01)
     identity, quarter, nlm = (
         rows["identity"]["mean"],
         rows["quarter dose (input)"]["mean"],
@@ -152,7 +160,7 @@ def test_in_domain_check_compares_the_methods_on_the_val_pairs(report):
     check = results["in_domain"]
     assert check["doses"] == [0.25] and check["pairs"] == 1
     gains = {row["name"]: row["gain_db"] for row in check["rows"]}
-    assert list(gains) == ["non-local means (scikit-image)", "identity"]
+    assert list(gains) == ["non-local means (scikit-image)", "identity", "identity + self-ensemble"]
     assert gains["identity"] == pytest.approx(0.0, abs=0.01) and gains["non-local means (scikit-image)"] > 1.0
     assert "## In-domain check: simulated val pairs" in text and "| identity | supervised; width 8" in text
 

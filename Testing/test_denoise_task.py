@@ -158,6 +158,25 @@ def test_cli_writes_the_denoised_ct_with_the_input_geometry(tmp_path, input_file
     assert sorted(p.name for p in out.parent.iterdir()) == ["denoised.nii.gz"]  # no temporary file left
 
 
+def test_self_ensemble_turns_with_the_slice(tiny_denoiser, input_file, tmp_path, capsys, torch_single_thread):
+    """The self-ensemble's output turns with its input (a single pass does not), and `ctqa denoise --self-ensemble`
+    says it ran."""
+    import torch
+
+    from ctqa.models.denoise_network import denoise_slices, load_denoise_model
+
+    net, _ = load_denoise_model(tiny_denoiser)
+    hu = torch.from_numpy(make_sample().low_dose.hu[10:11, :96, :64].astype(np.float32))
+    for ensemble, turns_along in ((False, False), (True, True)):
+        turned_after = torch.rot90(denoise_slices(net, hu, ensemble), 1, dims=(-2, -1))
+        turned_before = denoise_slices(net, torch.rot90(hu, 1, dims=(-2, -1)), ensemble)
+        assert torch.allclose(turned_after, turned_before, atol=1e-3) == turns_along
+    out = tmp_path / "denoised.nrrd"
+    argv = ["denoise", str(input_file), "--out", str(out), "--model", str(tiny_denoiser), "--self-ensemble"]
+    assert main([*argv, "--quiet"]) == 0
+    assert "(model tiny-denoiser, neighbor2neighbor, self-ensemble; GNL " in capsys.readouterr().out
+
+
 def test_cli_never_overwrites_the_input(tmp_path, input_file, tiny_denoiser, capsys):
     digest = sha256(input_file)
     model = ["--model", str(tiny_denoiser), "--quiet"]

@@ -117,17 +117,21 @@ def run(
     device: str = "auto",
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    self_ensemble: bool = False,
 ) -> Denoised:
     """Denoise volume with the denoiser spec (resolved by ``resolve``); volume.hu is not changed.
 
     device: "auto", "cpu" or "cuda" (a missing CUDA, or CUDA out of memory, falls back to the CPU, reported in
     device_fallback); progress(fraction, message) after each batch; cancel stops between batches
-    (``ctqa.models.inference.Cancelled``).
+    (``ctqa.models.inference.Cancelled``); self_ensemble: the mean over the slice's eight rotations and flips
+    (``denoise_network.denoise_slices``; 8 x the time).
     """
     from ctqa.models.denoise_network import denoise_volume, load_denoise_model
 
     model, card = load_denoise_model(spec.card_path, "cpu")  # denoise_volume moves a copy to the device
-    result = denoise_volume(model, volume.hu, device=device, progress=progress, cancel=cancel)
+    result = denoise_volume(
+        model, volume.hu, device=device, progress=progress, cancel=cancel, self_ensemble=self_ensemble
+    )
     hu = result.hu
     if is_whole_hu(volume.hu):
         np.rint(hu, out=hu)
