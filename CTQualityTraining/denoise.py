@@ -552,7 +552,7 @@ def _markdown(name: str, card: dict, size_bytes: int) -> str:
     if t.get("init"):
         how += (
             f" Started from `{t['init']}` (weights sha256 `{t.get('init_weights_sha256')}`): the figures below are "
-            "of this second schedule; `reproduce` runs both."
+            "of this last schedule; `reproduce` runs every schedule before it too."
         )
     lines = [
         f"# Model card: {name}",

@@ -40,7 +40,7 @@ CHECK_SLICES = 16
 QUALITY_CAVEAT = (
     "apparent quality: the quality map and the 0-4 score judge how noisy an image looks, and denoising removes the "
     "look of noise, not the information the low dose lost; on real quarter-dose pairs the map read denoised images "
-    "0.09 (bundled denoiser) to 0.20 (BM3D, non-local means) above their true SSIM against the full-dose image, so "
+    "0.10 (bundled denoiser) to 0.20 (BM3D, non-local means) above their true SSIM against the full-dose image, so "
     "read the after figures as noise removed, not as quality gained, and compare the images themselves"
 )
 DEFINITION = (
