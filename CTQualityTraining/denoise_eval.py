@@ -340,11 +340,12 @@ def in_domain_check(
     """Mean PSNR gain of each (name, setting, denoise(noisy HU, sigma HU)) on pairs, the simulated val pairs of data
     at doses (``simulated_val_pairs``); sigma is the noisy image's GNL, as on the Mayo pairs."""
     sigmas = [gnl(noisy, pixel_mm) for noisy, _, pixel_mm in pairs]
+    before = [psnr(noisy, clean, PSNR_RANGE_HU) for noisy, clean, _ in pairs]
     rows = []
     for name, setting, denoise in methods:
         gains = [
-            psnr(denoise(noisy, sigma), clean, PSNR_RANGE_HU) - psnr(noisy, clean, PSNR_RANGE_HU)
-            for (noisy, clean, _), sigma in zip(pairs, sigmas)
+            psnr(denoise(noisy, sigma), clean, PSNR_RANGE_HU) - input_psnr
+            for (noisy, clean, _), sigma, input_psnr in zip(pairs, sigmas, before)
         ]
         rows.append(InDomainRow(name, setting, float(np.mean(gains))))
         log(f"in-domain: {name}: gain {rows[-1].gain_db:+.2f} dB")

@@ -48,8 +48,8 @@ def _has_extension(path: Path | str, extensions: tuple[str, ...]) -> bool:
     return str(path).lower().endswith(extensions)
 
 
-#: Header fields naming a detached data file: MetaImage (.mhd) and NRRD (.nhdr; both spellings of the spec).
-_DATA_FILE_FIELDS = {".mhd": ("elementdatafile",), ".nhdr": ("data file", "datafile")}
+#: Header separator and fields naming a detached data file: MetaImage (.mhd) and NRRD (.nhdr; both spellings).
+_DATA_FILE_FIELDS = {".mhd": ("=", ("elementdatafile",)), ".nhdr": (":", ("data file", "datafile"))}
 #: Values of those fields that name no single file beside the header (embedded data, lists, patterns).
 _NOT_ONE_FILE = ("local", "list")
 
@@ -57,16 +57,17 @@ _NOT_ONE_FILE = ("local", "list")
 def detached_data_files(path: str | os.PathLike) -> tuple[str, ...]:
     """The data file a .mhd or .nhdr header names, as a path beside the header (existing), else (): other formats,
     embedded data, and lists or patterns of files (what SimpleITK reads then is not one file)."""
-    fields = next((f for ext, f in _DATA_FILE_FIELDS.items() if _has_extension(path, (ext,))), None)
-    if fields is None:
+    header_format = next((f for ext, f in _DATA_FILE_FIELDS.items() if _has_extension(path, (ext,))), None)
+    if header_format is None:
         return ()
+    separator_char, fields = header_format
     try:
         with open(path, encoding="latin-1") as header:
             lines = header.read(1 << 16).splitlines()
     except OSError:
         return ()
     for line in lines:
-        key, separator, value = line.partition("=" if _has_extension(path, (".mhd",)) else ":")
+        key, separator, value = line.partition(separator_char)
         value = value.strip()
         if not separator or key.strip().lower() not in fields:
             continue

@@ -50,6 +50,13 @@ def _slice_view(volume, values: np.ndarray, index: int) -> np.ndarray:
     return _display_view(values[index], volume.direction)
 
 
+def _show_ct(axes, volume, hu: np.ndarray, index: int) -> None:
+    """Slice index of hu (z, y, x) on axes in grey, soft-tissue window, radiological view, true aspect."""
+    aspect = volume.spacing[1] / volume.spacing[0]
+    image = _slice_view(volume, hu, index)
+    axes.imshow(image, cmap="gray", vmin=DISPLAY_WINDOW_HU[0], vmax=DISPLAY_WINDOW_HU[1], aspect=aspect)
+
+
 def _noise_text(value: float) -> str:
     return f"{value:.0f}" if math.isfinite(value) else "n/a"
 
@@ -72,13 +79,7 @@ def save_preview(assessment: Assessment, path: str | Path) -> None:
     for column, index in enumerate(shown):
         axes = figure.add_subplot(grid[0, column])
         overlay_axes.append(axes)
-        axes.imshow(
-            _slice_view(volume, volume.hu, index),
-            cmap="gray",
-            vmin=DISPLAY_WINDOW_HU[0],
-            vmax=DISPLAY_WINDOW_HU[1],
-            aspect=aspect,
-        )
+        _show_ct(axes, volume, volume.hu, index)
         quality = np.ma.masked_invalid(_slice_view(volume, assessment.quality, index))
         image = axes.imshow(quality, cmap=QUALITY_COLORMAP, norm=norm, alpha=OVERLAY_ALPHA, aspect=aspect)
         lung = _slice_view(volume, assessment.quality_map.lung, index)
@@ -93,13 +94,7 @@ def save_preview(assessment: Assessment, path: str | Path) -> None:
         if denoised is not None:
             row = assessment.slices[index]
             after = figure.add_subplot(grid[1, column])
-            after.imshow(
-                _slice_view(volume, denoised.volume.hu, index),
-                cmap="gray",
-                vmin=DISPLAY_WINDOW_HU[0],
-                vmax=DISPLAY_WINDOW_HU[1],
-                aspect=aspect,
-            )
+            _show_ct(after, volume, denoised.volume.hu, index)
             noise = f"{_noise_text(row.stats.noise_sd_hu)} → {_noise_text(row.noise_sd_hu_denoised)} HU"
             after.set_title(f"slice {index} denoised\nnoise SD {noise}", fontsize=9)
             after.set_axis_off()
