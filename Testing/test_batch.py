@@ -145,6 +145,10 @@ def test_default_workers_follow_memory():
     assert peak_bytes(small, AssessOptions(denoise_model="default")) > peak_bytes(small, FAST)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "ctqa.cli", *args],
@@ -164,7 +168,8 @@ def test_interrupted_run_is_finished_by_the_next(shared_data: Path, tree: Path, 
     (tree / "patient2" / "broken.dcm").unlink()
     for source in sorted((shared_data / "chest_sbu").glob("*.dcm"))[4:10]:  # enough series to stop it midway
         shutil.copy(source, tree / "patient2" / source.name)
-    run = _cli("batch", str(tree), "--out", str(out), "--workers", "1", *FAST_FLAGS)
+    # a shell's background job (`make test &`) ignores SIGINT, and so would the child: give it a terminal's default
+    run = _cli("batch", str(tree), "--out", str(out), "--workers", "1", *FAST_FLAGS, preexec_fn=_default_sigint)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and run.poll() is None:
         index = out / INDEX_NAME
