@@ -466,21 +466,23 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
         """Install what the run needs (before any core import), and refuse an unknown model before any work.
 
         The learned packages are installed for a learned quality model, for a denoiser (Denoise and compare), for a
-        score model chosen by name, and for the default score model once PyTorch is there (then only timm & co. come
-        from pip). Without PyTorch the default score is left out with a note in the run's summary: PyTorch is never
-        installed just for it. A denoiser that is not installed is refused here, before anything is installed.
+        score network chosen by name, and for a default score network once PyTorch is there (then only timm & co.
+        come from pip); a physics-feature score (the bundled default) needs none of them. Without PyTorch a default
+        score network is left out with a note in the run's summary: PyTorch is never installed just for it. A denoiser that is not installed is refused here, before anything is installed.
         batch: also the packages of `ctqa batch` (Ray, matplotlib for the reports).
         """
         ensure_dependencies()
         import importlib.util
 
+        from ctqa.models.feature_score import is_feature_card
         from ctqa.pipeline import resolve_denoise_model, resolve_model, resolve_score_model
 
         learned = resolve_model(model).is_learned
         if denoiseModel is not None:
             resolve_denoise_model(denoiseModel, require_packages=False)
             learned = True
-        if resolve_score_model(scoreModel, require_packages=False) is not None:
+        scoreSpec = resolve_score_model(scoreModel, require_packages=False)
+        if scoreSpec is not None and not is_feature_card(scoreSpec.card):  # a physics-feature score needs no torch
             learned = learned or scoreModel != "default" or importlib.util.find_spec("torch") is not None
         if learned or batch:
             ensure_dependencies(learned=learned, batch=batch)
@@ -649,6 +651,8 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
         elif score.get("calibrated"):
             details.append(_("calibrated"))
         text += f" ({', '.join(details)})"
+        for note in score.get("domain_notes") or ():
+            text += "\n" + _("outside the model's domain: {note}").format(note=note)
         worst = score.get("worst_decile")
         if worst is not None and (score.get("slices_scored") or 0) > 1:
             text += "\n" + _("worst 10 % of slices: {worst:.1f}").format(worst=worst)

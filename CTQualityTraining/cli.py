@@ -397,6 +397,30 @@ def _parser() -> argparse.ArgumentParser:
         "--self-ensemble", action="store_true", help="add a row per model: the mean over 8 rotations and flips"
     )
     denoise_eval.add_argument("--out", required=True, metavar="FILE.md", help="report to write (.md; .json beside it)")
+    features = commands.add_parser(
+        "score-features",
+        help="fit the physics-feature 0-4 score (noise and NPS texture on a 0.7 mm grid) on real Mayo dose pairs",
+        description="Full, quarter, smoothed and (with --denoise-model) denoised versions of every pair of "
+        "mayo_ldct/pairs.csv, scored by the surrogate (SSIM against the full dose); writes OUT.json + "
+        "OUT.safetensors (CTQualityTraining/score_features.py).",
+    )
+    features.add_argument("--mayo", required=True, metavar="DIR", help="folder with pairs.csv (../shared/data/mayo_ldct)")
+    features.add_argument("--val-patients", nargs="+", default=["L286"], metavar="ID", help="held out (L286)")
+    features.add_argument("--denoise-model", metavar="NAME_OR_CKPT", help="add each quarter dose denoised by it")
+    features.add_argument("--out", required=True, metavar="PATH", help="checkpoint to write (PATH.json, PATH.safetensors)")
+    validate = commands.add_parser(
+        "validate-real",
+        help="the real-data validation table: dose pairs, reader study, invariance, demo ramp",
+        description="Runs the product (ctqa.pipeline.assess) on every real check in ../shared/data and writes one "
+        "Markdown table per score model (CTQualityTraining/validate_real.py).",
+    )
+    validate.add_argument("--data", default="../shared/data", metavar="DIR", help="shared data folder")
+    validate.add_argument(
+        "--score-model", nargs="+", default=["default"], metavar="NAME_OR_CKPT", help="score models to compare"
+    )
+    validate.add_argument("--model", default="default", metavar="NAME_OR_CKPT", help="quality-map model (default)")
+    validate.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's)")
+    validate.add_argument("--out", required=True, metavar="FILE.md", help="table to write (.md; .json beside it)")
     return parser
 
 
@@ -707,6 +731,20 @@ def _denoise_eval(args: argparse.Namespace) -> None:
     run_cli(args)
 
 
+def _score_features(args: argparse.Namespace) -> None:
+    from .score_features import train
+
+    path = train(args.mayo, args.out, tuple(args.val_patients), args.denoise_model)
+    print(f"wrote {path} and its weights")
+
+
+def _validate_real(args: argparse.Namespace) -> None:
+    from .validate_real import run_cli
+
+    _set_threads(args.threads)
+    run_cli(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `ctqa-train`; returns the exit status (2 on bad input, with one line on stderr)."""
     args = _parser().parse_args(argv)
@@ -727,6 +765,8 @@ def main(argv: list[str] | None = None) -> int:
         "denoise-data": _denoise_data,
         "denoise": _denoise,
         "denoise-eval": _denoise_eval,
+        "score-features": _score_features,
+        "validate-real": _validate_real,
     }
     return exit_status("ctqa-train", lambda: commands[args.command](args))
 

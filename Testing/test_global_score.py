@@ -25,7 +25,10 @@ from ctqa.tasks import global_score
 from ctqa.volume import CTVolume
 
 #: The block the issue asks for, first and in this order; the rest are this project's additions.
-BLOCK_KEYS = ["value", "sd", "worst_decile", "scale", "model", "slices_scored", "calibrated", "device", "trained_to"]
+BLOCK_KEYS = [
+    "value", "sd", "worst_decile", "scale", "model", "slices_scored", "calibrated", "device", "trained_to",
+    "domain_notes",
+]
 
 
 @pytest.fixture
@@ -149,7 +152,7 @@ def test_unknown_or_wrong_task_score_models_are_refused(tmp_path):
 
 
 def test_without_pytorch_the_default_is_skipped_with_a_note_and_a_named_model_refused(monkeypatch, tiny_score_model):
-    monkeypatch.setattr(global_score, "missing_packages", lambda: ["torch", "timm"])
+    monkeypatch.setattr(global_score, "missing_packages", lambda spec=None: ["torch", "timm"])
     with pytest.raises(InputError, match=r"^--score-model .*tiny.json: needs torch, timm \(pip install"):
         resolve_score_model(str(tiny_score_model))
     default_model = registry.default_model

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import html
 import json
 import math
 import re
@@ -104,7 +105,10 @@ def test_series_report_has_every_section_and_inline_images(rich_folder):
         assert f"{heading}</h2>" in text
     summary = json.loads((rich_folder / "summary.json").read_text())
     score = summary["global_score"]
-    assert f"score {score['value']:.1f} ± {score['sd']:.1f} / 4 (surrogate)" in text  # the command line's wording
+    spread = f" ± {score['sd']:.1f}" if score["sd"] is not None else ""  # the physics-feature default has no SD
+    outside = " [outside the model's domain: see notes]" if score["domain_notes"] else ""  # 3 mm pixels: it is
+    assert html.escape(f"score {score['value']:.1f}{spread} / 4 (surrogate){outside}") in text  # the CLI's wording
+    assert all(html.escape(note) in text for note in score["domain_notes"])
     assert "(overstated on denoised images)" in text and summary["denoised"]["quality_caveat"] in text
     assert "left block" in text and "right block" in text
     tags = images(text)

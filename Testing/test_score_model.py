@@ -1,4 +1,5 @@
-"""The bundled global-score model on real slices it never saw: the score falls monotonically with simulated dose and
+"""The bundled MD-IQA global-score network (score_default; no longer the default since the physics-feature score
+replaced it, docs/real_validation.md) on real slices it never saw: the score falls monotonically with simulated dose and
 with fewer views (issue 11's acceptance), and the model card says what the score was trained to.
 
 The slices are held-out patients of the score dataset (test split of score_data.DEFAULT_SPLIT_GROUPS: chest_sbu
@@ -22,9 +23,7 @@ HELD_OUT = ("A062055_19001228-131.dcm", "A098752_19010127-128.dcm")
 
 @pytest.fixture(scope="module")
 def model():
-    name = registry.default_model("global_score")
-    assert name is not None, "no bundled global_score model in Resources/Models/manifest.json"
-    return load_score_model(registry.resolve("global_score", name).card_path)
+    return load_score_model(registry.resolve("global_score", "score_default").card_path)
 
 
 def test_card_names_the_surrogate(model):

@@ -190,6 +190,7 @@ def test_learned_packages_are_installed_for_a_named_score_model_or_where_pytorch
 
     assert prepared("physics", "none") == [False]
     assert prepared("physics", str(checkpoint)) == [False, True]
+    assert prepared("physics", "score_features") == [False]  # the physics-feature score needs no learned stack
     default_model = registry.default_model
     monkeypatch.setattr(registry, "default_model", lambda task: None if task == "global_score" else default_model(task))
     assert prepared("physics", "default") == [False]  # no score model installed

@@ -377,10 +377,12 @@ def denoised_line(summary: Summary) -> str:
 
 def score_text(score) -> str:
     """ "score 2.7 ± 0.3 / 4" of a results.GlobalScore (no ± for a model without uncertainty; "(surrogate)" after
-    it for a model trained to the surrogate score, not to radiologists)."""
+    it for a model trained to the surrogate score, not to radiologists; a bracket when the input is outside the model's
+    domain)."""
     spread = f" ± {score.sd:.1f}" if math.isfinite(score.sd) else ""
     basis = " (surrogate)" if score.trained_to == "surrogate" else ""
-    return f"score {score.value:.1f}{spread} / 4{basis}"
+    domain = " [outside the model's domain: see notes]" if score.domain_notes else ""
+    return f"score {score.value:.1f}{spread} / 4{basis}{domain}"
 
 
 def _assess(args: argparse.Namespace) -> None:

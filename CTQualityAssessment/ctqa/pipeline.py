@@ -374,6 +374,8 @@ def assess(
     scores, result = passes.scores, passes.quality_map
     if score_spec is not None and scores is None:
         score_notes += ("no slice shows the body: the 0-4 quality score is not reported",)
+    if scores is not None:
+        score_notes += tuple(f"0-4 score outside its domain: {note}" for note in scores.summary.domain_notes)
     if scores is not None and scores.device_fallback and scores.device_fallback != result.device_fallback:
         score_notes += (f"quality score: {scores.device_fallback}",)
     summary = _summary(volume, passes, window_mm, series, score_notes, denoised)

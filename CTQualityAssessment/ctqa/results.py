@@ -167,7 +167,9 @@ class GlobalScore:
     score model's name; slices_scored: slices with body that were scored; calibrated: the model card's monotone
     calibration to a user's radiologists was applied; device: where the model ran; trained_to: what the model's
     scores were fitted to, "surrogate" (a full-reference measure on simulated degradations, not radiologists'
-    ratings: the bundled model), "radiologist scores" (LDCTIQAC2023 labels) or "calibrated to radiologist ratings".
+    ratings: the bundled model), "radiologist scores" (LDCTIQAC2023 labels) or "calibrated to radiologist ratings";
+    domain_notes: why the score may not mean what its label says for this input (outside the model's training
+    domain: pixel size, a narrow display window, noise or texture never seen in training); () when in domain.
     """
 
     value: float
@@ -179,6 +181,7 @@ class GlobalScore:
     calibrated: bool
     device: str
     trained_to: str
+    domain_notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,8 @@ def _score_figure(score: dict) -> str:
 def score_text(score: dict) -> str:
     """ "score 2.7 ± 0.3 / 4 (surrogate)" of a summary's global_score block, worded as on the command line."""
     basis = " (surrogate)" if score.get("trained_to") == "surrogate" else ""
-    return f"score {_score_figure(score)}{basis}"
+    domain = " [outside the model's domain: see notes]" if score.get("domain_notes") else ""
+    return f"score {_score_figure(score)}{basis}{domain}"
 
 
 def _headline(summary: dict) -> str:
@@ -117,7 +118,10 @@ def _header(saved: SavedSeries) -> str:
     spacing = "x".join(f"{size:.4g}" for size in summary.get("spacing_mm_xyz") or ()) or NOT_AVAILABLE
     if score:
         trained = score.get("trained_to", "")
-        score_box = KeyFigure("Score (0-4)", _score_figure(score), f"4 = best; {trained}" if trained else "4 = best")
+        caption = f"4 = best; {trained}" if trained else "4 = best"
+        if score.get("domain_notes"):
+            caption += "; OUTSIDE the model's domain: " + "; ".join(score["domain_notes"])
+        score_box = KeyFigure("Score (0-4)", _score_figure(score), caption)
     else:
         score_box = KeyFigure("Score (0-4)", NOT_AVAILABLE, "no score model ran")
     boxes = [

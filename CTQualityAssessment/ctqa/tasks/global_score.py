@@ -10,8 +10,12 @@ Only slices that show the body (at least one body voxel of the physics pass) are
 mean of their scores, the worst decile the mean of the worst 10 % of them (at least one slice), and the SD the mean
 of their SDs: the typical uncertainty of one slice's score, not a confidence interval of the mean.
 
-torch (and timm) are imported only when a score model runs; without an installed model the score is skipped with a
-note (``skipped_note``), never an error.
+A physics-feature score model (``ctqa.models.feature_score``: card backbone "physics-features") measures noise and
+noise texture per slice on a fixed physical grid instead and needs neither torch nor timm; it also says when an
+input lies outside its domain (GlobalScore.domain_notes).
+
+torch (and timm) are imported only when a network score model runs; without an installed model the score is skipped
+with a note (``skipped_note``), never an error.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 
 from ctqa.errors import InputError
 from ctqa.models import registry
+from ctqa.models.feature_score import domain_notes, is_feature_card, load_feature_model, slice_features
 from ctqa.models.registry import DEFAULT_MODEL, ModelSpec
 from ctqa.results import SCORE_SCALE, GlobalScore
 from ctqa.slabs import ProgressCallback
@@ -71,8 +76,13 @@ def is_skip(choice: str | os.PathLike | ModelSpec | None) -> bool:
     return choice is None or (isinstance(choice, str) and choice.strip().lower() == NO_SCORE_MODEL)
 
 
-def missing_packages() -> list[str]:
-    """The LEARNED_PACKAGES that cannot be imported here."""
+def missing_packages(spec: ModelSpec | None = None) -> list[str]:
+    """The packages spec needs (LEARNED_PACKAGES for a network, none for a physics-feature model; spec None: the
+    default model) that cannot be imported here."""
+    if spec is None and registry.default_model(TASK) is not None:
+        spec = registry.resolve(TASK, DEFAULT_MODEL)
+    if spec is not None and is_feature_card(spec.card):
+        return []
     return registry.missing_packages(LEARNED_PACKAGES)
 
 
@@ -94,7 +104,7 @@ def resolve(
     if _is_default(choice) and registry.default_model(TASK) is None:
         return None
     spec = registry.resolve(TASK, str(choice))
-    missing = missing_packages() if require_packages else []
+    missing = missing_packages(spec) if require_packages else []
     if missing and _is_default(choice):
         return None
     if missing:
@@ -147,8 +157,11 @@ def trained_to(card: dict) -> str:
     return "radiologist scores" if "ldctiqac" in kinds else "surrogate"
 
 
-def summarise(score: np.ndarray, sd: np.ndarray, model: str, card: dict, device: str = "cpu") -> GlobalScore | None:
-    """The summary block of per-slice scores (z,) (NaN = slice not scored); None when no slice was scored."""
+def summarise(
+    score: np.ndarray, sd: np.ndarray, model: str, card: dict, device: str = "cpu", notes: tuple[str, ...] = ()
+) -> GlobalScore | None:
+    """The summary block of per-slice scores (z,) (NaN = slice not scored) with the out-of-domain notes; None when
+    no slice was scored."""
     scored = np.isfinite(score)
     if not scored.any():
         return None
@@ -163,7 +176,19 @@ def summarise(score: np.ndarray, sd: np.ndarray, model: str, card: dict, device:
         calibrated="calibration" in card,
         device=device,
         trained_to=trained_to(card),
+        domain_notes=notes,
     )
+
+
+def _feature_scores(volume: CTVolume, spec: ModelSpec, body: np.ndarray) -> SliceScores | None:
+    """SliceScores of a physics-feature model (no SD: a regression) over the body slices, with its domain notes."""
+    model, card = load_feature_model(spec.card_path)
+    score, out_of_range = model.predict(slice_features(volume))
+    score[~body] = np.nan
+    scored = np.isfinite(score)
+    share = float(out_of_range[scored].mean()) if scored.any() else 0.0
+    summary = summarise(score, np.full_like(score, np.nan), spec.name, card, "cpu", domain_notes(volume, share))
+    return SliceScores(score, np.full_like(score, np.nan), summary) if summary is not None else None
 
 
 def run(
@@ -182,6 +207,8 @@ def run(
     body = np.asarray(body_voxels_per_slice) > 0
     if spec is None or not body.any():
         return None
+    if is_feature_card(spec.card):
+        return _feature_scores(volume, spec, body)
     from ctqa.models.inference import resolve_device
     from ctqa.models.score_network import load_score_model, predict_scores
 

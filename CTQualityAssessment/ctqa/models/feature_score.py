@@ -1,0 +1,260 @@
+"""The physics-feature 0-4 score: an interpretable model on two noise measures taken on a fixed physical grid.
+
+Why: a network that sees a whole slice reads the field of view and the pixel size as much as the image's quality
+(docs/real_validation.md). This model cannot: every axial slice is resampled to GRID_MM pixels (Gaussian
+anti-aliasing when its own pixels are smaller, linear interpolation), and on that grid two measures are taken from
+the body's flat soft tissue only, so neither the field of view nor the padding around the body enters:
+
+- ``noise_sd``: the slice's noise SD in HU (``physics.noise.analyse_noise``: median local SD of its noise-only
+  soft-tissue windows), used as ln(noise_sd);
+- ``nps_frequency``: the mean radial frequency (cycles/mm) of the noise power spectrum of flat soft-tissue patches
+  (NPS_PATCH_MM side, detrended by a quadratic surface, Hann-tapered). It falls when an image is smoothed (denoising,
+  soft kernels) and rises with sharp kernels: with the noise level it tells "quiet because smoothed" from "quiet
+  because well exposed".
+
+The score is monotone by construction: it falls with the noise level and rises with the NPS frequency, so
+smoothing alone never buys score. With a = ln(noise_sd) and b = nps_frequency, each scaled to 0..1 over the range
+seen in training, score = c0 - c1 a - c2 a^2 + c3 b - c4 (1 - b)^2 with c1..c4 >= 0 (``design``: non-negative least
+squares, ``ctqa-train score-features``; the card says which target), clipped to 0..4. Features outside the trained
+range are clipped to it (nothing is extrapolated), and such slices are counted for the out-of-domain note.
+
+numpy and scipy only: this score needs neither torch nor the safetensors package (its weights file is read by
+``read_safetensors``, a few lines, so that a physics-only install can run it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from ctqa.errors import InputError
+from ctqa.models.registry import bundled_sha256, checkpoint_files, manifest_path, read_json
+from ctqa.physics.noise import analyse_noise
+from ctqa.volume import CTVolume
+
+#: Backbone name of feature-score model cards (card["architecture"]["backbone"]).
+BACKBONE = "physics-features"
+#: In-plane pixel size (mm) every slice is resampled to before its features are measured.
+GRID_MM = 0.7
+#: Side (mm) of the square soft-tissue patches of the noise power spectrum.
+NPS_PATCH_MM = 12.0
+#: Patch means (HU) that count as soft tissue; patches with any voxel further than NPS_MAX_SPREAD_HU from their mean
+#: hold an edge. A patch is flat when its detrended SD is at most NPS_FLAT_RATIO times the slice's median.
+NPS_TISSUE_HU = (-100.0, 150.0)
+NPS_MAX_SPREAD_HU = 400.0
+NPS_FLAT_RATIO = 1.3
+#: Fewer flat patches in a slice: its NPS frequency is not measured (NaN) and the slice is not scored.
+NPS_MIN_PATCHES = 5
+FEATURES = ("ln_noise_sd", "nps_frequency")
+#: Pixel sizes (mm) the grid resampling is validated for; outside, the summary says the score is out of domain.
+PIXEL_RANGE_MM = (0.5, 1.0)
+#: A display-window export must keep at least this HU range for the soft-tissue noise to be measurable.
+MIN_CLIP_RANGE_HU = (-100.0, 150.0)
+#: Share of scored slices with a feature outside the trained range above which the out-of-domain note is given.
+OUT_OF_RANGE_SHARE = 0.5
+
+_DTYPES = {"F64": np.float64, "F32": np.float32}
+
+
+@dataclass(frozen=True)
+class SliceFeatures:
+    """Per-slice features (z, len(FEATURES)) float64, NaN for a slice without measurable soft tissue."""
+
+    values: np.ndarray
+
+    @property
+    def measured(self) -> np.ndarray:
+        """bool (z,): slices whose every feature was measured."""
+        return np.isfinite(self.values).all(axis=1)
+
+
+@dataclass(frozen=True)
+class FeatureScoreModel:
+    """Coefficients of the design (``design``), and the trained range of each feature (low, high)."""
+
+    coefficients: np.ndarray
+    feature_low: np.ndarray
+    feature_high: np.ndarray
+
+    def predict(self, features: SliceFeatures) -> tuple[np.ndarray, np.ndarray]:
+        """(score (z,) float64 on 0..4, NaN where a feature is missing; out_of_range (z,) bool)."""
+        values = features.values
+        clipped = np.clip(values, self.feature_low, self.feature_high)
+        out_of_range = features.measured & (clipped != values).any(axis=1)
+        score = np.clip(design(clipped, self.feature_low, self.feature_high) @ self.coefficients, 0.0, 4.0)
+        score[~features.measured] = np.nan
+        return score, out_of_range
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"coefficients": self.coefficients, "feature_low": self.feature_low, "feature_high": self.feature_high}
+
+
+#: Terms of the design in (a, b), the two features scaled to 0..1 over their trained range; every coefficient but
+#: the first (the intercept) is >= 0, which makes the score fall with noise and rise with the NPS frequency.
+DESIGN_TERMS = ("1", "-a", "-a^2", "b", "-(1-b)^2")
+
+
+def design(features: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """(n, len(DESIGN_TERMS)) design of (n, 2) features, each scaled by (x - low) / (high - low)."""
+    a, b = ((features - low) / (high - low)).T
+    return np.stack([np.ones_like(a), -a, -a * a, b, -((1.0 - b) ** 2)], axis=1)
+
+
+def to_grid(volume: CTVolume, grid_mm: float = GRID_MM) -> CTVolume:
+    """volume with each axial slice resampled to grid_mm square pixels (anti-aliased: a Gaussian of sigma
+    (factor - 1) / 2 input pixels first where the pixels grow by factor > 1; linear interpolation); z unchanged."""
+    factors = [grid_mm / spacing for spacing in volume.spacing[1::-1]]  # (y, x)
+    if all(abs(factor - 1.0) < 1e-3 for factor in factors):
+        return volume
+    sigma = [0.0] + [max(0.0, (factor - 1.0) / 2.0) for factor in factors]
+    hu = volume.hu.astype(np.float32, copy=False)
+    if any(sigma):
+        hu = ndimage.gaussian_filter(hu, sigma, mode="nearest")
+    shape = [max(8, int(round(n / factor))) for n, factor in zip(volume.shape[1:], factors)]
+    zoom = [1.0] + [new / old for new, old in zip(shape, volume.shape[1:])]
+    resampled = ndimage.zoom(hu, zoom, order=1, mode="nearest", grid_mode=True)
+    spacing = (volume.spacing[0] * volume.shape[2] / shape[1], volume.spacing[1] * volume.shape[1] / shape[0])
+    return replace(volume, hu=resampled, spacing=(*spacing, volume.spacing[2]))
+
+
+def _quadratic_projection(size: int) -> np.ndarray:
+    """(size^2, size^2) projection onto the quadratic surfaces of a size x size patch (what detrending removes)."""
+    y, x = np.mgrid[:size, :size].reshape(2, -1).astype(np.float64)
+    basis = np.stack([np.ones_like(y), y, x, y * y, x * x, y * x], axis=1)
+    return basis @ np.linalg.pinv(basis)
+
+
+def nps_frequency(hu: np.ndarray, pixel_mm: float) -> float:
+    """Mean radial frequency (cycles/mm) of the NPS of the flat soft-tissue patches of one slice (y, x) in HU with
+    square pixels of pixel_mm; NaN with fewer than NPS_MIN_PATCHES flat patches (module docstring)."""
+    size = max(8, int(round(NPS_PATCH_MM / pixel_mm)))
+    stride = size // 2
+    height, width = hu.shape
+    if height < size or width < size:
+        return math.nan
+    windows = np.lib.stride_tricks.sliding_window_view(hu, (size, size))[::stride, ::stride]
+    patches = windows.reshape(-1, size * size).astype(np.float64)
+    means = patches.mean(axis=1)
+    candidate = (means >= NPS_TISSUE_HU[0]) & (means <= NPS_TISSUE_HU[1])
+    candidate &= np.abs(patches - means[:, None]).max(axis=1) < NPS_MAX_SPREAD_HU
+    if candidate.sum() < NPS_MIN_PATCHES:
+        return math.nan
+    patches = patches[candidate]
+    residual = patches - patches @ _quadratic_projection(size).T
+    spread = residual.std(axis=1)
+    flat = spread <= NPS_FLAT_RATIO * np.median(spread)
+    if flat.sum() < NPS_MIN_PATCHES:
+        return math.nan
+    taper = np.outer(np.hanning(size), np.hanning(size)).ravel()
+    power = (np.abs(np.fft.fft2((residual[flat] * taper).reshape(-1, size, size))) ** 2).mean(axis=0)
+    power[0, 0] = 0.0
+    if power.sum() <= 0:
+        return math.nan
+    frequency = np.fft.fftfreq(size, d=pixel_mm)
+    radius = np.hypot(*np.meshgrid(frequency, frequency, indexing="ij"))
+    return float((radius * power).sum() / power.sum())
+
+
+def slice_features(volume: CTVolume) -> SliceFeatures:
+    """The FEATURES of every axial slice of volume, measured on its GRID_MM resampling (module docstring)."""
+    gridded = to_grid(volume)
+    noise = analyse_noise(gridded)
+    pixel_mm = float(gridded.spacing[0])
+    values = np.full((volume.shape[0], len(FEATURES)), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values[:, 0] = np.log(np.where(noise.slice_noise_sd > 0, noise.slice_noise_sd, np.nan))
+    for z, plane in enumerate(gridded.hu):
+        if np.isfinite(values[z, 0]):
+            values[z, 1] = nps_frequency(plane, pixel_mm)
+    return SliceFeatures(values)
+
+
+def domain_notes(volume: CTVolume, out_of_range_share: float) -> tuple[str, ...]:
+    """Why a feature score of volume may not mean what its label says: pixel size outside PIXEL_RANGE_MM, a
+    display-window export too narrow for soft-tissue noise (a brain window), features outside the trained range on
+    more than OUT_OF_RANGE_SHARE of the scored slices; () when none applies."""
+    notes = []
+    pixel = max(volume.spacing[:2])
+    if not PIXEL_RANGE_MM[0] <= pixel <= PIXEL_RANGE_MM[1]:
+        notes.append(
+            f"pixel size {pixel:.2f} mm is outside the {PIXEL_RANGE_MM[0]:g}-{PIXEL_RANGE_MM[1]:g} mm the score was "
+            "validated for"
+        )
+    if volume.clipped_hu is not None:
+        low, high = volume.clipped_hu
+        if low > MIN_CLIP_RANGE_HU[0] or high < MIN_CLIP_RANGE_HU[1]:
+            notes.append(
+                f"the input is a display window ({low:g}..{high:g} HU) narrower than soft tissue "
+                f"({MIN_CLIP_RANGE_HU[0]:g}..{MIN_CLIP_RANGE_HU[1]:g} HU): noise is censored, the score is not reliable"
+            )
+    if out_of_range_share > OUT_OF_RANGE_SHARE:
+        notes.append(
+            f"{100 * out_of_range_share:.0f} % of the scored slices have noise or texture outside the range the score "
+            "was trained on (another body region, kernel or dose): read it as a rough estimate"
+        )
+    return tuple(notes)
+
+
+def read_safetensors(data: bytes, source: Path) -> dict[str, np.ndarray]:
+    """The float tensors of a safetensors file (8-byte little-endian header length, JSON header, raw data); one
+    InputError line naming source for anything else. (The safetensors package is a learned-stack dependency.)"""
+    try:
+        (length,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + length])
+        tensors = {}
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            start, stop = entry["data_offsets"]
+            raw = data[8 + length + start : 8 + length + stop]
+            tensors[name] = np.frombuffer(raw, dtype=_DTYPES[entry["dtype"]]).reshape(entry["shape"]).astype(np.float64)
+        return tensors
+    except (struct.error, ValueError, KeyError, TypeError) as error:
+        raise InputError(f"{source}: not a valid safetensors file ({error})") from None
+
+
+def write_safetensors(tensors: dict[str, np.ndarray], path: Path) -> None:
+    """Write float64 tensors as a safetensors file (the format read_safetensors reads)."""
+    header, chunks, offset = {}, [], 0
+    for name, tensor in tensors.items():
+        raw = np.ascontiguousarray(tensor, dtype="<f8").tobytes()
+        header[name] = {"dtype": "F64", "shape": list(np.shape(tensor)), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(chunks))
+
+
+def is_feature_card(card: dict) -> bool:
+    return card.get("architecture", {}).get("backbone") == BACKBONE
+
+
+def load_feature_model(card_path: Path) -> tuple[FeatureScoreModel, dict]:
+    """The model of a feature-score card and its weights, sha256 checked against the card and, for bundled
+    models, the manifest (InputError naming the file otherwise)."""
+    card_path, weights_path = checkpoint_files(card_path)
+    card = read_json(card_path, "model card")
+    try:
+        data = weights_path.read_bytes()
+    except OSError as error:
+        raise InputError(f"{weights_path}: cannot read weights file: {error.strerror}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    for source, expected in ((card_path, card.get("weights_sha256")), (manifest_path(), bundled_sha256(weights_path))):
+        if expected is not None and digest != str(expected).lower():
+            raise InputError(f"{weights_path}: sha256 does not match {source.name}: the weights file was replaced")
+    tensors = read_safetensors(data, weights_path)
+    try:
+        model = FeatureScoreModel(tensors["coefficients"], tensors["feature_low"], tensors["feature_high"])
+    except KeyError as error:
+        raise InputError(f"{weights_path}: no tensor {error} in a feature-score model") from None
+    if model.coefficients.shape != (len(DESIGN_TERMS),) or model.feature_low.shape != (len(FEATURES),):
+        raise InputError(f"{weights_path}: tensor shapes do not fit a feature-score model")
+    return model, card

@@ -1,0 +1,140 @@
+"""The physics-feature 0-4 score (ctqa.models.feature_score): its file format, its monotone design, its physical
+grid, the acceptance checks of issue 21 on real slices, and its out-of-domain notes."""
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from ctqa.errors import InputError
+from ctqa.models import registry
+from ctqa.models.feature_score import (
+    FEATURES,
+    GRID_MM,
+    FeatureScoreModel,
+    SliceFeatures,
+    design,
+    domain_notes,
+    load_feature_model,
+    read_safetensors,
+    slice_features,
+    to_grid,
+    write_safetensors,
+)
+from ctqa.sample import make_sample
+from ctqa.tasks import global_score
+from ctqa.volume import CTVolume
+
+MODEL = "score_features"
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    spec = registry.resolve("global_score", MODEL)
+    return load_feature_model(spec.card_path)[0]
+
+
+def _score(model: FeatureScoreModel, hu: np.ndarray, pixel_mm: float) -> float:
+    volume = CTVolume(np.ascontiguousarray(hu, dtype=np.float32)[None], (pixel_mm, pixel_mm, 3.0))
+    return float(model.predict(slice_features(volume))[0][0])
+
+
+def test_safetensors_round_trip_and_corrupt_file(tmp_path):
+    tensors = {"coefficients": np.arange(5.0), "feature_low": np.zeros(2), "feature_high": np.ones(2)}
+    path = tmp_path / "m.safetensors"
+    write_safetensors(tensors, path)
+    read = read_safetensors(path.read_bytes(), path)
+    assert all(np.array_equal(read[name], tensors[name]) for name in tensors)
+    with pytest.raises(InputError, match="not a valid safetensors"):
+        read_safetensors(b"\x05\x00\x00\x00\x00\x00\x00\x00{bad", path)
+
+
+def test_design_is_monotone_for_non_negative_coefficients():
+    """More noise never raises the score and a higher NPS frequency never lowers it, for any c1..c4 >= 0."""
+    low, high = np.array([1.0, 0.1]), np.array([4.0, 0.5])
+    rng = np.random.default_rng(0)
+    model = FeatureScoreModel(np.concatenate([[2.0], rng.uniform(0, 2, 4)]), low, high)
+    noise = np.linspace(0.5, 4.5, 50)
+    noisier = model.predict(SliceFeatures(np.stack([noise, np.full(50, 0.3)], axis=1)))[0]
+    assert np.all(np.diff(noisier) <= 1e-12)
+    texture = model.predict(SliceFeatures(np.stack([np.full(50, 2.5), np.linspace(0.05, 0.6, 50)], axis=1)))[0]
+    assert np.all(np.diff(texture) >= -1e-12)
+    assert design(np.array([[1.0, 0.1]]), low, high).shape == (1, 5)
+
+
+def test_out_of_range_features_are_clipped_and_flagged():
+    model = FeatureScoreModel(np.array([2.0, 1.0, 0.0, 1.0, 0.0]), np.array([1.0, 0.1]), np.array([4.0, 0.5]))
+    score, out = model.predict(SliceFeatures(np.array([[9.0, 0.3], [2.0, 0.3], [np.nan, 0.3]])))
+    assert out.tolist() == [True, False, False]
+    assert score[0] == pytest.approx(model.predict(SliceFeatures(np.array([[4.0, 0.3]])))[0][0])
+    assert np.isnan(score[2])
+
+
+def test_grid_resampling_keeps_the_physical_extent():
+    volume = CTVolume(np.zeros((2, 100, 80), np.float32), (0.5, 0.5, 3.0))
+    gridded = to_grid(volume)
+    assert gridded.spacing[0] == pytest.approx(GRID_MM, rel=0.02)
+    assert gridded.shape[1] * gridded.spacing[1] == pytest.approx(100 * 0.5, rel=1e-6)
+    assert to_grid(CTVolume(np.zeros((1, 64, 64), np.float32), (GRID_MM, GRID_MM, 1.0))).shape == (1, 64, 64)
+
+
+def test_feature_score_needs_no_learned_packages():
+    spec = registry.resolve("global_score", MODEL)
+    assert global_score.missing_packages(spec) == []
+    assert spec.card["architecture"]["features"] == list(FEATURES)
+
+
+def test_demo_score_falls_along_the_dose_ramp():
+    """Acceptance: Spearman of the per-slice score with the slice index <= -0.9 on the demo (dose 100 % -> 10 %)."""
+    volume = make_sample().low_dose
+    spec = registry.resolve("global_score", MODEL)
+    scores = global_score.run(volume, spec, np.full(volume.shape[0], 1))
+    assert spearmanr(np.arange(volume.shape[0]), scores.score)[0] <= -0.9
+    assert np.ptp(scores.score) > 0.5
+
+
+def test_brain_window_export_gets_an_out_of_domain_note():
+    volume = CTVolume(np.zeros((1, 64, 64), np.float32), (0.45, 0.45, 1.0), clipped_hu=(0.0, 80.0))
+    notes = domain_notes(volume, 0.0)
+    assert any("display window" in note for note in notes)
+    assert any("pixel size 0.45 mm" in note for note in notes)
+    assert domain_notes(CTVolume(np.zeros((1, 64, 64), np.float32), (0.7, 0.7, 3.0)), 0.1) == ()
+
+
+def _crop(hu, fraction):
+    h, w = (int(round(n * fraction)) for n in hu.shape)
+    top, left = (hu.shape[0] - h) // 2, (hu.shape[1] - w) // 2
+    return hu[top : top + h, left : left + w]
+
+
+@pytest.fixture(scope="module")
+def mayo(shared_data):
+    from CTQualityTraining.evaluate import mayo_pairs
+
+    return mayo_pairs(shared_data / "mayo_pairs")
+
+
+def test_real_pairs_quarter_below_full(bundled, mayo):
+    for case, (quarter, full) in mayo.items():
+        assert _score(bundled, quarter, 0.74) < _score(bundled, full, 0.74), case
+
+
+def test_invariance_on_a_real_slice(bundled, mayo):
+    """Acceptance: crop, pad, flip and rot90 move the score by at most 0.3; a 0.7x zoom keeps quarter < full."""
+    from scipy import ndimage
+
+    quarter, full = mayo["L506_86"]
+    base = _score(bundled, quarter, 0.74)
+    variants = {
+        "crop": _crop(quarter, 0.7),
+        "pad": np.pad(quarter, 100, constant_values=-1024.0),
+        "flip": quarter[:, ::-1],
+        "rot90": np.rot90(quarter),
+    }
+    for name, hu in variants.items():
+        assert abs(_score(bundled, hu, 0.74) - base) <= 0.3, name
+
+    def zoomed(hu):
+        part = _crop(hu, 0.7)
+        return ndimage.zoom(part, (hu.shape[0] / part.shape[0], hu.shape[1] / part.shape[1]), order=3)
+
+    assert _score(bundled, zoomed(quarter), 0.74 * 0.7) < _score(bundled, zoomed(full), 0.74 * 0.7)
