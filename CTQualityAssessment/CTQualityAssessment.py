@@ -468,7 +468,8 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
         The learned packages are installed for a learned quality model, for a denoiser (Denoise and compare), for a
         score network chosen by name, and for a default score network once PyTorch is there (then only timm & co.
         come from pip); a physics-feature score (the bundled default) needs none of them. Without PyTorch a default
-        score network is left out with a note in the run's summary: PyTorch is never installed just for it. A denoiser that is not installed is refused here, before anything is installed.
+        score network is left out with a note in the run's summary: PyTorch is never installed just for it.
+        A denoiser that is not installed is refused here, before anything is installed.
         batch: also the packages of `ctqa batch` (Ray, matplotlib for the reports).
         """
         ensure_dependencies()

@@ -404,10 +404,14 @@ def _parser() -> argparse.ArgumentParser:
         "mayo_ldct/pairs.csv, scored by the surrogate (SSIM against the full dose); writes OUT.json + "
         "OUT.safetensors (CTQualityTraining/score_features.py).",
     )
-    features.add_argument("--mayo", required=True, metavar="DIR", help="folder with pairs.csv (../shared/data/mayo_ldct)")
+    features.add_argument(
+        "--mayo", required=True, metavar="DIR", help="folder with pairs.csv (../shared/data/mayo_ldct)"
+    )
     features.add_argument("--val-patients", nargs="+", default=["L286"], metavar="ID", help="held out (L286)")
     features.add_argument("--denoise-model", metavar="NAME_OR_CKPT", help="add each quarter dose denoised by it")
-    features.add_argument("--out", required=True, metavar="PATH", help="checkpoint to write (PATH.json, PATH.safetensors)")
+    features.add_argument(
+        "--out", required=True, metavar="PATH", help="checkpoint to write (PATH.json, PATH.safetensors)"
+    )
     validate = commands.add_parser(
         "validate-real",
         help="the real-data validation table: dose pairs, reader study, invariance, demo ramp",

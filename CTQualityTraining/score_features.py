@@ -1,13 +1,19 @@
 """Training of the physics-feature 0-4 score (``ctqa-train score-features``) on real dose pairs.
 
 Data: the real Mayo quarter/full-dose DICOM pairs of ``mayo_ldct/pairs.csv`` (B30f and D45f), split by patient.
-Each pair gives the full dose, the quarter dose, each of them smoothed by a Gaussian (FWHM-free sigma in mm,
+Each pair gives the full dose, the quarter dose, each of them smoothed by a Gaussian (sigma in mm,
 BLUR_SIGMAS_MM: over-smoothing of the kind denoisers and soft kernels make) and, when a denoiser is given, the
 denoised quarter dose. Target: the surrogate score of ``score_data`` (mean SSIM over the body in W350/L40 against the
-pair's full dose, mapped linearly from SSIM 0.2 -> 0 to 1.0 -> 4), so the full dose reads 4 and both noise and lost
-structure (smoothing) cost score. Features: ``ctqa.models.feature_score.slice_features``, the product's own code.
-The fit is non-negative least squares on the monotone design of ``feature_score`` (the intercept free); feature
-ranges are those of the training rows.
+pair's full dose, mapped linearly from SSIM 0.2 -> 0 to 1.0 -> 4), taken after both images are smoothed by a
+Gaussian of TARGET_SMOOTHING_MM: the full dose reads 4, noise and lost structure cost score, but the full dose's own
+pixel noise no longer counts as structure that smoothing destroys. Without that smoothing a full dose blurred by
+0.6 mm scored 2.1 (of 4) against the quarter dose's 1.1, every smooth-kernel (B30f) full dose read about 2, since
+it looks like a blurred sharp-kernel image, and the readers' ranking barely moved (docs/real_validation.md).
+Features: ``ctqa.models.feature_score.slice_features``, the product's own code.
+The fit is non-negative least squares of the targets' logit on the monotone design of ``feature_score`` (the
+intercept free); feature ranges are those of the training rows. Fitted on the 0..4 scale itself with a clip at 4, the
+sharp-kernel images of the validation patient tied at 4 (quarter and full dose alike); the logistic link keeps
+them ordered.
 
 Why monotone: fitted freely (linear, quadratic or cubic least squares), the surrogate's blurred variants teach
 "less noise reads worse": a linear fit ranks the reader study's images against the radiologists (Spearman -0.4),
@@ -30,14 +36,27 @@ from scipy.stats import spearmanr
 
 from ctqa.errors import InputError
 from ctqa.io import read_volume
-from ctqa.models.feature_score import BACKBONE, DESIGN_TERMS, FEATURES, GRID_MM, NPS_PATCH_MM, FeatureScoreModel, design
-from ctqa.models.feature_score import slice_features, write_safetensors
+from ctqa.models.feature_score import (
+    BACKBONE,
+    DESIGN_TERMS,
+    FEATURES,
+    GRID_MM,
+    NPS_PATCH_MM,
+    SCORE_MAX,
+    FeatureScoreModel,
+    design,
+    slice_features,
+    write_safetensors,
+)
 from ctqa.models.registry import checkpoint_files
 from ctqa.volume import CTVolume
 
 from .score_data import SCORE_SSIM_CEILING, SCORE_SSIM_FLOOR, SCORE_WINDOW_HU, mean_ssim, surrogate_score
 
 BLUR_SIGMAS_MM = (0.6, 1.2, 2.0)
+TARGET_SMOOTHING_MM = 0.6
+#: Targets are kept this far (as a share of the scale) inside 0..4 before their logit is taken.
+LOGIT_MARGIN = 0.03
 #: A model whose predictions on the real validation images spread less than this (SD, score units) is refused: a
 #: score that barely moves across real images is broken whatever its fit.
 MIN_PREDICTION_SD = 0.25
@@ -107,13 +126,20 @@ def pair_variants(full: np.ndarray, quarter: np.ndarray, pixel_mm: float, denois
     return variants
 
 
+def surrogate_targets(variants: dict[str, np.ndarray], full: np.ndarray, pixel_mm: float, source: str) -> np.ndarray:
+    """(n,) surrogate scores of the variants (y, x) HU against full, both smoothed by TARGET_SMOOTHING_MM first."""
+    sigma = TARGET_SMOOTHING_MM / pixel_mm
+    smoothed = np.stack([ndimage.gaussian_filter(hu, sigma) for hu in variants.values()])
+    return surrogate_score(mean_ssim(smoothed, ndimage.gaussian_filter(full, sigma), source))
+
+
 def training_rows(pairs: list[PairFiles], denoise_spec=None, log=print) -> list[TrainingRow]:
     """Features and surrogate targets of every variant of every pair (module docstring)."""
     rows = []
     for index, pair in enumerate(pairs, 1):
         full, quarter = read_slice(pair.full), read_slice(pair.quarter)
         variants = pair_variants(full, quarter, pair.pixel_mm, denoise_spec)
-        targets = surrogate_score(mean_ssim(np.stack(list(variants.values())), full, str(pair.full)))
+        targets = surrogate_targets(variants, full, pair.pixel_mm, str(pair.full))
         for (name, hu), target in zip(variants.items(), targets):
             volume = CTVolume(hu[None], (pair.pixel_mm, pair.pixel_mm, pair.thickness_mm), source=str(pair.full))
             rows.append(TrainingRow(pair, name, slice_features(volume).values[0], float(target)))
@@ -122,14 +148,16 @@ def training_rows(pairs: list[PairFiles], denoise_spec=None, log=print) -> list[
 
 
 def fit(rows: list[TrainingRow]) -> FeatureScoreModel:
-    """Non-negative least squares of the targets on the monotone design (free intercept)."""
+    """Non-negative least squares of logit(target / 4) (targets kept LOGIT_MARGIN inside 0..4) on the monotone
+    design, the intercept free."""
     features = np.stack([row.features for row in rows])
-    targets = np.array([row.target for row in rows])
+    share = np.clip(np.array([row.target for row in rows]) / SCORE_MAX, LOGIT_MARGIN, 1.0 - LOGIT_MARGIN)
+    logits = np.log(share / (1.0 - share))
     low, high = features.min(axis=0), features.max(axis=0)
     matrix = design(features, low, high)
     centre = matrix[:, 1:].mean(axis=0)
-    weights, _ = nnls(matrix[:, 1:] - centre, targets - targets.mean())
-    return FeatureScoreModel(np.concatenate([[targets.mean() - centre @ weights], weights]), low, high)
+    weights, _ = nnls(matrix[:, 1:] - centre, logits - logits.mean())
+    return FeatureScoreModel(np.concatenate([[logits.mean() - centre @ weights], weights]), low, high)
 
 
 def check_spread(model: FeatureScoreModel, rows: list[TrainingRow]) -> float:
@@ -201,7 +229,12 @@ def train(
         "name": Path(out).name,
         "format_version": 1,
         "task": "global_score",
-        "architecture": {"backbone": BACKBONE, "features": list(FEATURES), "design": list(DESIGN_TERMS)},
+        "architecture": {
+            "backbone": BACKBONE,
+            "features": list(FEATURES),
+            "design": list(DESIGN_TERMS),
+            "link": "score = 4 / (1 + exp(-design @ coefficients))",
+        },
         "input": {
             "grid_mm": GRID_MM,
             "nps_patch_mm": NPS_PATCH_MM,
@@ -211,8 +244,9 @@ def train(
         },
         "scale": "0-4 LDCTIQAC2023",
         "training": {
-            "target": f"surrogate: mean SSIM over the body in {list(SCORE_WINDOW_HU)} HU against the full dose, "
-            f"linear from {SCORE_SSIM_FLOOR} (0) to {SCORE_SSIM_CEILING} (4)",
+            "target": f"surrogate: mean SSIM over the body in {list(SCORE_WINDOW_HU)} HU against the full dose, both "
+            f"smoothed by a Gaussian of sigma {TARGET_SMOOTHING_MM} mm, linear from {SCORE_SSIM_FLOOR} (0) to "
+            f"{SCORE_SSIM_CEILING} (4)",
             "data": str(mayo),
             "train_patients": sorted({p.patient for p in train_pairs}),
             "val_patients": sorted(val_patients),

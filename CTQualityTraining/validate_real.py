@@ -243,6 +243,7 @@ def check_invariance(assessor: Assessor, pairs, log) -> dict:
     figures = ["map mean", *(f"score {n}" for n in names)]
     largest = {f: {v: 0.0 for v in VARIANTS} for f in figures}
     zoom_ordered = {f: 0 for f in figures}
+    zoom_change = {f: 0.0 for f in figures}
     for case, quarter, full, pixel_mm in pairs:
         zoomed = {}
         for dose, hu in (("quarter", quarter), ("full", full)):
@@ -252,10 +253,17 @@ def check_invariance(assessor: Assessor, pairs, log) -> dict:
                 for f in figures:
                     largest[f][variant] = max(largest[f][variant], abs(moved[f] - base[f]))
             zoomed[dose] = _figure_values(assessor(zoom(hu, CROP_FRACTION), pixel_mm * CROP_FRACTION), names)
+            for f in figures:
+                zoom_change[f] = max(zoom_change[f], abs(zoomed[dose][f] - base[f]))
         for f in figures:
             zoom_ordered[f] += bool(zoomed["quarter"][f] < zoomed["full"][f])
         log(f"  invariance: {case}")
-    return {"largest_change": largest, "zoom_quarter_below_full": zoom_ordered, "pairs": len(pairs)}
+    return {
+        "largest_change": largest,
+        "zoom_change": zoom_change,
+        "zoom_quarter_below_full": zoom_ordered,
+        "pairs": len(pairs),
+    }
 
 
 def check_demo(assessor: Assessor) -> dict:
@@ -331,7 +339,8 @@ def markdown(results: dict, command: str) -> str:
 
     figures = [f"score {n}" for n in names]
     row("real pairs: quarter < full", f"{count}/{count}",
-        [f"{pairs[f'{f} quarter_below_full']}/{count}" for f in figures] + [f"{pairs['map_quarter_below_full']}/{count}", "–"])
+        [f"{pairs[f'{f} quarter_below_full']}/{count}" for f in figures]
+        + [f"{pairs['map_quarter_below_full']}/{count}", "–"])
     row("real pairs: mean quarter / full", "",
         [f"{_f(pairs[f'{f} mean quarter'])} / {_f(pairs[f'{f} mean full'])}" for f in figures] + ["", ""])
     for title, study in (("abdomen", abdomen), ("brain (out of domain)", brain)):
@@ -351,6 +360,8 @@ def markdown(results: dict, command: str) -> str:
         row(f"invariance: largest change, {variant}", "score ≤ 0.3, map ≤ 0.05",
             [_f(invariance["largest_change"][f][variant]) for f in figures]
             + [_f(invariance["largest_change"]["map mean"][variant], 3), "–"])
+    row("invariance: largest change, 0.7x zoom (pixels 0.7x)", "",
+        [_f(invariance["zoom_change"][f]) for f in figures] + [_f(invariance["zoom_change"]["map mean"], 3), "–"])
     n = invariance["pairs"]
     row("invariance: 0.7x zoom, quarter < full", f"{n}/{n}",
         [f"{invariance['zoom_quarter_below_full'][f]}/{n}" for f in figures]

@@ -138,3 +138,4 @@ def test_invariance_on_a_real_slice(bundled, mayo):
         return ndimage.zoom(part, (hu.shape[0] / part.shape[0], hu.shape[1] / part.shape[1]), order=3)
 
     assert _score(bundled, zoomed(quarter), 0.74 * 0.7) < _score(bundled, zoomed(full), 0.74 * 0.7)
+

@@ -1,11 +1,12 @@
-"""Benchmark of the global 0-4 score: slices/s at 512 x 512 for each backbone (MD-IQA, TFKT, CNN), through
-``score_network.predict_scores`` (windowing, HPF, network, decoding), beside BRISQUE per slice (the classic
+"""Benchmark of the global 0-4 score: slices/s at 512 x 512 (0.7 mm pixels) for each backbone (MD-IQA, TFKT, CNN),
+through ``score_network.predict_scores`` (windowing, HPF, network, decoding), for the bundled physics-feature score
+(``tasks.global_score.run``: grid resampling, noise pass, NPS, model), beside BRISQUE per slice (the classic
 no-reference peer, ``ctqa.physics.brisque``) in the same run.
 
     python benchmarks/bench_score.py [--slices 48] [--threads 1 2] [--device cpu]
 
-Speed does not depend on the weights, so untrained networks of the default sizes are timed; the bundled default
-(if installed) is timed as well. Prints one line per (model, threads).
+Speed does not depend on the weights, so untrained networks of the default sizes are timed; the bundled MD-IQA
+score_default (if installed) is timed as well. Prints one line per (model, threads).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from ctqa.models.score_network import (
     predict_scores,
 )
 from ctqa.physics.brisque import brisque_score, render_soft_tissue
+from ctqa.tasks import global_score
+from ctqa.volume import CTVolume
 
 
 def phantom_slices(count: int, seed: int = 0) -> np.ndarray:
@@ -58,15 +61,20 @@ def main() -> None:
     models = {
         f"{name} (untrained)": (build_score_network(ScoreNetConfig(backbone=name)).eval(), {}) for name in BACKBONES
     }
-    default = registry.default_model("global_score")
-    if default is not None:
-        models[f"{default} (bundled)"] = load_score_model(registry.resolve("global_score", default).card_path)
+    bundled = registry.bundled_models("global_score")
+    if "score_default" in bundled:
+        models["score_default (bundled)"] = load_score_model(bundled["score_default"])
+    volume = CTVolume(hu, (0.7, 0.7, 3.0))
     print(f"{args.slices} slices of 512 x 512, batch {args.batch}, device {args.device}")
     for threads in args.threads:
         torch.set_num_threads(threads)
         for name, (model, card) in models.items():
             elapsed = seconds(lambda m=model, c=card: predict_scores(m, c, hu, args.device, args.batch))
             print(f"{name:32s} threads {threads}: {args.slices / elapsed:7.1f} slices/s")
+        if "score_features" in bundled:
+            spec = registry.resolve("global_score", "score_features")
+            elapsed = seconds(lambda: global_score.run(volume, spec, np.ones(args.slices)))
+            print(f"{'score_features (bundled)':32s} threads {threads}: {args.slices / elapsed:7.1f} slices/s")
         elapsed = seconds(lambda: [brisque_score(render_soft_tissue(s)) for s in hu[:8]])
         print(f"{'BRISQUE (numpy, peer)':32s} threads {threads}: {8 / elapsed:7.1f} slices/s")
 

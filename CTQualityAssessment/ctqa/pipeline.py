@@ -270,6 +270,7 @@ def _summary(
         notes += tuple(f"denoised CT: {note}" for note in denoised.passes.noise.notes)
         if denoised.denoiser.device_fallback:
             notes += (f"denoising: {denoised.denoiser.device_fallback}",)
+        notes += tuple(f"denoising: {note}" for note in denoised.denoiser.notes)
     settings = RunSettings(
         model=result.model.name,
         model_kind=result.model.kind,

@@ -14,9 +14,11 @@ the body's flat soft tissue only, so neither the field of view nor the padding a
 
 The score is monotone by construction: it falls with the noise level and rises with the NPS frequency, so
 smoothing alone never buys score. With a = ln(noise_sd) and b = nps_frequency, each scaled to 0..1 over the range
-seen in training, score = c0 - c1 a - c2 a^2 + c3 b - c4 (1 - b)^2 with c1..c4 >= 0 (``design``: non-negative least
-squares, ``ctqa-train score-features``; the card says which target), clipped to 0..4. Features outside the trained
-range are clipped to it (nothing is extrapolated), and such slices are counted for the out-of-domain note.
+seen in training, score = 4 / (1 + exp(-(c0 - c1 a - c2 a^2 + c3 b - c4 (1 - b)^2))) with c1..c4 >= 0 (``design``;
+fitted by non-negative least squares on the logit of score / 4, ``ctqa-train score-features``; the card says which
+target). The logistic link keeps the scale within 0..4 without a clip that would tie the best images at 4. Features
+outside the trained range are clipped to it (nothing is extrapolated), and such slices are counted for the
+out-of-domain note.
 
 numpy and scipy only: this score needs neither torch nor the safetensors package (its weights file is read by
 ``read_safetensors``, a few lines, so that a physics-only install can run it).
@@ -32,9 +34,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from ctqa.errors import InputError
+from ctqa.models.grid import on_model_grid
 from ctqa.models.registry import bundled_sha256, checkpoint_files, manifest_path, read_json
 from ctqa.physics.noise import analyse_noise
 from ctqa.volume import CTVolume
@@ -53,6 +55,8 @@ NPS_FLAT_RATIO = 1.3
 #: Fewer flat patches in a slice: its NPS frequency is not measured (NaN) and the slice is not scored.
 NPS_MIN_PATCHES = 5
 FEATURES = ("ln_noise_sd", "nps_frequency")
+#: Top of the 0-4 scale (the logistic link's asymptote).
+SCORE_MAX = 4.0
 #: Pixel sizes (mm) the grid resampling is validated for; outside, the summary says the score is out of domain.
 PIXEL_RANGE_MM = (0.5, 1.0)
 #: A display-window export must keep at least this HU range for the soft-tissue noise to be measurable.
@@ -77,7 +81,8 @@ class SliceFeatures:
 
 @dataclass(frozen=True)
 class FeatureScoreModel:
-    """Coefficients of the design (``design``), and the trained range of each feature (low, high)."""
+    """Coefficients of the design (``design``; the logit of score / SCORE_MAX), and the trained range of each
+    feature (low, high)."""
 
     coefficients: np.ndarray
     feature_low: np.ndarray
@@ -88,7 +93,8 @@ class FeatureScoreModel:
         values = features.values
         clipped = np.clip(values, self.feature_low, self.feature_high)
         out_of_range = features.measured & (clipped != values).any(axis=1)
-        score = np.clip(design(clipped, self.feature_low, self.feature_high) @ self.coefficients, 0.0, 4.0)
+        logit = design(clipped, self.feature_low, self.feature_high) @ self.coefficients
+        score = SCORE_MAX / (1.0 + np.exp(-logit))
         score[~features.measured] = np.nan
         return score, out_of_range
 
@@ -108,20 +114,13 @@ def design(features: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarra
 
 
 def to_grid(volume: CTVolume, grid_mm: float = GRID_MM) -> CTVolume:
-    """volume with each axial slice resampled to grid_mm square pixels (anti-aliased: a Gaussian of sigma
-    (factor - 1) / 2 input pixels first where the pixels grow by factor > 1; linear interpolation); z unchanged."""
-    factors = [grid_mm / spacing for spacing in volume.spacing[1::-1]]  # (y, x)
-    if all(abs(factor - 1.0) < 1e-3 for factor in factors):
+    """volume with each axial slice resampled to grid_mm square pixels (``grid.on_model_grid``); z unchanged."""
+    pixel_yx = (volume.spacing[1], volume.spacing[0])
+    if all(abs(pixel / grid_mm - 1.0) < 1e-3 for pixel in pixel_yx):
         return volume
-    sigma = [0.0] + [max(0.0, (factor - 1.0) / 2.0) for factor in factors]
-    hu = volume.hu.astype(np.float32, copy=False)
-    if any(sigma):
-        hu = ndimage.gaussian_filter(hu, sigma, mode="nearest")
-    shape = [max(8, int(round(n / factor))) for n, factor in zip(volume.shape[1:], factors)]
-    zoom = [1.0] + [new / old for new, old in zip(shape, volume.shape[1:])]
-    resampled = ndimage.zoom(hu, zoom, order=1, mode="nearest", grid_mode=True)
-    spacing = (volume.spacing[0] * volume.shape[2] / shape[1], volume.spacing[1] * volume.shape[1] / shape[0])
-    return replace(volume, hu=resampled, spacing=(*spacing, volume.spacing[2]))
+    hu = on_model_grid(volume.hu, pixel_yx, grid_mm)
+    spacing = (volume.spacing[0] * volume.shape[2] / hu.shape[2], volume.spacing[1] * volume.shape[1] / hu.shape[1])
+    return replace(volume, hu=hu, spacing=(*spacing, volume.spacing[2]))
 
 
 def _quadratic_projection(size: int) -> np.ndarray:

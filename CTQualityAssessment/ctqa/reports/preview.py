@@ -141,7 +141,8 @@ def _title(assessment: Assessment) -> str:
     ]
     if summary.global_score is not None:
         spread = f" ± {summary.global_score.sd:.1f}" if math.isfinite(summary.global_score.sd) else ""
-        figures.append(f"score {summary.global_score.value:.1f}{spread} / 4")
+        outside = " (outside the model's domain: see summary notes)" if summary.global_score.domain_notes else ""
+        figures.append(f"score {summary.global_score.value:.1f}{spread} / 4{outside}")
     if math.isfinite(summary.gnl_hu):
         gnl = f"GNL {summary.gnl_hu:.1f} HU"
         if summary.denoised is not None and math.isfinite(summary.denoised.gnl_hu):

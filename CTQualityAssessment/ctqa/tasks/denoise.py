@@ -24,6 +24,7 @@ import numpy as np
 
 from ctqa.errors import InputError
 from ctqa.models import registry
+from ctqa.models.grid import ModelGrid, on_model_grid, to_input_grid
 from ctqa.models.registry import DEFAULT_MODEL, ModelSpec
 from ctqa.slabs import ProgressCallback
 from ctqa.volume import CTVolume
@@ -60,6 +61,7 @@ class Denoised:
     volume: the denoised CT: float32 (z, y, x) HU, a new array, with the input's geometry, scaling and metadata.
     model: the denoiser's name; method: its training, "supervised" or "neighbor2neighbor" (model card).
     device, precision: where the last batch ran and in which precision; device_fallback: why CUDA was left, or None.
+    notes: remarks for the summary (slices resampled onto the denoiser's grid, ``ctqa.models.grid``).
     """
 
     volume: CTVolume
@@ -68,6 +70,7 @@ class Denoised:
     device: str
     precision: str = "float32"
     device_fallback: str | None = None
+    notes: tuple[str, ...] = ()
 
 
 def missing_packages() -> list[str]:
@@ -129,10 +132,16 @@ def run(
     from ctqa.models.denoise_network import denoise_volume, load_denoise_model
 
     model, card = load_denoise_model(spec.card_path, "cpu")  # denoise_volume moves a copy to the device
-    result = denoise_volume(
-        model, volume.hu, device=device, progress=progress, cancel=cancel, self_ensemble=self_ensemble
-    )
+    grid = ModelGrid.from_card(card)
+    pixel_yx = (volume.spacing[1], volume.spacing[0])
+    target = grid.target_mm(max(pixel_yx)) if grid is not None else None
+    source = volume.hu if target is None else on_model_grid(volume.hu, pixel_yx, target)
+    result = denoise_volume(model, source, device=device, progress=progress, cancel=cancel, self_ensemble=self_ensemble)
     hu = result.hu
+    notes = ()
+    if target is not None:  # the denoised change, not the image, goes back: the input's own detail is kept
+        hu = volume.hu + to_input_grid(hu - source, volume.shape[1:])
+        notes = (grid.resampled_note(spec.name, max(pixel_yx), target),)
     if is_whole_hu(volume.hu):
         np.rint(hu, out=hu)
     if volume.clipped_hu is not None:
@@ -145,4 +154,5 @@ def run(
         result.run.device_used,
         result.run.precision,
         result.run.fallback,
+        notes,
     )

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ctqa.models.grid import ModelGrid, on_model_grid, to_input_grid
 from ctqa.models.registry import ModelSpec
 from ctqa.physics.lung import LUNG_WINDOW_HU, QUALITY_WINDOWS_HU, lung_mask
 from ctqa.physics.noise import NOISE_SD50_HU, NoiseAnalysis, quality_from_noise
@@ -99,15 +100,22 @@ def run(
     from ctqa.models.checkpoints import load
     from ctqa.models.inference import learned_noise_level, predict_volume
 
-    network, _ = load(model.card_path)
-    prediction = predict_volume(network, volume.hu, device=device, progress=progress, cancel=cancel)
+    network, card = load(model.card_path)
+    grid = ModelGrid.from_card(card)
+    pixel_yx = (volume.spacing[1], volume.spacing[0])
+    target = grid.target_mm(max(pixel_yx)) if grid is not None else None
+    hu = volume.hu if target is None else on_model_grid(volume.hu, pixel_yx, target)
+    prediction = predict_volume(network, hu, device=device, progress=progress, cancel=cancel)
     windows = {name: prediction.maps[name] for name in QUALITY_WINDOWS_HU if name in prediction.maps}
+    notes = ()
+    if target is not None:
+        windows = {name: to_input_grid(values, volume.shape[1:]) for name, values in windows.items()}
+        notes = (grid.resampled_note(model.name, max(pixel_yx), target),)
     for values in windows.values():
         for learned_slice, inside in zip(values, body):
             learned_slice[~inside] = np.nan
-    notes = ()
     if "lung" not in windows and lung.any():
-        notes = (f"model {model.name} has no lung window: the lung reads in the soft-tissue window, where it is ~1",)
+        notes += (f"model {model.name} has no lung window: the lung reads in the soft-tissue window, where it is ~1",)
     return QualityMap(
         _compose(windows, lung),
         model,

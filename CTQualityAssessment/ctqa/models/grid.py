@@ -1,0 +1,80 @@
+"""The physical grid of the learned models: the in-plane pixel sizes (mm) each model works at.
+
+A network reads texture in pixels, so the same CT at another pixel size looks like another dose to it (the learned
+quality map read a crop resampled to 0.52 mm pixels as much better quality than the same crop at 0.74 mm). Every
+model card therefore states its grid as ``card["input"]["pixel_mm"] = [low, high]``: the pixel sizes it was
+trained at. Slices with pixels inside that range run as they are; outside it they are resampled, anti-aliased, to
+the nearest end of the range, the model runs there, and its outputs are mapped back onto the input grid
+(``on_model_grid`` / ``to_input_grid``). Field of view: the convolutional models are invariant to it (they see the
+slice at its own size); the physics-feature score measures only flat soft tissue (``feature_score``).
+
+Resampling: a Gaussian of sigma (factor - 1) / 2 input pixels along each axis whose pixels grow by factor > 1
+(scikit-image's anti-aliasing rule), then linear interpolation; back onto the input grid, linear interpolation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+#: Smallest in-plane size (voxels) a resampled slice keeps.
+MIN_SIZE = 8
+
+
+@dataclass(frozen=True)
+class ModelGrid:
+    """The pixel sizes (mm) a model was trained at: [low_mm, high_mm]."""
+
+    low_mm: float
+    high_mm: float
+
+    @classmethod
+    def from_card(cls, card: dict) -> ModelGrid | None:
+        """The grid of a model card (``input.pixel_mm``: one size or [low, high]); None for a card without one."""
+        value = card.get("input", {}).get("pixel_mm")
+        if value is None:
+            return None
+        low, high = (value, value) if isinstance(value, (int, float)) else value
+        return cls(float(low), float(high))
+
+    def target_mm(self, pixel_mm: float) -> float | None:
+        """The pixel size slices of pixel_mm are resampled to, None when pixel_mm is inside the grid (1 % slack)."""
+        if self.low_mm * 0.99 <= pixel_mm <= self.high_mm * 1.01:
+            return None
+        return float(np.clip(pixel_mm, self.low_mm, self.high_mm))
+
+    def describe(self) -> str:
+        if self.low_mm == self.high_mm:
+            return f"{self.low_mm:g} mm pixels"
+        return f"{self.low_mm:g}-{self.high_mm:g} mm pixels"
+
+    def resampled_note(self, model: str, pixel_mm: float, target_mm: float) -> str:
+        """The summary note of a run whose slices were resampled onto this grid for model."""
+        return (
+            f"{model} works at {self.describe()}: the {pixel_mm:.2f} mm slices were resampled to {target_mm:.2f} mm "
+            "for it and its output mapped back"
+        )
+
+
+def resampled_shape(shape_yx: tuple[int, int], pixel_yx_mm: tuple[float, float], target_mm: float) -> tuple[int, int]:
+    """(y, x) size of a slice of shape_yx with pixels pixel_yx_mm resampled to target_mm pixels (same extent)."""
+    return tuple(max(MIN_SIZE, int(round(n * p / target_mm))) for n, p in zip(shape_yx, pixel_yx_mm))
+
+
+def on_model_grid(hu: np.ndarray, pixel_yx_mm: tuple[float, float], target_mm: float) -> np.ndarray:
+    """float32 (z, y', x'): every slice of hu (z, y, x) resampled from pixel_yx_mm to square target_mm pixels."""
+    shape = resampled_shape(hu.shape[1:], pixel_yx_mm, target_mm)
+    factors = [old / new for old, new in zip(hu.shape[1:], shape)]  # > 1: the pixels grow
+    sigma = [0.0] + [max(0.0, (factor - 1.0) / 2.0) for factor in factors]
+    source = np.asarray(hu, dtype=np.float32)
+    if any(sigma):
+        source = ndimage.gaussian_filter(source, sigma, mode="nearest")
+    return ndimage.zoom(source, [1.0, *(1.0 / f for f in factors)], order=1, mode="nearest", grid_mode=True)
+
+
+def to_input_grid(values: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray:
+    """float32 (z, *shape_yx): slices of values (z, y', x') mapped back onto the input's (y, x) grid (linear)."""
+    zoom = [1.0] + [new / old for new, old in zip(shape_yx, values.shape[1:])]
+    return ndimage.zoom(np.asarray(values, np.float32), zoom, order=1, mode="nearest", grid_mode=True)
