@@ -222,6 +222,14 @@ def _parser() -> argparse.ArgumentParser:
         help="mean SSIM mapped to score 0 and to score 4 (default: 0.2 1)",
     )
     score_data.add_argument("--pixel-mm", type=float, help="pixel size of .npy/.tif sources in mm (default: 0.74)")
+    score_data.add_argument(
+        "--grid-mm",
+        type=float,
+        metavar="MM",
+        help="the physical grid: slices resampled to MM pixels and placed in a 512 x 512 canvas centred on the body "
+        "before the simulation (score_network.score_canvas; e.g. 0.7); default: the whole slice padded to a square "
+        "and resized to 512 x 512 (the old convention)",
+    )
     score_data.add_argument("--seed", type=int, help="base random seed (default: 0)")
     score_data.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
     score_data.add_argument(
@@ -423,6 +431,9 @@ def _parser() -> argparse.ArgumentParser:
         "--score-model", nargs="+", default=["default"], metavar="NAME_OR_CKPT", help="score models to compare"
     )
     validate.add_argument("--model", default="default", metavar="NAME_OR_CKPT", help="quality-map model (default)")
+    validate.add_argument(
+        "--hybrid", action="store_true", help="add a column: the mean of the first two score models' scores"
+    )
     validate.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's)")
     validate.add_argument("--out", required=True, metavar="FILE.md", help="table to write (.md; .json beside it)")
     return parser

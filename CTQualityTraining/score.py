@@ -44,8 +44,10 @@ from ctqa.errors import InputError
 from ctqa.io import read_volume
 from ctqa.models.inference import resolve_device
 from ctqa.models.score_network import (
+    AIR_HU,
     ScoreNetConfig,
     build_score_network,
+    grid_of,
     load_score_model,
     loss_terms,
     predict_scores,
@@ -61,6 +63,10 @@ from .trainer import MODEL, STATE, hardware, learning_rate, manifest_sha256, res
 
 PSEUDO_LABELS = "pseudo_labels.json"
 WEIGHT_DECAY = 1e-4
+#: Field-of-view augmentation of grid datasets (``narrower_field_of_view``).
+FOV_AUGMENT_P = 0.5
+FOV_FRACTION = (0.45, 0.95)
+FOV_SHIFT = 0.1
 
 
 @dataclass(frozen=True)
@@ -122,13 +128,33 @@ def augment(hu: torch.Tensor, rotations: np.ndarray, flips: np.ndarray) -> torch
     return torch.stack(views)
 
 
-class SliceSampler:
-    """Random augmented batches of whole slices (and their scores) from one set of samples, in memory."""
+def narrower_field_of_view(hu: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """(B, y, x) canvases, each with probability FOV_AUGMENT_P reduced to a random square reconstruction field of
+    view (side FOV_FRACTION of the canvas, centre shifted by up to FOV_SHIFT of the side): air outside, as
+    ``score_canvas`` pads a tightly cropped input. Teaches a grid model that a crop is not a quality."""
+    size = hu.shape[-1]
+    out = hu.clone()
+    for image in out:
+        if rng.random() >= FOV_AUGMENT_P:
+            continue
+        side = int(size * rng.uniform(*FOV_FRACTION))
+        top, left = (int((size - side) / 2 + rng.uniform(-FOV_SHIFT, FOV_SHIFT) * side) for _ in range(2))
+        top, left = min(max(top, 0), size - side), min(max(left, 0), size - side)
+        kept = image[top : top + side, left : left + side].clone()
+        image.fill_(AIR_HU)
+        image[top : top + side, left : left + side] = kept
+    return out
 
-    def __init__(self, samples: ScoreSamples, rng: np.random.Generator):
+
+class SliceSampler:
+    """Random augmented batches of whole slices (and their scores) from one set of samples, in memory; fov: also
+    narrow the field of view at random (grid datasets, ``narrower_field_of_view``)."""
+
+    def __init__(self, samples: ScoreSamples, rng: np.random.Generator, fov: bool = False):
         self.hu = torch.from_numpy(np.asarray(samples.hu))
         self.score = torch.from_numpy(np.asarray(samples.score, np.float32))
         self.rng = rng
+        self.fov = fov
 
     def __len__(self) -> int:
         return len(self.hu)
@@ -139,7 +165,14 @@ class SliceSampler:
     def view(self, indices: np.ndarray) -> torch.Tensor:
         """float32 HU (B, y, x) of the samples at indices, each in a random rotation/flip."""
         rotations, flips = self.rng.integers(0, 4, len(indices)), self.rng.integers(0, 2, len(indices)).astype(bool)
-        return augment(self.hu[indices].float(), rotations, flips)
+        views = augment(self.hu[indices].float(), rotations, flips)
+        return narrower_field_of_view(views, self.rng) if self.fov else views
+
+
+def _canvas_pixel(card: dict) -> tuple[float, float] | None:
+    """The pixel size of a grid dataset's slices, which are canvases at the model's grid already."""
+    grid_mm = grid_of(card)
+    return (grid_mm, grid_mm) if grid_mm is not None else None
 
 
 def ensemble_pseudo_labels(teachers: tuple[str, ...], unlabelled: ScoreSamples, device: torch.device) -> np.ndarray:
@@ -148,7 +181,8 @@ def ensemble_pseudo_labels(teachers: tuple[str, ...], unlabelled: ScoreSamples, 
     for path in teachers:
         model, card = load_score_model(path, device)
         card = {key: value for key, value in card.items() if key != "calibration"}
-        scores.append(predict_scores(model, card, np.asarray(unlabelled.hu), device)[0])
+        pixel_yx = _canvas_pixel(card)
+        scores.append(predict_scores(model, card, np.asarray(unlabelled.hu), device, pixel_yx_mm=pixel_yx)[0])
     return np.mean(scores, axis=0)
 
 
@@ -185,14 +219,16 @@ class ScoreTrainer:
             load_pretrained_backbone(self.model, settings.pretrained)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.lr, weight_decay=WEIGHT_DECAY)
         self.rng = np.random.default_rng(settings.seed)
-        self.labelled = SliceSampler(labelled, self.rng)
+        dataset = json.loads((Path(settings.data) / "manifest.json").read_text(encoding="utf-8"))
+        self.grid_mm = dataset["parameters"].get("grid_mm")
+        self.labelled = SliceSampler(labelled, self.rng, fov=self.grid_mm is not None)
         self.unlabelled = self.teacher = None
         if settings.semi_supervised:
             pool = load_score_split(settings.data, "train", labelled=False)
             if len(pool.score) == 0:
                 raise InputError(f"{settings.data}: no unlabelled slices in the train split for semi-supervision")
             pool.score = self._pseudo_labels(pool)
-            self.unlabelled = SliceSampler(pool, self.rng)
+            self.unlabelled = SliceSampler(pool, self.rng, fov=self.grid_mm is not None)
             self.teacher = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema), use_buffers=True)
             self.teacher.eval()  # its targets: no dropout, running statistics
         self.state = _TrainingState()
@@ -337,7 +373,7 @@ class ScoreTrainer:
 
 def evaluate(model: torch.nn.Module, card: dict, samples: ScoreSamples, device: torch.device) -> dict[str, float]:
     """LDCTIQAC2023 agreement (|PLCC|, |SROCC|, |KROCC|, overall) and RMSE of model's scores against samples'."""
-    predicted = predict_scores(model, card, np.asarray(samples.hu), device)[0]
+    predicted = predict_scores(model, card, np.asarray(samples.hu), device, pixel_yx_mm=_canvas_pixel(card))[0]
     reference = np.asarray(samples.score, np.float64)
     fit = agreement(predicted, reference)
     rmse = float(np.sqrt(np.mean((predicted - reference) ** 2)))
@@ -398,9 +434,12 @@ def calibrate_score(
     device, _ = resolve_device("auto")
     model, card = load_score_model(model_path, device)
     raw_card = {key: value for key, value in card.items() if key != "calibration"}
-    raw = np.array(
-        [predict_scores(model, raw_card, read_volume(p, scaling=scaling).hu, device)[0].mean() for p, _ in ratings]
-    )
+    raw = []
+    for path, _ in ratings:
+        volume = read_volume(path, scaling=scaling)
+        pixel_yx = (volume.spacing[1], volume.spacing[0])
+        raw.append(predict_scores(model, raw_card, volume.hu, device, pixel_yx_mm=pixel_yx)[0].mean())
+    raw = np.array(raw)
     rated = np.array([score for _, score in ratings])
     order = np.argsort(raw, kind="stable")
     fitted = isotonic_regression(rated[order], increasing=True).x

@@ -77,6 +77,7 @@ import torch
 from tqdm import tqdm
 
 from ctqa.errors import InputError
+from ctqa.models.score_network import INPUT_SIZE, score_canvas
 from ctqa.outputs import check_output_folder, written_whole
 from ctqa.scaling import NAMED
 
@@ -153,9 +154,16 @@ class ScoreSamples:
         return int(self.score.shape[0])
 
 
-def to_score_grid(hu: np.ndarray, pixel_mm: float, size: int = SCORE_SIZE) -> tuple[np.ndarray, float]:
-    """((z, size, size) float32 HU, pixel mm) of (z, y, x) slices: padded with air to square, then resampled with
-    antialiased bilinear interpolation when the side is not size (module docstring)."""
+def to_score_grid(
+    hu: np.ndarray, pixel_mm: float, size: int = SCORE_SIZE, grid_mm: float | None = None
+) -> tuple[np.ndarray, float]:
+    """((z, size, size) float32 HU, pixel mm) of (z, y, x) slices. grid_mm None (the old convention): padded with
+    air to square, then resampled with antialiased bilinear interpolation when the side is not size (module
+    docstring); grid_mm: the physical canvas of ``score_network.score_canvas`` (size must be its INPUT_SIZE)."""
+    if grid_mm is not None:
+        if size != INPUT_SIZE:
+            raise InputError(f"a grid dataset has {INPUT_SIZE} x {INPUT_SIZE} slices, got size {size}")
+        return score_canvas(np.asarray(hu, np.float32), (pixel_mm, pixel_mm), grid_mm), float(grid_mm)
     square = pad_to_square(np.asarray(hu, np.float32))
     side = square.shape[-1]
     if side == size:
@@ -272,7 +280,7 @@ def _samples_of(data: dict, role: str, parameters: dict, seed: int, source: str)
     (as acquired only) or "ldctiqac"."""
     check_not_blank(data["hu"], source)
     size, full_views = parameters["size"], parameters["full_views"]
-    hu, pixel = to_score_grid(data["hu"], float(data["pixel_mm"]), size)
+    hu, pixel = to_score_grid(data["hu"], float(data["pixel_mm"]), size, parameters.get("grid_mm"))
     if role == "ldctiqac":
         return _arrays(hu, data["score"], np.nan, np.nan, 0, "ldctiqac", np.arange(hu.shape[0]), pixel)
     parts = []
@@ -280,7 +288,8 @@ def _samples_of(data: dict, role: str, parameters: dict, seed: int, source: str)
     paired = "quarter" in data
     parts.append(_arrays(hu[acquired], np.nan, np.nan, 1.0 if paired else np.nan, 0, "unlabelled", acquired, pixel))
     if paired:
-        quarter = to_score_grid(check_not_blank(data["quarter"], source, "quarter-dose slice"), pixel, size)[0]
+        quarter_hu = check_not_blank(data["quarter"], source, "quarter-dose slice")
+        quarter = to_score_grid(quarter_hu, float(data["pixel_mm"]), size, parameters.get("grid_mm"))[0]
         parts.append(_arrays(quarter[acquired], np.nan, np.nan, 0.25, 0, "unlabelled", acquired, pixel))
     if role == "simulated":
         doses, views = parameters["doses"], parameters["views"]
@@ -362,6 +371,7 @@ def build_score_dataset(
     pixel_mm: float | None = None,
     size: int = SCORE_SIZE,
     full_views: int = FULL_VIEWS,
+    grid_mm: float | None = None,
 ) -> dict:
     """Build (or resume) the score dataset in out; returns the manifest (module docstring).
 
@@ -401,6 +411,7 @@ def build_score_dataset(
         "seed": int(seed),
         "device": device,
         "pixel_mm": pixel_mm,
+        "grid_mm": grid_mm,
         "size": int(size),
         "window_hu": list(SCORE_WINDOW_HU),
         "ssim_floor": float(ssim_floor),
@@ -550,7 +561,9 @@ def cli_score_data(args: argparse.Namespace) -> None:
     """`ctqa-train score-data`: build the dataset from the parsed options and print its summary."""
     given = {
         name: getattr(args, name)
-        for name in ("doses", "views", "slices_per_volume", "unlabelled_per_volume", "seed", "device", "pixel_mm")
+        for name in (
+            "doses", "views", "slices_per_volume", "unlabelled_per_volume", "seed", "device", "pixel_mm", "grid_mm"
+        )
         if getattr(args, name, None) is not None
     }
     if getattr(args, "ssim_range", None):

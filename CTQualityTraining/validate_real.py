@@ -55,6 +55,8 @@ READER_THICKNESS_MM = 3.0
 CROP_FRACTION = 0.7
 PAD_FRACTION = 1.4
 PAD_HU = -1024.0
+#: Column name of the hybrid score (--hybrid): the mean of the first two score models' scores.
+HYBRID = "hybrid"
 
 
 @dataclass
@@ -70,9 +72,10 @@ class Figures:
 
 
 class Assessor:
-    """Runs the product on 2D slices: the map once, each score model on the same volume."""
+    """Runs the product on 2D slices: the map once, each score model on the same volume; hybrid: also the mean of
+    the first two score models' scores (HYBRID)."""
 
-    def __init__(self, map_model: str, score_models: list[str]):
+    def __init__(self, map_model: str, score_models: list[str], hybrid: bool = False):
         self.map_spec = pipeline.resolve_model(map_model)
         self.score_specs: dict[str, ModelSpec] = {}
         for choice in score_models:
@@ -80,6 +83,20 @@ class Assessor:
             if spec is None:
                 raise InputError(f"--score-model {choice}: no such score model is installed")
             self.score_specs[spec.name if choice == "default" else Path(choice).stem] = spec
+        if hybrid and len(self.score_specs) < 2:
+            raise InputError("--hybrid needs two score models")
+        self.hybrid = hybrid
+
+    @property
+    def names(self) -> list[str]:
+        """The score columns: each model, then the hybrid."""
+        return [*self.score_specs, *([HYBRID] if self.hybrid else [])]
+
+    def with_hybrid(self, scores: dict[str, float | np.ndarray]) -> dict:
+        if self.hybrid:
+            first, second = list(self.score_specs)[:2]
+            scores[HYBRID] = (np.asarray(scores[first]) + np.asarray(scores[second])) / 2.0
+        return scores
 
     def __call__(self, hu: np.ndarray, pixel_mm: float, clipped_hu=None, thickness_mm: float = 3.0) -> Figures:
         volume = CTVolume(hu[None].astype(np.float32), (pixel_mm, pixel_mm, thickness_mm), clipped_hu=clipped_hu)
@@ -91,6 +108,9 @@ class Assessor:
             scores[name] = scored.summary.value if scored is not None else math.nan
             out[name] = bool(scored is None or scored.summary.domain_notes)  # not scored, or scored with a caveat
         summary = result.summary
+        scores = {name: float(value) for name, value in self.with_hybrid(scores).items()}
+        if self.hybrid:
+            out[HYBRID] = any(out.values())
         return Figures(
             scores, _number(summary.global_quality_score), _number(summary.gnl_hu),
             result.quality_map.windows["soft_tissue"][0], out,
@@ -128,7 +148,7 @@ def real_pairs(data: Path) -> list[tuple[str, np.ndarray, np.ndarray, float]]:
 
 
 def check_pairs(assessor: Assessor, pairs, log) -> dict:
-    names = list(assessor.score_specs)
+    names = assessor.names
     rows = []
     for index, (case, quarter, full, pixel_mm) in enumerate(pairs, 1):
         low, high = assessor(quarter, pixel_mm), assessor(full, pixel_mm)
@@ -175,7 +195,7 @@ def reader_ratings(folder: Path) -> dict[tuple[str, str], tuple[float, str]]:
 
 
 def check_reader_study(assessor: Assessor, folder: Path, window: tuple[float, float], log) -> dict:
-    names = list(assessor.score_specs)
+    names = assessor.names
     ratings = reader_ratings(folder)
     images = []
     for index, ((set_id, file), (rating, method)) in enumerate(sorted(ratings.items()), 1):
@@ -239,7 +259,7 @@ VARIANTS = {
 
 
 def check_invariance(assessor: Assessor, pairs, log) -> dict:
-    names = list(assessor.score_specs)
+    names = assessor.names
     figures = ["map mean", *(f"score {n}" for n in names)]
     largest = {f: {v: 0.0 for v in VARIANTS} for f in figures}
     zoom_ordered = {f: 0 for f in figures}
@@ -273,22 +293,27 @@ def check_demo(assessor: Assessor) -> dict:
     result = pipeline.assess(volume, model=assessor.map_spec, series_model="physics", score_model=None, device="cpu")
     body_voxels = np.array([np.count_nonzero(np.isfinite(plane)) for plane in result.noise.noise_sd])
     index = np.arange(volume.shape[0])
-    ramp = {"map mean": _spearman(index, [row.stats.quality_mean for row in result.slices])}
+    per_slice = {}
     for name, spec in assessor.score_specs.items():
         scored = global_score.run(volume, spec, body_voxels, "cpu")
-        ramp[f"score {name}"] = _spearman(index, scored.score) if scored is not None else math.nan
+        per_slice[name] = scored.score if scored is not None else np.full(volume.shape[0], np.nan)
+    ramp = {"map mean": _spearman(index, [row.stats.quality_mean for row in result.slices])}
+    ramp.update({f"score {name}": _spearman(index, values) for name, values in assessor.with_hybrid(per_slice).items()})
     return ramp
 
 
-def validate(data: str | Path, map_model: str, score_models: list[str], log=print) -> dict:
+def validate(data: str | Path, map_model: str, score_models: list[str], hybrid: bool = False, log=print) -> dict:
     data = Path(data)
     if not data.is_dir():
         raise InputError(f"{data}: no such data folder")
     started = time.time()
-    assessor = Assessor(map_model, score_models)
+    assessor = Assessor(map_model, score_models, hybrid)
     log("real dose pairs")
     pairs = real_pairs(data)
-    results = {"score_models": {n: str(s.card_path) for n, s in assessor.score_specs.items()},
+    models = {n: str(s.card_path) for n, s in assessor.score_specs.items()}
+    if hybrid:
+        models[HYBRID] = f"mean of {' and '.join(list(assessor.score_specs)[:2])}"
+    results = {"score_models": models,
                "map_model": assessor.map_spec.name}
     results["pairs"] = check_pairs(assessor, pairs, log)
     log("reader study")
@@ -395,7 +420,7 @@ def _jsonable(value):
 
 def run_cli(args) -> None:
     out = Path(args.out)
-    results = validate(args.data, args.model, args.score_model)
+    results = validate(args.data, args.model, args.score_model, args.hybrid)
     command = "ctqa-train " + " ".join(args.argv)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(markdown(results, command), encoding="utf-8")

@@ -115,6 +115,17 @@ NORMALISATION = (
     "(sigma hpf_sigma_px, reflected borders) times hpf_gain; both folded by pixel_unshuffle(space_to_depth)"
 )
 
+#: The physical grid of grid models (cards whose input has "pixel_mm"): slices are resampled to GRID_MM pixels and
+#: placed in an INPUT_SIZE canvas (INPUT_SIZE x GRID_MM = 358 mm) centred on the body (``score_canvas``).
+GRID_MM = 0.7
+AIR_HU = -1024.0
+BODY_HU = -500.0
+CANVAS_FIELD_OF_VIEW = (
+    f"a {INPUT_SIZE} x {INPUT_SIZE} canvas of pixel_mm pixels ({INPUT_SIZE * GRID_MM:.0f} mm) centred on the body's "
+    f"centroid (HU > {BODY_HU:g}); air ({AIR_HU:g} HU) where the slice does not reach, the slice cropped where it "
+    "is larger"
+)
+
 #: The size fields each backbone uses and their defaults; fields of other backbones must stay None.
 BACKBONE_DEFAULTS = {
     "cnn": {"convnext_dims": (24, 48, 96, 192), "convnext_depths": (2, 2, 4, 2)},
@@ -262,6 +273,34 @@ class ScoreOutput(NamedTuple):
 
     distributions: torch.Tensor | None
     score: torch.Tensor
+
+
+def score_canvas(hu: np.ndarray, pixel_yx_mm: tuple[float, float], grid_mm: float = GRID_MM) -> np.ndarray:
+    """float32 (B, INPUT_SIZE, INPUT_SIZE) HU of slices hu (B, y, x) with pixels pixel_yx_mm: resampled to grid_mm
+    (``grid.on_model_grid``, anti-aliased) and placed with their body centroid at the canvas centre
+    (CANVAS_FIELD_OF_VIEW). The same physical field of view whatever the input's crop, padding or pixel size."""
+    from ctqa.models.grid import on_model_grid
+
+    hu = np.asarray(hu, np.float32)
+    if any(abs(pixel / grid_mm - 1.0) > 1e-3 for pixel in pixel_yx_mm):
+        hu = on_model_grid(hu, pixel_yx_mm, grid_mm)
+    canvas = np.full((hu.shape[0], INPUT_SIZE, INPUT_SIZE), AIR_HU, np.float32)
+    half = INPUT_SIZE // 2
+    for index, plane in enumerate(hu):
+        rows, columns = np.nonzero(plane > BODY_HU)
+        centre = (rows.mean(), columns.mean()) if rows.size else ((plane.shape[0] - 1) / 2, (plane.shape[1] - 1) / 2)
+        top, left = (int(round(c)) - half for c in centre)  # canvas row 0 is plane row `top`
+        src_y = slice(max(top, 0), min(top + INPUT_SIZE, plane.shape[0]))
+        src_x = slice(max(left, 0), min(left + INPUT_SIZE, plane.shape[1]))
+        to_y, to_x = slice(src_y.start - top, src_y.stop - top), slice(src_x.start - left, src_x.stop - left)
+        canvas[index, to_y, to_x] = plane[src_y, src_x]
+    return canvas
+
+
+def grid_of(card: dict) -> float | None:
+    """The pixel size (mm) of a grid score model's canvas, None for a model on the whole-slice convention."""
+    value = card.get("input", {}).get("pixel_mm")
+    return float(value) if value is not None else None
 
 
 def score_input(hu: torch.Tensor, space_to_depth: int = 2) -> torch.Tensor:
@@ -602,9 +641,12 @@ def loss_terms(
     return {"l2": l2, "kl": kl, "total": l2 + beta * kl}
 
 
-def input_spec(config: ScoreNetConfig) -> dict:
-    """The "input" section of a model card for this version's preprocessing (``score_input``)."""
+def input_spec(config: ScoreNetConfig, grid_mm: float | None = None) -> dict:
+    """The "input" section of a model card for this version's preprocessing (``score_input``; with grid_mm, the
+    canvas of ``score_canvas`` first)."""
+    grid = {} if grid_mm is None else {"pixel_mm": grid_mm, "field_of_view": CANVAS_FIELD_OF_VIEW}
     return {
+        **grid,
         "window_hu": list(SCORE_WINDOW_HU),
         "size": INPUT_SIZE,
         "space_to_depth": config.space_to_depth,
@@ -675,7 +717,7 @@ def save_score_model(model: ScoreNet, config: ScoreNetConfig, card: dict, path: 
         format_version=FORMAT_VERSION,
         task=TASK,
         architecture=config.to_dict(),
-        input=input_spec(config),
+        input=input_spec(config, card.get("training", {}).get("dataset_parameters", {}).get("grid_mm")),
         scale=SCORE_SCALE,
     )
 
@@ -688,7 +730,8 @@ def load_score_model(path: str | Path, device: str | torch.device = "cpu") -> tu
     or scale this version does not compute, a malformed calibration or weights that do not fit.
     """
     card_path, weights_path, card, config = read_task_card(path, TASK, FORMAT_VERSION, ScoreNetConfig.from_dict)
-    card_input, expected = card.get("input"), input_spec(config)
+    card_input = card.get("input")
+    expected = input_spec(config, card_input.get("pixel_mm") if isinstance(card_input, dict) else None)
     for key in ("window_hu", "size", "space_to_depth", "channels", "hpf_sigma_px", "hpf_gain"):
         found = card_input.get(key) if isinstance(card_input, dict) else None
         if found != expected[key]:
@@ -715,9 +758,11 @@ def predict_scores(
     batch: int = 8,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    pixel_yx_mm: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(score (z,), sd (z,)) float64 of every slice of hu (z, y, x) in HU, calibrated by the card (SD times the
-    calibration's slope; NaN SD for a regression head).
+    calibration's slope; NaN SD for a regression head). A grid model (``grid_of(card)``) scores each batch on its
+    ``score_canvas``; pixel_yx_mm (the slices' pixel size) is then required.
 
     Batches of batch slices in float32 on device ("auto", "cpu", "cuda" or "cuda:N"; a copy of the model runs
     there, the model itself is not changed). progress(fraction, message) after each batch; cancel is checked
@@ -731,13 +776,19 @@ def predict_scores(
     if fallback is not None:
         logger.warning(fallback)
     net = copy.deepcopy(model).to(device).eval()
+    grid_mm = grid_of(card)
+    if grid_mm is not None and pixel_yx_mm is None:
+        raise ValueError("a grid score model needs the slices' pixel size (pixel_yx_mm)")
     depth = hu.shape[0]
     scores, sds = np.empty(depth), np.empty(depth)
     for start in range(0, depth, batch):
         if cancel is not None and cancel.is_set():
             raise Cancelled("global score cancelled")
         stop = min(start + batch, depth)
-        slices = torch.from_numpy(np.ascontiguousarray(hu[start:stop], dtype=np.float32)).to(device)
+        part = hu[start:stop]
+        if grid_mm is not None:
+            part = score_canvas(part, pixel_yx_mm, grid_mm)
+        slices = torch.from_numpy(np.ascontiguousarray(part, dtype=np.float32)).to(device)
         scores[start:stop], sds[start:stop] = decode_output(net(score_input(slices, net.config.space_to_depth)))
         if progress is not None:
             progress(stop / depth, f"global score: {stop}/{depth} slices")

@@ -220,7 +220,8 @@ def run(
     for start, stop in body_runs(body):  # views of the volume, no copy of the body slices
         part = _share(progress, done / total, (stop - start) / total)
         score[start:stop], sd[start:stop] = predict_scores(
-            model, card, volume.hu[start:stop], torch_device, progress=part, cancel=cancel
+            model, card, volume.hu[start:stop], torch_device, progress=part, cancel=cancel,
+            pixel_yx_mm=(volume.spacing[1], volume.spacing[0]),
         )
         done += stop - start
     summary = summarise(score, sd, spec.name, card, str(torch_device))
