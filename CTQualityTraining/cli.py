@@ -653,12 +653,17 @@ def _score_ablation(args: argparse.Namespace) -> None:
 
 
 def _calibrate_score(args: argparse.Namespace) -> None:
+    from ctqa.errors import InputError
     from ctqa.models import registry
+    from ctqa.models.feature_score import is_feature_card
 
     from .score import calibrate_score
 
-    model = registry.resolve("global_score", args.model).card_path
-    record = calibrate_score(model, args.ratings, args.out, args.scaling)
+    spec = registry.resolve("global_score", args.model)
+    if is_feature_card(spec.card):
+        raise InputError(f"--model {args.model}: calibrate-score maps score networks; {spec.name} is a physics-feature "
+                         "score (refit it with ctqa-train score-features); try --model score_mdiqa")
+    record = calibrate_score(spec.card_path, args.ratings, args.out, args.scaling)
     print(
         f"wrote {args.out}.json: {record['ratings']} ratings, RMSE {record['rmse_before']:.3f} -> "
         f"{record['rmse_after']:.3f} (in-sample)"

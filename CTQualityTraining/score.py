@@ -550,6 +550,16 @@ def _surrogate_text(surrogate: dict | None) -> str:
     )
 
 
+def _grid_lines(card_input: dict) -> list[str]:
+    """The model card's grid lines: pixel size and field of view of a grid model (score_network.score_canvas)."""
+    if card_input.get("pixel_mm") is None:
+        return ["- Grid: none (the old convention: the whole slice padded to a square and resized to 512 x 512)"]
+    return [
+        f"- Physical grid: slices resampled (anti-aliased) to **{card_input['pixel_mm']} mm** pixels; field of view: "
+        f"{card_input['field_of_view']}; trained with the field of view narrowed at random (air outside)"
+    ]
+
+
 def _markdown(name: str, card: dict, size_bytes: int) -> str:
     """A human-readable model card for a bundled score model."""
     training, metrics = card["training"], card.get("metrics", {})
@@ -572,6 +582,7 @@ def _markdown(name: str, card: dict, size_bytes: int) -> str:
         f"**{card['architecture']['head']}**. A volume's score is the mean of its body slices' scores.",
         "",
         f"- Architecture: `{json.dumps(card['architecture'])}`",
+        *_grid_lines(card["input"]),
         f"- Input: {card['input']['normalisation']}",
         f"- Weights: `{name}.safetensors`, {size_bytes / 1e6:.2f} MB, sha256 `{card['weights_sha256']}`",
         "",

@@ -117,6 +117,14 @@ class Assessor:
         )
 
 
+def _shown(path: Path) -> str:
+    """path relative to the working folder when inside it (a table that reads the same on every machine)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _number(value) -> float:
     return float(value) if value is not None and math.isfinite(value) else math.nan
 
@@ -310,7 +318,7 @@ def validate(data: str | Path, map_model: str, score_models: list[str], hybrid: 
     assessor = Assessor(map_model, score_models, hybrid)
     log("real dose pairs")
     pairs = real_pairs(data)
-    models = {n: str(s.card_path) for n, s in assessor.score_specs.items()}
+    models = {n: _shown(s.card_path) for n, s in assessor.score_specs.items()}
     if hybrid:
         models[HYBRID] = f"mean of {' and '.join(list(assessor.score_specs)[:2])}"
     results = {"score_models": models,
@@ -351,7 +359,10 @@ def markdown(results: dict, command: str) -> str:
         "",
         f"Made by: `{command}` ({results['seconds']:.0f} s on the CPU). Definitions: "
         "`CTQualityTraining/validate_real.py`. Quality map: "
-        f"`{results['map_model']}`; score models: " + ", ".join(f"`{n}`" for n in names) + ".",
+        f"`{results['map_model']}`; score models: "
+        + ", ".join(f"`{n}` ({source})" for n, source in results["score_models"].items())
+        + ". The brain images are a 0…80 HU window export: no soft tissue (−100…150 HU) survives in them, so no "
+        "noise, no map and no score are measured there (the out-of-domain check of the table).",
         "",
         "## The 0-4 score and the other figures",
         "",

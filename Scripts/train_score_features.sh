@@ -13,4 +13,8 @@ from ctqa.models.registry import MODELS_DIR
 card = json.loads((MODELS_DIR / "score_features.json").read_text())
 register(MODELS_DIR, "score_features", card, default=True)
 PY
-ctqa-train validate-real --data "$DATA" --score-model score_features score_default --out docs/real_validation.md
+# the old whole-slice MD-IQA (bundled as score_default until December 2026) beside them, when a copy is at hand:
+# git show 3617127:CTQualityAssessment/Resources/Models/score_default.json (and .safetensors) into .work/old_score_default/
+OLD=.work/old_score_default/score_default.json
+ctqa-train validate-real --data "$DATA" --score-model score_features score_mdiqa $( [ -f $OLD ] && echo $OLD ) \
+    --hybrid --out docs/real_validation.md

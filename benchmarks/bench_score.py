@@ -6,7 +6,7 @@ no-reference peer, ``ctqa.physics.brisque``) in the same run.
     python benchmarks/bench_score.py [--slices 48] [--threads 1 2] [--device cpu]
 
 Speed does not depend on the weights, so untrained networks of the default sizes are timed; the bundled MD-IQA
-score_default (if installed) is timed as well. Prints one line per (model, threads).
+score_mdiqa (if installed; its canvas placement included) is timed as well. Prints one line per (model, threads).
 """
 
 from __future__ import annotations
@@ -62,14 +62,16 @@ def main() -> None:
         f"{name} (untrained)": (build_score_network(ScoreNetConfig(backbone=name)).eval(), {}) for name in BACKBONES
     }
     bundled = registry.bundled_models("global_score")
-    if "score_default" in bundled:
-        models["score_default (bundled)"] = load_score_model(bundled["score_default"])
+    if "score_mdiqa" in bundled:
+        models["score_mdiqa (bundled)"] = load_score_model(bundled["score_mdiqa"])
     volume = CTVolume(hu, (0.7, 0.7, 3.0))
     print(f"{args.slices} slices of 512 x 512, batch {args.batch}, device {args.device}")
     for threads in args.threads:
         torch.set_num_threads(threads)
         for name, (model, card) in models.items():
-            elapsed = seconds(lambda m=model, c=card: predict_scores(m, c, hu, args.device, args.batch))
+            elapsed = seconds(
+                lambda m=model, c=card: predict_scores(m, c, hu, args.device, args.batch, pixel_yx_mm=(0.7, 0.7))
+            )
             print(f"{name:32s} threads {threads}: {args.slices / elapsed:7.1f} slices/s")
         if "score_features" in bundled:
             spec = registry.resolve("global_score", "score_features")
