@@ -377,25 +377,29 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self._job = None
         self.ui.progressBar.hide()
         parameters = self._parameterNode
-        if job.state == process.CANCELLED:
-            self.ui.statusLabel.text = _("Cancelled")
-        elif job.state == process.FAILED:
-            self.ui.statusLabel.text = _("Failed: {error}").format(error=job.error)
-            slicer.util.errorDisplay(_("Failed to assess the CT: {error}").format(error=job.error))
-        else:
-            inputVolume, segmentation = self._jobNodes
-            with slicer.util.tryWithErrorDisplay(_("Failed to load the results."), waitCursor=True):
-                outputs = self.logic.showResults(job, inputVolume, segmentation, parameters.opacity)
-                self._acquisitionText = self.logic.acquisitionDescription(inputVolume)
-                if outputs.summary.get("series"):  # a chest series block: open its panel
-                    self.ui.seriesCollapsibleButton.collapsed = False
-                parameters.qualityMap = outputs.quality_map
-                self._fillOverlayChoices(outputs)
-                self._fillPlotChoices(outputs)
-                self._hideOutputsFromInputSelectors()
-                self.ui.statusLabel.text = _("Done in {seconds:.1f} s").format(seconds=job.log[-1].seconds)
-        job.cleanup()
-        self._updateGui()
+        try:
+            if job.state == process.CANCELLED:
+                self.ui.statusLabel.text = _("Cancelled")
+            elif job.state == process.FAILED:
+                self.ui.statusLabel.text = _("Failed: {error}").format(error=job.error)
+                slicer.util.errorDisplay(_("Failed to assess the CT: {error}").format(error=job.error))
+            else:
+                # tryWithErrorDisplay shows the error and re-raises it: the finally below still cleans up
+                self.ui.statusLabel.text = _("Failed to load the results")
+                inputVolume, segmentation = self._jobNodes
+                with slicer.util.tryWithErrorDisplay(_("Failed to load the results."), waitCursor=True):
+                    outputs = self.logic.showResults(job, inputVolume, segmentation, parameters.opacity)
+                    self._acquisitionText = self.logic.acquisitionDescription(inputVolume)
+                    if outputs.summary.get("series"):  # a chest series block: open its panel
+                        self.ui.seriesCollapsibleButton.collapsed = False
+                    parameters.qualityMap = outputs.quality_map
+                    self._fillOverlayChoices(outputs)
+                    self._fillPlotChoices(outputs)
+                    self._hideOutputsFromInputSelectors()
+                    self.ui.statusLabel.text = _("Done in {seconds:.1f} s").format(seconds=job.log[-1].seconds)
+        finally:  # the temporary folder goes and the Apply button comes back, whatever loading the results did
+            job.cleanup()
+            self._updateGui()
 
     def _fillOverlayChoices(self, outputs) -> None:
         from CTQualityAssessmentLib import mrml

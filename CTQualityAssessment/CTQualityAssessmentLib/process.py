@@ -296,12 +296,19 @@ class AssessmentProcess(CtqaProcess):
         try:
             event = json.loads(line)
         except json.JSONDecodeError:
+            event = None
+        if not isinstance(event, dict):  # text, or JSON that is no event (a number, a list): a log line
             self._note(line)
             return
         if event.get("event") == "progress":
+            try:
+                fraction = float(event["fraction"])
+            except (KeyError, TypeError, ValueError):
+                self._note(line)
+                return
             if event.get("stage") != self.stage:
                 self._note(f"{event.get('stage')}")
-            self.fraction, self.stage = float(event["fraction"]), str(event.get("stage", ""))
+            self.fraction, self.stage = fraction, str(event.get("stage", ""))
         elif event.get("event") == "done":
             self._note(f"done: {len(event.get('outputs', []))} files")
 
