@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 #: Air in HU. Values below it are padding outside the reconstructed field of view (-2048, or -3024 on GE scanners),
 #: and the readers set them to air before any measure or model sees them (io.read_volume).
 AIR_HU = -1024.0
