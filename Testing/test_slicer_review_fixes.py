@@ -33,7 +33,7 @@ class _Label:
 
 
 def test_a_failed_results_load_still_cleans_up_and_restores_the_buttons():
-X
+    """tryWithErrorDisplay shows the error and re-raises (Slicer's util.py): cleanup and the GUI update still run."""
     calls = []
 
     class TryWithErrorDisplay:
