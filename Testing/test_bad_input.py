@@ -558,7 +558,7 @@ def case_rgb_tiff(tmp, valid):
 
     path = tmp / "photo.tif"
     tifffile.imwrite(path, np.random.default_rng(5).integers(0, 255, (32, 32, 3), dtype=np.uint8))
-    return Case(path, path, r"grey 2D or 3D")
+    return Case(path, path, r"colour image \(R, G, B differ\)")
 
 
 def case_float_labelmap(tmp, valid):
@@ -587,8 +587,29 @@ def case_input_inside_out(tmp, valid):
     return Case(inside, inside, r"would be overwritten", out=out)
 
 
+def case_colour_png_with_a_window(tmp, valid):
+    """A colour image stays refused even with an explicit window: only grey stored as RGB(A) is read as grey."""
+    grey = np.clip((ct_like()[0] + 160.0) / 400.0 * 255.0, 0, 255).astype(np.uint8)
+    rgb = np.stack([grey, grey, grey], axis=-1)
+    rgb[..., 0] = 255 - rgb[..., 0]
+    path = tmp / "colour.png"
+    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(path))
+    return Case(path, path, r"colour image \(R, G, B differ\)", extra=["--scaling", "window:-160,240"])
+
+
+def case_grey_rgba_png_without_a_window(tmp, valid):
+    """Grey stored as RGBA is grey, and an 8-bit rendering without a named window stays refused."""
+    grey = np.clip((ct_like()[0] + 160.0) / 400.0 * 255.0, 0, 255).astype(np.uint8)
+    rgba = np.stack([grey, grey, grey, np.full_like(grey, 255)], axis=-1)
+    path = tmp / "grey_rgba.png"
+    sitk.WriteImage(sitk.GetImageFromArray(rgba, isVector=True), str(path))
+    return Case(path, path, r"8-bit.*--scaling window:LOW,HIGH")
+
+
 CASES.update(
     {
+        "colour-png-with-a-window": case_colour_png_with_a_window,
+        "grey-rgba-png-without-a-window": case_grey_rgba_png_without_a_window,
         "float-0-255-rendering": case_float_0_255_rendering,
         "input-inside-out-with-an-output-name": case_input_inside_out,
         "model-dot": lambda tmp, valid: Case(valid, "--model", r"not a checkpoint file", extra=["--model", "."]),

@@ -26,7 +26,7 @@ except ImportError:  # a Slicer where the zlib-ng wheel could not be installed: 
 from ctqa import dicom
 from ctqa.errors import InputError, first_line
 from ctqa.geometry import image_on_grid
-from ctqa.scaling import Scaling, check_plausible_hu, check_stored_type
+from ctqa.scaling import Scaling, check_plausible_hu, check_stored_type, rendering_scaling
 from ctqa.scaling import parse as parse_scaling
 from ctqa.slabs import WORKER_THREADS
 from ctqa.volume import AIR_HU, CTVolume, Grid
@@ -129,16 +129,30 @@ def _read_geometry_free(path: str) -> np.ndarray:
             array = tifffile.imread(path)
     except Exception as error:  # OSError, ValueError, and tifffile's own TiffFileError in older versions
         raise InputError(f"{path}: cannot read ({first_line(error)})") from None
-    if array.ndim not in (2, 3) or array.dtype.kind not in "iuf" or (array.ndim == 3 and array.shape[-1] in (3, 4)):
+    if array.ndim == 3 and array.shape[-1] in (3, 4) and array.dtype.kind in "iuf":
+        array = _grey_channel(array, path)
+    if array.ndim not in (2, 3) or array.dtype.kind not in "iuf":
         raise InputError(
             f"{path}: {array.ndim}D {array.dtype} array of shape {array.shape}; expected a grey 2D or 3D image"
         )
     return array
 
 
+def _grey_channel(channels: np.ndarray, source: str) -> np.ndarray:
+    """The first channel of (..., 3 or 4) RGB(A) values whose R, G and B are equal (grey stored as colour);
+    InputError naming what it is otherwise."""
+    if channels.shape[-1] in (3, 4) and np.array_equal(channels[..., 0], channels[..., 1]) and np.array_equal(
+        channels[..., 0], channels[..., 2]
+    ):
+        return np.ascontiguousarray(channels[..., 0])
+    raise InputError(f"{source}: {channels.shape[-1]}-channel colour image (R, G, B differ), not a CT")
+
+
 def _as_3d(image: sitk.Image, source: str) -> sitk.Image:
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{source}: {image.GetNumberOfComponentsPerPixel()}-channel (colour) image, not a CT")
+        grey = sitk.GetImageFromArray(_grey_channel(sitk.GetArrayFromImage(image), source))
+        grey.CopyInformation(image)
+        image = grey
     if image.GetDimension() == 2:
         return sitk.JoinSeries(image)
     if image.GetDimension() != 3:
@@ -152,6 +166,10 @@ def _to_volume(
     """CTVolume from stored values (z, y, x) with the checks every format shares."""
     if stored.size == 0:
         raise InputError(f"{source}: image has no voxels")
+    divisor, rendering_note = rendering_scaling(stored.dtype, scaling, explicit)
+    if rendering_note is not None:
+        stored = stored.astype(np.float32) / np.float32(divisor)
+        notes = [*notes, rendering_note]
     check_stored_type(stored.dtype, source)
     low, high = stored.min(), stored.max()
     if low == high:

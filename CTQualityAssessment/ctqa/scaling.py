@@ -93,9 +93,29 @@ def parse(text: str | None) -> Scaling:
 
 
 def check_stored_type(dtype: np.dtype, source: str) -> None:
-    """Refuse 8-bit images: a display rendering (screenshot, windowed export), never HU."""
+    """Refuse 8-bit images: a display rendering (screenshot, windowed export), never HU (see rendering_scaling for
+    the one exception: an unsigned 8-bit rendering of a display window the user names)."""
     if np.dtype(dtype).itemsize == 1:
-        raise InputError(f"{source}: 8-bit image ({np.dtype(dtype)}): a display rendering, not CT values in HU")
+        raise InputError(
+            f"{source}: 8-bit image ({np.dtype(dtype)}): a display rendering, not CT values in HU (if it renders a "
+            "known window, name it: --scaling window:LOW,HIGH)"
+        )
+
+
+def rendering_scaling(dtype: np.dtype, scaling: Scaling, explicit: bool) -> tuple[float, str | None]:
+    """(divisor of the stored values, note) for an unsigned 8-bit rendering read with an explicit window scaling
+    (window:LOW,HIGH or ldctiqac2023): grey g is g / 255 of the window, so g / 255 is the stored value the scaling
+    expects; the note gives the quantisation step. (1.0, None) for anything else."""
+    dtype = np.dtype(dtype)
+    if not (explicit and dtype == np.uint8 and scaling.clipped_hu is not None and scaling.stored_range == (0.0, 1.0)):
+        return 1.0, None
+    step = (scaling.clipped_hu[1] - scaling.clipped_hu[0]) / 255.0
+    note = (
+        f"8-bit rendering of the window {scaling.clipped_hu[0]:g}..{scaling.clipped_hu[1]:g} HU: grey steps of "
+        f"{step:.2f} HU; noise below about {step / math.sqrt(12):.1f} HU (the step's own rounding noise) is not "
+        "measurable, and values outside the window are censored"
+    )
+    return 255.0, note
 
 
 def check_plausible_hu(hu: np.ndarray, source: str) -> None:
