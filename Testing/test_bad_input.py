@@ -24,6 +24,7 @@ from pydicom.fileset import FileSet
 from pydicom.uid import generate_uid
 
 from ctqa.cli import main
+from ctqa.errors import InputError
 from ctqa.io import read_volume
 
 CT_SMALL = get_testdata_file("CT_small.dcm")
@@ -862,3 +863,23 @@ def test_regularize_resamples_uneven_spacing_onto_the_median_step(tmp_path):
     np.testing.assert_array_equal(volume.hu[4], stored + 4 - 1024.0)
     assert len(volume.notes) == 1 and volume.notes[0].startswith("uneven slice spacing: step of 3.5 mm")
     assert volume.notes[0].endswith("resampled to 6 slices at 2.5 mm (--regularize)")
+
+
+def test_a_corrupt_dicomdir_beside_good_slices_is_skipped_with_a_note(tmp_path):
+    """A DICOMDIR with the DICM magic but no dataset does not fail the series (issue 24, item 6)."""
+    folder = tmp_path / "export"
+    write_ct_series(folder, generate_uid(entropy_srcs=["corrupt dicomdir"]), 4)
+    (folder / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\x04\x001.2")
+
+    volume = read_volume(folder)
+
+    assert volume.shape == (4, 128, 128)
+    assert any("skipped 1 DICOM file" in note and "DICOMDIR" in note for note in volume.notes)
+
+
+def test_a_truncated_image_slice_in_a_folder_is_still_refused(tmp_path):
+    folder = tmp_path / "export"
+    paths = write_ct_series(folder, generate_uid(entropy_srcs=["truncated slice"]), 4)
+    paths[1].write_bytes(paths[1].read_bytes()[:-500])
+    with pytest.raises(InputError, match="truncated DICOM file"):
+        read_volume(folder)

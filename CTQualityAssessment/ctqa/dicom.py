@@ -6,14 +6,15 @@ warnings and pydicom's warnings are kept off stderr because what they warn about
 
 Refused:
 - a file that is not a CT image (Modality other than CT, or missing without a CT SOP Class UID), has no pixel data
-  (given directly) or has colour pixels; a truncated DICOM file (alone, or anywhere in a folder);
+  (given directly) or has colour pixels; a truncated DICOM image file (alone, or anywhere in a folder);
 - a folder without DICOM files, or with DICOM files but no images; two CT series of equal size (choose with --series);
 - a series mixing slice sizes or slice orientations (ImageOrientationPatient), or with two slices at the same
   position (within DUPLICATE_MM);
 - a series with missing slices or uneven spacing (a step off the median step by more than SPACING_TOLERANCE),
   unless regularize (--regularize) resamples it onto a regular grid.
 
-Ignored: DICOM files without pixel data in a folder (DICOMDIR, structured reports, presentation states).
+Ignored: DICOM files without pixel data in a folder (DICOMDIR, structured reports, presentation states); those of
+them that cannot be parsed (a DICOMDIR with the DICM magic but no dataset) are named in a note.
 
 Noted (DicomRead.notes): CT recognised by its SOP Class UID because the Modality tag is missing; slices ordered by
 InstanceNumber because positions are missing (spacing unchecked); an irregular series resampled by regularize.
@@ -76,6 +77,7 @@ class DicomFolder:
 
     series: list[DicomSeries]
     non_image_files: int
+    unreadable_non_images: list[str] = field(default_factory=list)  # paths (relative) skipped: cannot be parsed
 
 
 @dataclass
@@ -121,18 +123,23 @@ def _truncation(header: pydicom.Dataset, path: str) -> str | None:
     return None
 
 
-def read_dicom_header(path: str) -> pydicom.Dataset | None:
-    """The header of a DICOM file (pixel data deferred, not loaded), or None when the file is not DICOM.
-
-    Raises InputError for a truncated DICOM file.
-    """
+def _read_header(path: str) -> tuple[pydicom.Dataset | None, str | None]:
+    """(header with pixel data deferred, or None when the file is not DICOM; why it is truncated, or None)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns at a truncation; _truncation says so in one line
             header = pydicom.dcmread(path, defer_size="1 KB")
     except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, AttributeError, KeyError):
-        return None
-    reason = _truncation(header, path)
+        return None, None
+    return header, _truncation(header, path)
+
+
+def read_dicom_header(path: str) -> pydicom.Dataset | None:
+    """The header of a DICOM file (pixel data deferred, not loaded), or None when the file is not DICOM.
+
+    Raises InputError for a truncated DICOM file.
+    """
+    header, reason = _read_header(path)
     if reason is not None:
         raise InputError(f"{path}: truncated DICOM file ({reason})")
     return header
@@ -198,17 +205,23 @@ def find_dicom_series(folder: str | os.PathLike) -> DicomFolder:
     """
     series: dict[str, DicomSeries] = {}
     non_image_files = 0
+    unreadable: list[str] = []
     for root, _, names in os.walk(folder):
         for name in sorted(names):
             path = os.path.join(root, name)
-            header = read_dicom_header(path)
+            header, truncation = _read_header(path)
             if header is None:
                 continue
-            if "PixelData" not in header:
+            if "PixelData" not in header:  # a DICOMDIR, report or presentation state: not part of any series
                 non_image_files += 1
+                if truncation is not None:
+                    unreadable.append(os.path.relpath(path, folder))
                 continue
+            if truncation is not None:
+                raise InputError(f"{path}: truncated DICOM file ({truncation})")
             add_image(series, header, path)
-    return DicomFolder(sorted(series.values(), key=lambda s: len(s.slices), reverse=True), non_image_files)
+    ordered = sorted(series.values(), key=lambda s: len(s.slices), reverse=True)
+    return DicomFolder(ordered, non_image_files, unreadable)
 
 
 def _choose_series(found: list[DicomSeries], folder: str, series_uid: str | None) -> DicomSeries:
@@ -335,7 +348,14 @@ def read_dicom_folder(folder: str, series_uid: str | None = None, regularize: bo
                 f"{folder}: no DICOM images in folder ({found.non_image_files} DICOM files without pixel data)"
             )
         raise InputError(f"{folder}: no DICOM files in folder")
-    return _read_entry(_choose_series(found.series, folder, series_uid), folder, regularize)
+    read = _read_entry(_choose_series(found.series, folder, series_uid), folder, regularize)
+    if found.unreadable_non_images:
+        names = ", ".join(found.unreadable_non_images[:3]) + (" ..." if len(found.unreadable_non_images) > 3 else "")
+        read.notes.append(
+            f"skipped {len(found.unreadable_non_images)} DICOM file(s) without image data that cannot be parsed "
+            f"({names})"
+        )
+    return read
 
 
 def read_dicom_files(files: list[str], folder: str, regularize: bool = False) -> DicomRead:
