@@ -223,6 +223,16 @@ def test_bad_arguments_are_one_line(tree: Path, tmp_path: Path, capsys, argument
     assert not (tmp_path / "out").exists()
 
 
+def test_a_file_as_root_is_refused_with_nothing_before_the_line(tmp_path: Path, capsys):
+    """No progress bar reaches stderr before a refusal (issue 24, item 9)."""
+    volume = tmp_path / "ct.nrrd"
+    volume.write_bytes(b"NRRD0004\n")
+    assert main(["batch", str(volume), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("ctqa: error: ") and "not a folder" in error
+    assert error.count("\n") == 1 and "\r" not in error
+
+
 def test_roots_without_series_are_refused(tmp_path: Path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no CT series found"):

@@ -611,22 +611,27 @@ def write_file_atomically(array, like, out: Path, overwrite: bool) -> None:
 
 
 class _SeriesBar:
-    """tqdm bar over the series of a batch, with the last series' status."""
+    """tqdm bar over the series of a batch, with the last series' status; drawn from the first finished series
+    on, so that nothing reaches stderr before a refusal."""
 
     def __init__(self, enabled: bool):
-        from tqdm import tqdm
-
-        self._bar = tqdm(total=0, unit="series", disable=not enabled, desc="batch")
+        self._enabled = enabled
+        self._bar = None
         self._failed = 0
 
     def __call__(self, done: int, total: int, row) -> None:
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="series", disable=not self._enabled, desc="batch")
         self._bar.total = total
         self._failed += row.status == "failed"
         self._bar.set_postfix_str(f"{self._failed} failed, last {row.id} {row.status}", refresh=False)
         self._bar.update(done - self._bar.n)
 
     def close(self) -> None:
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _batch(args: argparse.Namespace) -> int:
