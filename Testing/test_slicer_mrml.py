@@ -321,3 +321,33 @@ def test_unusable_input_nodes(headless, sample):
     elsewhere = _volume_node(scene, far, "reference 5 m away")
     with pytest.raises(InputError, match="reference does not overlap"):
         process.run(ct, reference_volume_node=elsewhere, model="physics")
+
+
+def _orphan_display_nodes(scene) -> list[str]:
+    """Display nodes that no displayable node in the scene references."""
+    referenced = set()
+    nodes = scene.GetNodes()
+    for i in range(nodes.GetNumberOfItems()):
+        node = nodes.GetItemAsObject(i)
+        if node.IsA("vtkMRMLDisplayableNode"):
+            referenced |= {node.GetNthDisplayNodeID(k) for k in range(node.GetNumberOfDisplayNodes())}
+    return [
+        nodes.GetItemAsObject(i).GetID()
+        for i in range(nodes.GetNumberOfItems())
+        if nodes.GetItemAsObject(i).IsA("vtkMRMLDisplayNode") and nodes.GetItemAsObject(i).GetID() not in referenced
+    ]
+
+
+def test_removed_outputs_take_their_display_and_legend_nodes_along(headless, sample):
+    """Issue 24: a rerun without --reference removes the SSIM map and its display and colour-legend nodes."""
+    scene = headless.scene
+    ct = _volume_node(scene, sample.low_dose)
+    reference = _volume_node(scene, sample.reference, "full dose")
+    first = process.run(ct, model="physics", reference_volume_node=reference, score_model="none")
+    assert first.reference_ssim_map is not None and _orphan_display_nodes(scene) == []
+    display_ids = [first.reference_ssim_map.GetNthDisplayNodeID(k)
+                   for k in range(first.reference_ssim_map.GetNumberOfDisplayNodes())]
+    process.run(ct, model="physics", score_model="none")  # no reference: the SSIM map is stale
+    assert scene.GetNodeByID(first.reference_ssim_map.GetID()) is None
+    assert all(scene.GetNodeByID(node_id) is None for node_id in display_ids)
+    assert _orphan_display_nodes(scene) == []

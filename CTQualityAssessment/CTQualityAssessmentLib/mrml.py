@@ -198,12 +198,26 @@ def quality_color_table(scene):
     return node
 
 
+def remove_output_node(scene, node) -> None:
+    """Remove one of the module's nodes with its display nodes (the colour legend is one) and storage node, which
+    scene.RemoveNode leaves behind."""
+    attached = []
+    if node.IsA("vtkMRMLDisplayableNode"):
+        attached += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    if node.IsA("vtkMRMLStorableNode"):
+        attached.append(node.GetStorageNode())
+    scene.RemoveNode(node)
+    for extra in attached:
+        if extra is not None and scene.IsNodePresent(extra):
+            scene.RemoveNode(extra)
+
+
 def _own_node(scene, existing: dict, role: str, class_name: str, name: str, volume_node):
     """The module's node for role: reused from a previous run when there, else created and tagged."""
     node = existing.pop(role, None)
     if node is None or not node.IsA(class_name):
         if node is not None:
-            scene.RemoveNode(node)
+            remove_output_node(scene, node)
         node = scene.AddNewNodeByClass(class_name, name)
         node.SetAttribute(ROLE_ATTRIBUTE, role)
         node.SetNodeReferenceID(INPUT_REFERENCE, volume_node.GetID())
@@ -412,7 +426,7 @@ def outputs_to_scene(saved: SavedOutputs, volume_node, segmentation_node=None) -
 
     existing.pop(DENOISED_CT, None)  # a CT the user may work on: kept (and updated by the next denoising run)
     for stale in existing.values():  # outputs of an earlier run that this run did not produce
-        scene.RemoveNode(stale)
+        remove_output_node(scene, stale)
     _plot_quantity(chart, own_output_nodes(volume_node), PLOT_QUALITY, base)
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     folder = _output_folder(scene, volume_node, base)
