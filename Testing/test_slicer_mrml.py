@@ -351,3 +351,44 @@ def test_removed_outputs_take_their_display_and_legend_nodes_along(headless, sam
     assert scene.GetNodeByID(first.reference_ssim_map.GetID()) is None
     assert all(scene.GetNodeByID(node_id) is None for node_id in display_ids)
     assert _orphan_display_nodes(scene) == []
+
+
+def _linear_transform(scene, shift_ras, name="registration"):
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+    matrix = np.eye(4)
+    matrix[:3, 3] = shift_ras
+    transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(matrix))
+    return transform
+
+
+def test_a_reference_aligned_by_a_transform_is_compared_where_it_is_shown(headless, sample):
+    """Issue 24: the reference's parent transform is hardened into its file (relative to the input's frame)."""
+    scene = headless.scene
+    ct = _volume_node(scene, sample.low_dose)
+    aligned = _volume_node(scene, sample.reference, "full dose")
+    baseline = process.run(ct, model="physics", reference_volume_node=aligned, score_model="none", show=False)
+    expected = slicer.util.arrayFromVolume(baseline.reference_ssim_map).copy()
+
+    moved = _volume_node(scene, sample.reference, "full dose, registered")
+    origin = list(moved.GetOrigin())
+    moved.SetOrigin(origin[0] + 30.0, origin[1] - 12.0, origin[2])  # stored 30 mm off ...
+    moved.SetAndObserveTransformNodeID(_linear_transform(scene, (-30.0, 12.0, 0.0)).GetID())  # ... moved back
+    registered = process.run(ct, model="physics", reference_volume_node=moved, score_model="none", show=False)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(registered.reference_ssim_map), expected, atol=1e-5)
+
+    ct.SetAndObserveTransformNodeID(moved.GetTransformNodeID())  # both under the same transform: one frame
+    same = process.run(ct, model="physics", reference_volume_node=moved, score_model="none", show=False)
+    assert np.nanmean(slicer.util.arrayFromVolume(same.reference_ssim_map)) < np.nanmean(expected) - 0.05
+
+
+def test_a_segmentation_under_another_transform_is_refused_in_one_line(headless, sample):
+    scene = headless.scene
+    ct = _volume_node(scene, sample.low_dose)
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "organs")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(ct)
+    segmentation.GetSegmentation().AddEmptySegment("liver", "liver")
+    segmentation.SetAndObserveTransformNodeID(_linear_transform(scene, (5.0, 0.0, 0.0)).GetID())
+    with pytest.raises(InputError, match="organs: the segmentation is under another transform than CT"):
+        process.run(ct, segmentation, model="physics", score_model="none", show=False)
+    ct.SetAndObserveTransformNodeID(segmentation.GetTransformNodeID())  # the same transform: accepted
+    assert process.run(ct, segmentation, model="physics", score_model="none", show=False).segment_table is not None

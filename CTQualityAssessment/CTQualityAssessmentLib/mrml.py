@@ -115,8 +115,44 @@ def ijk_to_ras(volume: CTVolume) -> np.ndarray:
     return _LPS_FROM_RAS @ lps
 
 
-def grid_from_node(node) -> Grid:
-    """The LPS grid of a scalar volume node (no voxel copy); InputError for empty or multi-component volumes."""
+def _to_world(node) -> np.ndarray:
+    """4x4 matrix from node's own RAS frame to world RAS (its parent transforms); InputError (one line) for a
+    non-linear transform, which a grid cannot hold."""
+    import slicer
+
+    parent = node.GetParentTransformNode()
+    if parent is None:
+        return np.eye(4)
+    if not parent.IsTransformToWorldLinear():
+        raise InputError(
+            f"{node.GetName()}: under the non-linear transform {parent.GetName()}: harden it first (Data module, "
+            "right-click the node > Harden transform)"
+        )
+    return slicer.util.arrayFromVTKMatrix(_vtk_matrix(parent.GetMatrixTransformToWorld))
+
+
+def to_frame_of(node, frame_node) -> np.ndarray:
+    """4x4 matrix from node's RAS frame to frame_node's (identity under the same parent transform, or for None)."""
+    if frame_node is None or node.GetParentTransformNode() is frame_node.GetParentTransformNode():
+        return np.eye(4)
+    return np.linalg.inv(_to_world(frame_node)) @ _to_world(node)
+
+
+def check_same_frame(node, frame_node, what: str) -> None:
+    """InputError (one line) when node is not in frame_node's frame: a file written in its own frame (a
+    segmentation) would not line up with the input."""
+    if not np.allclose(to_frame_of(node, frame_node), np.eye(4), atol=1e-6):
+        raise InputError(
+            f"{node.GetName()}: the {what} is under another transform than {frame_node.GetName()}: harden its "
+            "transform first (Data module, right-click the node > Harden transform), or its figures would be taken "
+            "in the wrong place"
+        )
+
+
+def grid_from_node(node, frame_node=None) -> Grid:
+    """The LPS grid of a scalar volume node (no voxel copy), in its own frame or, with frame_node, in frame_node's
+    (the transforms between them hardened: what a file must hold to line up with frame_node's by physical
+    position). InputError for empty or multi-component volumes and for a non-linear transform between them."""
     import slicer
 
     image = node.GetImageData() if node is not None else None
@@ -124,7 +160,9 @@ def grid_from_node(node) -> Grid:
         raise InputError(f"{node.GetName() if node else 'input volume'}: volume node has no voxels")
     if image.GetNumberOfScalarComponents() != 1:
         raise InputError(f"{node.GetName()}: {image.GetNumberOfScalarComponents()}-component volume, not a CT")
-    lps = _LPS_FROM_RAS @ slicer.util.arrayFromVTKMatrix(_vtk_matrix(node.GetIJKToRASMatrix))
+    ras = slicer.util.arrayFromVTKMatrix(_vtk_matrix(node.GetIJKToRASMatrix))
+    ras = to_frame_of(node, frame_node) @ ras
+    lps = _LPS_FROM_RAS @ ras
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     direction = lps[:3, :3] / spacing
     shape = tuple(image.GetDimensions()[::-1])

@@ -86,14 +86,15 @@ def write_inputs(volume_node, reference_node=None, segmentation_node=None, folde
         raise
 
 
-def _write_node(node, path: Path) -> None:
+def _write_node(node, path: Path, frame_node=None) -> None:
     """A volume node's voxels as raw NRRD, in their own type (no float copy on the GUI thread; an 8-bit rendering
-    stays 8-bit for the CLI to refuse). NaN and the other value checks happen in the worker."""
+    stays 8-bit for the CLI to refuse), on its grid in frame_node's frame (the input's: a reference aligned by a
+    registration transform is written where it is shown). NaN and the other value checks happen in the worker."""
     import slicer
 
     from CTQualityAssessmentLib.mrml import grid_from_node
 
-    grid = grid_from_node(node)
+    grid = grid_from_node(node, frame_node)
     voxels = slicer.util.arrayFromVolume(node)
     write_map(voxels if voxels.dtype.name in NRRD_TYPES else voxels.astype(np.float32), grid, path, compress=False)
 
@@ -101,7 +102,7 @@ def _write_node(node, path: Path) -> None:
 def _write_input_files(files: InputFiles, volume_node, reference_node, segmentation_node) -> InputFiles:
     import slicer
 
-    from CTQualityAssessmentLib.mrml import dicom_file_of
+    from CTQualityAssessmentLib.mrml import check_same_frame, dicom_file_of
 
     files.node_names[str(files.volume)] = volume_node.GetName()
     _write_node(volume_node, files.volume)
@@ -109,8 +110,9 @@ def _write_input_files(files: InputFiles, volume_node, reference_node, segmentat
     if reference_node is not None:
         files.reference = files.folder / "reference.nrrd"
         files.node_names[str(files.reference)] = reference_node.GetName()
-        _write_node(reference_node, files.reference)
+        _write_node(reference_node, files.reference, frame_node=volume_node)
     if segmentation_node is not None:
+        check_same_frame(segmentation_node, volume_node, "segmentation")  # its .seg.nrrd is in its own frame
         files.segmentation = files.folder / "segmentation.seg.nrrd"
         files.node_names[str(files.segmentation)] = segmentation_node.GetName()
         storage = slicer.vtkMRMLSegmentationStorageNode()
