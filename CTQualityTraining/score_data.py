@@ -411,7 +411,7 @@ def build_score_dataset(
         "seed": int(seed),
         "device": device,
         "pixel_mm": pixel_mm,
-        "grid_mm": grid_mm,
+        **({"grid_mm": grid_mm} if grid_mm is not None else {}),  # datasets of the old convention still resume
         "size": int(size),
         "window_hu": list(SCORE_WINDOW_HU),
         "ssim_floor": float(ssim_floor),

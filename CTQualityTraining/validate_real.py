@@ -82,7 +82,10 @@ class Assessor:
             spec = global_score.resolve(choice)
             if spec is None:
                 raise InputError(f"--score-model {choice}: no such score model is installed")
-            self.score_specs[spec.name if choice == "default" else Path(choice).stem] = spec
+            name = spec.name if choice == "default" else Path(choice).stem
+            if name in self.score_specs:
+                raise InputError(f"--score-model {choice}: {name} is named twice")
+            self.score_specs[name] = spec
         if hybrid and len(self.score_specs) < 2:
             raise InputError("--hybrid needs two score models")
         self.hybrid = hybrid
@@ -266,6 +269,12 @@ VARIANTS = {
 }
 
 
+def _change(moved: float, base: float) -> float:
+    """|moved - base|; infinite when either is missing (a variant that is not scored fails the check)."""
+    change = abs(moved - base)
+    return change if math.isfinite(change) else math.inf
+
+
 def check_invariance(assessor: Assessor, pairs, log) -> dict:
     names = assessor.names
     figures = ["map mean", *(f"score {n}" for n in names)]
@@ -279,10 +288,10 @@ def check_invariance(assessor: Assessor, pairs, log) -> dict:
             for variant, change in VARIANTS.items():
                 moved = _figure_values(assessor(np.ascontiguousarray(change(hu)), pixel_mm), names)
                 for f in figures:
-                    largest[f][variant] = max(largest[f][variant], abs(moved[f] - base[f]))
+                    largest[f][variant] = max(largest[f][variant], _change(moved[f], base[f]))
             zoomed[dose] = _figure_values(assessor(zoom(hu, CROP_FRACTION), pixel_mm * CROP_FRACTION), names)
             for f in figures:
-                zoom_change[f] = max(zoom_change[f], abs(zoomed[dose][f] - base[f]))
+                zoom_change[f] = max(zoom_change[f], _change(zoomed[dose][f], base[f]))
         for f in figures:
             zoom_ordered[f] += bool(zoomed["quarter"][f] < zoomed["full"][f])
         log(f"  invariance: {case}")
@@ -312,8 +321,12 @@ def check_demo(assessor: Assessor) -> dict:
 
 def validate(data: str | Path, map_model: str, score_models: list[str], hybrid: bool = False, log=print) -> dict:
     data = Path(data)
-    if not data.is_dir():
-        raise InputError(f"{data}: no such data folder")
+    needed = [data / "mayo_pairs", data / "mayo_ldct" / "pairs.csv", *(
+        data / "reader_study" / region / "ratings.csv" for region in READER_WINDOWS_HU
+    )]
+    missing = [str(path) for path in needed if not path.exists()]
+    if missing:
+        raise InputError(f"{data}: not the shared data folder ({missing[0]} is missing)")
     started = time.time()
     assessor = Assessor(map_model, score_models, hybrid)
     log("real dose pairs")

@@ -139,3 +139,33 @@ def test_invariance_on_a_real_slice(bundled, mayo):
 
     assert _score(bundled, zoomed(quarter), 0.74 * 0.7) < _score(bundled, zoomed(full), 0.74 * 0.7)
 
+
+
+def test_a_brain_window_export_says_why_it_has_no_score(shared_data):
+    """The out-of-domain reason reaches the summary when the score cannot be measured at all (review finding)."""
+    from PIL import Image
+
+    from ctqa.pipeline import assess
+
+    grey = np.asarray(Image.open(shared_data / "reader_study" / "brain" / "set_1" / "ndct.png"), np.float32)
+    volume = CTVolume((grey / 255.0 * 80.0)[None], (0.7, 0.7, 3.0), clipped_hu=(0.0, 80.0))
+    result = assess(volume, series_model="physics", device="cpu")
+    assert result.summary.global_score is None
+    assert any("the 0-4 quality score is not reported" in note for note in result.summary.notes)
+    assert any("display window (0..80 HU)" in note for note in result.summary.notes)
+
+
+def test_bad_feature_cards_are_refused_in_one_line(tmp_path):
+    import json
+
+    spec = registry.resolve("global_score", MODEL)
+    for name, tensors in {
+        "shape": {"coefficients": np.ones(5), "feature_low": np.zeros(2), "feature_high": np.ones(3)},
+        "range": {"coefficients": np.ones(5), "feature_low": np.zeros(2), "feature_high": np.zeros(2)},
+        "sign": {"coefficients": -np.ones(5), "feature_low": np.zeros(2), "feature_high": np.ones(2)},
+    }.items():
+        write_safetensors(tensors, tmp_path / f"{name}.safetensors")
+        card = {**spec.card, "weights_sha256": None}
+        (tmp_path / f"{name}.json").write_text(json.dumps(card))
+        with pytest.raises(InputError, match="feature-score model|monotone"):
+            load_feature_model(tmp_path / f"{name}.json")

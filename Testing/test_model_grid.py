@@ -10,7 +10,9 @@ from ctqa.volume import CTVolume
 
 def test_model_grid_resamples_only_outside_the_trained_pixel_sizes():
     grid = ModelGrid.from_card({"input": {"pixel_mm": [0.6, 1.0]}})
-    assert grid.target_mm(0.74) is None and grid.target_mm(0.45) == 0.6 and grid.target_mm(1.5) == 1.0
+    assert grid.target_mm((0.74, 0.74)) is None
+    assert grid.target_mm((0.45, 0.45)) == 0.6 and grid.target_mm((1.5, 1.5)) == 1.0
+    assert grid.target_mm((0.4, 0.9)) == 0.9  # one axis outside is enough (non-square pixels)
     assert ModelGrid.from_card({"input": {}}) is None
     rng = np.random.default_rng(0)
     noise = rng.normal(0.0, 20.0, (1, 200, 160)).astype(np.float32)
@@ -42,6 +44,10 @@ def test_quality_map_outside_the_grid_is_resampled_and_mapped_back():
     outside = assess(_phantom(0.4), series_model="physics", score_model=None, device="cpu")
     assert outside.quality.shape == (2, 96, 96)
     assert any("resampled to 0.60 mm" in note for note in outside.summary.notes)
+    non_square = _phantom(0.8)
+    non_square = CTVolume(non_square.hu, (0.8, 0.4, 3.0))  # x 0.8 mm, y 0.4 mm
+    one_axis = assess(non_square, series_model="physics", score_model=None, device="cpu")
+    assert any("0.40 x 0.80 mm pixels were resampled to 0.80 mm" in note for note in one_axis.summary.notes)
 
 
 def test_denoised_ct_outside_the_grid_keeps_the_input_grid():

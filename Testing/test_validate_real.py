@@ -31,3 +31,17 @@ def test_a_constant_figure_ranks_nothing():
     assert validate_real._spearman([1, 2, 3, 4], [3.7, 3.7, 3.7, 3.7]) == 0.0
     assert validate_real._spearman([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
     assert math.isnan(validate_real._spearman([1, 2], [1, 2]))
+
+
+def test_a_variant_that_is_not_scored_fails_the_invariance_check():
+    assert validate_real._change(float("nan"), 3.0) == math.inf
+    assert validate_real._change(2.5, 3.0) == 0.5
+
+
+def test_a_folder_without_the_real_checks_is_refused_in_one_line(tmp_path):
+    import pytest
+
+    from ctqa.errors import InputError
+
+    with pytest.raises(InputError, match="not the shared data folder"):
+        validate_real.validate(tmp_path, "physics", ["score_features"])

@@ -374,7 +374,8 @@ def assess(
     score_notes = (score_note,) if score_note else ()
     scores, result = passes.scores, passes.quality_map
     if score_spec is not None and scores is None:
-        score_notes += ("no slice shows the body: the 0-4 quality score is not reported",)
+        body_slices = sum(row.voxels > 0 for row in passes.slices)
+        score_notes += global_score.unscored_notes(volume, score_spec, body_slices)
     if scores is not None:
         score_notes += tuple(f"0-4 score outside its domain: {note}" for note in scores.summary.domain_notes)
     if scores is not None and scores.device_fallback and scores.device_fallback != result.device_fallback:

@@ -12,11 +12,13 @@ the body's flat soft tissue only, so neither the field of view nor the padding a
   soft kernels) and rises with sharp kernels: with the noise level it tells "quiet because smoothed" from "quiet
   because well exposed".
 
-The score is monotone by construction: it falls with the noise level and rises with the NPS frequency, so
-smoothing alone never buys score. With a = ln(noise_sd) and b = nps_frequency, each scaled to 0..1 over the range
-seen in training, score = 4 / (1 + exp(-(c0 - c1 a - c2 a^2 + c3 b - c4 (1 - b)^2))) with c1..c4 >= 0 (``design``;
-fitted by non-negative least squares on the logit of score / 4, ``ctqa-train score-features``; the card says which
-target). The logistic link keeps the scale within 0..4 without a clip that would tie the best images at 4. Features
+The score is monotone by construction: it falls with the noise level and rises with the NPS frequency, so a
+smoother texture never reads better at the same noise. Smoothing lowers both features, so its net effect depends on
+how noisy the image was (a mild smoothing of a noisy sharp-kernel image can raise the score), and the kernel moves
+the score as much as the dose: compare within one kernel. With a = ln(noise_sd) and b = nps_frequency, each scaled
+to 0..1 over the range seen in training, score = 4 / (1 + exp(-(c0 - c1 a - c2 a^2 + c3 b - c4 (1 - b)^2))) with
+c1..c4 >= 0 (``design``; fitted by non-negative least squares on the logit of score / 4, ``ctqa-train
+score-features``; the card says which target). The logistic link keeps the scale within 0..4 without a clip that would tie the best images at 4. Features
 outside the trained range are clipped to it (nothing is extrapolated), and such slices are counted for the
 out-of-domain note.
 
@@ -164,7 +166,10 @@ def nps_frequency(hu: np.ndarray, pixel_mm: float) -> float:
 def slice_features(volume: CTVolume) -> SliceFeatures:
     """The FEATURES of every axial slice of volume, measured on its GRID_MM resampling (module docstring)."""
     gridded = to_grid(volume)
-    noise = analyse_noise(gridded)
+    try:
+        noise = analyse_noise(gridded)
+    except InputError:  # a slice too small for one noise window on the grid: nothing to measure
+        return SliceFeatures(np.full((volume.shape[0], len(FEATURES)), np.nan))
     pixel_mm = float(gridded.spacing[0])
     values = np.full((volume.shape[0], len(FEATURES)), np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -180,11 +185,11 @@ def domain_notes(volume: CTVolume, out_of_range_share: float) -> tuple[str, ...]
     display-window export too narrow for soft-tissue noise (a brain window), features outside the trained range on
     more than OUT_OF_RANGE_SHARE of the scored slices; () when none applies."""
     notes = []
-    pixel = max(volume.spacing[:2])
-    if not PIXEL_RANGE_MM[0] <= pixel <= PIXEL_RANGE_MM[1]:
+    outside = [pixel for pixel in volume.spacing[:2] if not PIXEL_RANGE_MM[0] <= pixel <= PIXEL_RANGE_MM[1]]
+    if outside:
         notes.append(
-            f"pixel size {pixel:.2f} mm is outside the {PIXEL_RANGE_MM[0]:g}-{PIXEL_RANGE_MM[1]:g} mm the score was "
-            "validated for"
+            f"pixel size {outside[0]:.2f} mm is outside the {PIXEL_RANGE_MM[0]:g}-{PIXEL_RANGE_MM[1]:g} mm the score "
+            "was validated for"
         )
     if volume.clipped_hu is not None:
         low, high = volume.clipped_hu
@@ -254,6 +259,11 @@ def load_feature_model(card_path: Path) -> tuple[FeatureScoreModel, dict]:
         model = FeatureScoreModel(tensors["coefficients"], tensors["feature_low"], tensors["feature_high"])
     except KeyError as error:
         raise InputError(f"{weights_path}: no tensor {error} in a feature-score model") from None
-    if model.coefficients.shape != (len(DESIGN_TERMS),) or model.feature_low.shape != (len(FEATURES),):
-        raise InputError(f"{weights_path}: tensor shapes do not fit a feature-score model")
+    shapes = (model.coefficients.shape, model.feature_low.shape, model.feature_high.shape)
+    if shapes != ((len(DESIGN_TERMS),), (len(FEATURES),), (len(FEATURES),)):
+        raise InputError(f"{weights_path}: tensor shapes {shapes} do not fit a feature-score model")
+    if not (np.isfinite(model.tensors()["coefficients"]).all() and (model.feature_high > model.feature_low).all()):
+        raise InputError(f"{weights_path}: a feature-score model needs finite coefficients and low < high ranges")
+    if (model.coefficients[1:] < 0).any():
+        raise InputError(f"{weights_path}: negative coefficients would break the score's monotone design")
     return model, card

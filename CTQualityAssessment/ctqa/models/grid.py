@@ -39,21 +39,27 @@ class ModelGrid:
         low, high = (value, value) if isinstance(value, (int, float)) else value
         return cls(float(low), float(high))
 
-    def target_mm(self, pixel_mm: float) -> float | None:
-        """The pixel size slices of pixel_mm are resampled to, None when pixel_mm is inside the grid (1 % slack)."""
-        if self.low_mm * 0.99 <= pixel_mm <= self.high_mm * 1.01:
+    def contains(self, pixel_mm: float) -> bool:
+        """pixel_mm lies inside the grid (1 % slack)."""
+        return self.low_mm * 0.99 <= pixel_mm <= self.high_mm * 1.01
+
+    def target_mm(self, pixel_yx_mm: tuple[float, float]) -> float | None:
+        """The square pixel size (mm) slices with pixels pixel_yx_mm (y, x) are resampled to: None when both axes
+        lie inside the grid, else the larger pixel clipped into it (an axis outside on its own counts too)."""
+        if all(self.contains(pixel) for pixel in pixel_yx_mm):
             return None
-        return float(np.clip(pixel_mm, self.low_mm, self.high_mm))
+        return float(np.clip(max(pixel_yx_mm), self.low_mm, self.high_mm))
 
     def describe(self) -> str:
         if self.low_mm == self.high_mm:
             return f"{self.low_mm:g} mm pixels"
         return f"{self.low_mm:g}-{self.high_mm:g} mm pixels"
 
-    def resampled_note(self, model: str, pixel_mm: float, target_mm: float) -> str:
+    def resampled_note(self, model: str, pixel_yx_mm: tuple[float, float], target_mm: float) -> str:
         """The summary note of a run whose slices were resampled onto this grid for model."""
+        pixels = " x ".join(f"{pixel:.2f}" for pixel in sorted(set(pixel_yx_mm)))
         return (
-            f"{model} works at {self.describe()}: the {pixel_mm:.2f} mm slices were resampled to {target_mm:.2f} mm "
+            f"{model} works at {self.describe()}: the slices' {pixels} mm pixels were resampled to {target_mm:.2f} mm "
             "for it and its output mapped back"
         )
 

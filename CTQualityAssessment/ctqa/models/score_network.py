@@ -300,7 +300,11 @@ def score_canvas(hu: np.ndarray, pixel_yx_mm: tuple[float, float], grid_mm: floa
 def grid_of(card: dict) -> float | None:
     """The pixel size (mm) of a grid score model's canvas, None for a model on the whole-slice convention."""
     value = card.get("input", {}).get("pixel_mm")
-    return float(value) if value is not None else None
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or value <= 0:
+        raise InputError(f"a score network's input pixel_mm must be one size in mm, got {value!r}")
+    return float(value)
 
 
 def score_input(hu: torch.Tensor, space_to_depth: int = 2) -> torch.Tensor:

@@ -134,14 +134,17 @@ def run(
     model, card = load_denoise_model(spec.card_path, "cpu")  # denoise_volume moves a copy to the device
     grid = ModelGrid.from_card(card)
     pixel_yx = (volume.spacing[1], volume.spacing[0])
-    target = grid.target_mm(max(pixel_yx)) if grid is not None else None
+    target = grid.target_mm(pixel_yx) if grid is not None else None
     source = volume.hu if target is None else on_model_grid(volume.hu, pixel_yx, target)
     result = denoise_volume(model, source, device=device, progress=progress, cancel=cancel, self_ensemble=self_ensemble)
     hu = result.hu
     notes = ()
     if target is not None:  # the denoised change, not the image, goes back: the input's own detail is kept
         hu = volume.hu + to_input_grid(hu - source, volume.shape[1:])
-        notes = (grid.resampled_note(spec.name, max(pixel_yx), target),)
+        notes = (
+            grid.resampled_note(spec.name, pixel_yx, target)
+            + f"; noise finer than its {target:.2f} mm pixels is left in the image",
+        )
     if is_whole_hu(volume.hu):
         np.rint(hu, out=hu)
     if volume.clipped_hu is not None:

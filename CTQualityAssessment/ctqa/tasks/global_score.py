@@ -180,6 +180,18 @@ def summarise(
     )
 
 
+def unscored_notes(volume: CTVolume, spec: ModelSpec, body_slices: int) -> tuple[str, ...]:
+    """Why the score of volume was asked for but not reported (run returned None), with the domain notes that
+    explain it (a display window narrower than soft tissue, a pixel size outside the validated range)."""
+    if body_slices == 0:
+        reason = "no slice shows the body"
+    elif is_feature_card(spec.card):
+        reason = "no slice has flat soft tissue (-100..150 HU) to measure noise in"
+    else:
+        reason = "no slice could be scored"
+    return (f"{reason}: the 0-4 quality score is not reported", *domain_notes(volume, 0.0))
+
+
 def _feature_scores(volume: CTVolume, spec: ModelSpec, body: np.ndarray) -> SliceScores | None:
     """SliceScores of a physics-feature model (no SD: a regression) over the body slices, with its domain notes."""
     model, card = load_feature_model(spec.card_path)
@@ -224,5 +236,5 @@ def run(
             pixel_yx_mm=(volume.spacing[1], volume.spacing[0]),
         )
         done += stop - start
-    summary = summarise(score, sd, spec.name, card, str(torch_device))
+    summary = summarise(score, sd, spec.name, card, str(torch_device), domain_notes(volume, 0.0))
     return SliceScores(score, sd, summary, fallback) if summary is not None else None

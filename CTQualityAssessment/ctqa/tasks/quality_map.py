@@ -103,14 +103,14 @@ def run(
     network, card = load(model.card_path)
     grid = ModelGrid.from_card(card)
     pixel_yx = (volume.spacing[1], volume.spacing[0])
-    target = grid.target_mm(max(pixel_yx)) if grid is not None else None
+    target = grid.target_mm(pixel_yx) if grid is not None else None
     hu = volume.hu if target is None else on_model_grid(volume.hu, pixel_yx, target)
     prediction = predict_volume(network, hu, device=device, progress=progress, cancel=cancel)
     windows = {name: prediction.maps[name] for name in QUALITY_WINDOWS_HU if name in prediction.maps}
     notes = ()
     if target is not None:
         windows = {name: to_input_grid(values, volume.shape[1:]) for name, values in windows.items()}
-        notes = (grid.resampled_note(model.name, max(pixel_yx), target),)
+        notes = (grid.resampled_note(model.name, pixel_yx, target),)
     for values in windows.values():
         for learned_slice, inside in zip(values, body):
             learned_slice[~inside] = np.nan
