@@ -18,8 +18,8 @@ how noisy the image was (a mild smoothing of a noisy sharp-kernel image can rais
 the score as much as the dose: compare within one kernel. With a = ln(noise_sd) and b = nps_frequency, each scaled
 to 0..1 over the range seen in training, score = 4 / (1 + exp(-(c0 - c1 a - c2 a^2 + c3 b - c4 (1 - b)^2))) with
 c1..c4 >= 0 (``design``; fitted by non-negative least squares on the logit of score / 4, ``ctqa-train
-score-features``; the card says which target). The logistic link keeps the scale within 0..4 without a clip that would tie
-the best images at 4. Features outside the trained range are clipped to it (nothing is extrapolated), and such
+score-features``; the card says which target). The logistic link keeps the scale within 0..4 without a clip that
+would tie the best images at 4. Features outside the trained range are clipped to it (nothing is extrapolated), and such
 slices are counted for the out-of-domain note.
 
 numpy and scipy only: this score needs neither torch nor the safetensors package (its weights file is read by
