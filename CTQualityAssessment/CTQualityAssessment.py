@@ -11,6 +11,7 @@ Dependencies are installed (CTQualityAssessmentLib.dependencies) before anything
 import json
 import logging
 import os
+import types
 from pathlib import Path
 from typing import Annotated
 
@@ -34,6 +35,12 @@ from CTQualityAssessmentLib.dependencies import ensure_dependencies
 CHECKPOINT_CHOICE = "user checkpoint file"
 SAMPLE_NAME = "CTQualityAssessmentSample"
 ROLE_ATTRIBUTE = "CTQualityAssessment.Role"  # = CTQualityAssessmentLib.mrml.ROLE_ATTRIBUTE (imports the core)
+#: How an output node names its input, and the roles the Results panel looks for (= CTQualityAssessmentLib.mrml's
+#: INPUT_REFERENCE, QUALITY_MAP, REFERENCE_SSIM_MAP and QUALITY_MAP_DENOISED).
+INPUT_REFERENCE = "CTQualityAssessment.InputVolume"
+QUALITY_MAP_ROLE, REFERENCE_SSIM_ROLE, QUALITY_MAP_DENOISED_ROLE = (
+    "QualityMap", "ReferenceSsimMap", "QualityMapDenoised"
+)
 POLL_MS = 100
 #: Style of a Chest series row that needs attention (QWidget.styleSheet); orange reads on light and dark themes.
 FLAGGED_STYLE = "color: #d35400; font-weight: bold;"
@@ -253,6 +260,12 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
         self.ui.applyButton.toolTip = _("Stop the running assessment") if running else _("Assess the input volume")
         self.ui.denoiseButton.enabled = not running and bool(parameters.inputVolume)
+        if not running:  # the Results panel shows the selected input's own assessment, or nothing
+            own = self._ownOutputs(parameters.inputVolume)
+            if own.get(QUALITY_MAP_ROLE) is not parameters.qualityMap:
+                parameters.qualityMap = own.get(QUALITY_MAP_ROLE)  # ModifiedEvent: _updateGui runs again
+                self._fillChoicesFor(own)
+                return
         summary = {}  # cleared while a run is under way
         if parameters.qualityMap and not running:  # a map exists, so the core's dependencies are installed
             from CTQualityAssessmentLib.mrml import SUMMARY_ATTRIBUTE
@@ -400,6 +413,39 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         finally:  # the temporary folder goes and the Apply button comes back, whatever loading the results did
             job.cleanup()
             self._updateGui()
+
+    @staticmethod
+    def _ownOutputs(inputVolume) -> dict:
+        """{role: node} of the module's output volumes made for inputVolume (none for None)."""
+        if not inputVolume:
+            return {}
+        return {
+            node.GetAttribute(ROLE_ATTRIBUTE): node
+            for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            if node.GetAttribute(ROLE_ATTRIBUTE) and node.GetNodeReferenceID(INPUT_REFERENCE) == inputVolume.GetID()
+        }
+
+    def _fillChoicesFor(self, own: dict) -> None:
+        """Overlay and plot choices of the selected input's own outputs (empty and disabled without any)."""
+        quality = own.get(QUALITY_MAP_ROLE)
+        if quality is None:
+            for combo in (self.ui.overlayComboBox, self.ui.plotComboBox):
+                combo.blockSignals(True)
+                combo.clear()
+                combo.blockSignals(False)
+                combo.enabled = False
+            return
+        from CTQualityAssessmentLib.mrml import SUMMARY_ATTRIBUTE
+
+        self.ui.overlayComboBox.enabled = True
+        summaryText = quality.GetAttribute(SUMMARY_ATTRIBUTE) or "{}"
+        outputs = types.SimpleNamespace(
+            reference_ssim_map=own.get(REFERENCE_SSIM_ROLE),
+            quality_map_denoised=own.get(QUALITY_MAP_DENOISED_ROLE),
+            summary=json.loads(summaryText),
+        )
+        self._fillOverlayChoices(outputs)
+        self._fillPlotChoices(outputs)
 
     def _fillOverlayChoices(self, outputs) -> None:
         from CTQualityAssessmentLib import mrml

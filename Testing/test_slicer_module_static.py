@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import pytest
+from module_source import module_constants
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "CTQualityAssessment"
 MODULE_FILE = MODULE_DIR / "CTQualityAssessment.py"
@@ -105,3 +106,20 @@ def test_role_attribute_matches_the_mrml_glue():
     ]
     glue = (MODULE_DIR / "CTQualityAssessmentLib" / "mrml.py").read_text(encoding="utf-8")
     assert values and f'ROLE_ATTRIBUTE = "{values[0]}"' in glue
+
+
+def test_result_roles_match_the_mrml_glue():
+    """The Results panel finds the selected input's outputs by the glue's reference and role names."""
+    constants = module_constants("INPUT_REFERENCE")
+    glue = (MODULE_DIR / "CTQualityAssessmentLib" / "mrml.py").read_text(encoding="utf-8")
+    assert f'INPUT_REFERENCE = "{constants["INPUT_REFERENCE"]}"' in glue
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    (roles,) = [
+        node.value for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Tuple)
+        and [t.id for t in node.targets[0].elts][0] == "QUALITY_MAP_ROLE"
+    ]
+    values = [element.value for element in roles.elts]
+    assert values == ["QualityMap", "ReferenceSsimMap", "QualityMapDenoised"]
+    assert 'QUALITY_MAP, NOISE_MAP, REFERENCE_SSIM_MAP = "QualityMap", "NoiseMap", "ReferenceSsimMap"' in glue
+    assert 'QUALITY_MAP_DENOISED = "DenoisedCT", "QualityMapDenoised"' in glue

@@ -6,7 +6,7 @@ from __future__ import annotations
 import types
 
 import pytest
-from module_source import class_with
+from module_source import class_with, module_constants
 
 from CTQualityAssessmentLib.process import AssessmentProcess
 
@@ -65,3 +65,80 @@ def test_a_failed_results_load_still_cleans_up_and_restores_the_buttons():
         widget._finish(job)
     assert calls == ["error shown", "cleaned up", "gui updated"]
     assert widget._job is None and widget.ui.statusLabel.text == "Failed to load the results"
+
+
+class _Combo:
+    def __init__(self):
+        self.items, self.enabled = [], True
+
+    def blockSignals(self, blocked):
+        pass
+
+    def clear(self):
+        self.items = []
+
+    def addItem(self, text, data):
+        self.items.append(data)
+
+
+class _Parameters:
+    """A parameter node stand-in: assigning a field triggers the widget's update, as the ModifiedEvent does."""
+
+    def __init__(self, widget, **fields):
+        object.__setattr__(self, "_widget", widget)
+        self.__dict__.update(fields)
+
+    def __setattr__(self, name, value):
+        self.__dict__[name] = value
+        self._widget._updateGui()
+
+
+def test_the_results_panel_follows_the_selected_input(tmp_path):
+    """Issue 24, item 4: after switching input the panel shows that input's own assessment, or none."""
+    pytest.importorskip("slicer_core", reason="slicer-core wheel not installed (pip install slicer-core)")
+    import json
+
+    from slicer_scene import make_headless_scene
+
+    from CTQualityAssessmentLib import mrml
+
+    scene = make_headless_scene(str(tmp_path / "cache")).scene
+    assessed, other = (scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name) for name in ("CT A", "CT B"))
+    quality = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT A quality map")
+    quality.SetAttribute(mrml.ROLE_ATTRIBUTE, mrml.QUALITY_MAP)
+    quality.SetAttribute(mrml.SUMMARY_ATTRIBUTE, json.dumps({"gnl_hu": 12.5}))
+    quality.SetNodeReferenceID(mrml.INPUT_REFERENCE, assessed.GetID())
+
+    def nodes_by_class(class_name):
+        collection = scene.GetNodesByClass(class_name)
+        return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
+
+    fake_slicer = types.SimpleNamespace(util=types.SimpleNamespace(getNodesByClass=nodes_by_class))
+    shown = []
+    Widget = class_with(
+        "CTQualityAssessmentWidget",
+        {"_updateGui", "_ownOutputs", "_fillChoicesFor", "_fillOverlayChoices", "_fillPlotChoices"},
+        {**module_constants("INPUT_REFERENCE", "ROLE_ATTRIBUTE", "CHECKPOINT_CHOICE"),
+         "PLOT_QUALITY": "quality", "PLOT_SCORE": "score",
+         "QUALITY_MAP_ROLE": "QualityMap", "REFERENCE_SSIM_ROLE": "ReferenceSsimMap",
+         "QUALITY_MAP_DENOISED_ROLE": "QualityMapDenoised", "_": lambda text: text, "slicer": fake_slicer,
+         "json": json, "types": types, "staticmethod": staticmethod},
+    )
+    widget = Widget()
+    widget._job = None
+    button = types.SimpleNamespace(enabled=False, text="", toolTip="")
+    widget.ui = types.SimpleNamespace(
+        checkpointPathLineEdit=types.SimpleNamespace(setVisible=lambda visible: None),
+        applyButton=button, denoiseButton=types.SimpleNamespace(enabled=False),
+        overlayComboBox=_Combo(), plotComboBox=_Combo(),
+    )
+    widget._showSummary = shown.append
+    widget._parameterNode = _Parameters(widget, model="default", inputVolume=assessed, qualityMap=None)
+
+    widget._updateGui()
+    assert widget._parameterNode.qualityMap is quality and shown[-1] == {"gnl_hu": 12.5}
+    assert widget.ui.overlayComboBox.items[0] == mrml.QUALITY_MAP and widget.ui.overlayComboBox.enabled
+
+    widget._parameterNode.inputVolume = other  # no assessment of its own: no figures, no choices
+    assert widget._parameterNode.qualityMap is None and shown[-1] == {}
+    assert widget.ui.overlayComboBox.items == [] and not widget.ui.plotComboBox.enabled
