@@ -26,7 +26,9 @@ NAMESPACE = {"_": lambda text: text, "json": json, "Path": Path, **CONSTANTS}
 Logic = class_with(
     "CTQualityAssessmentLogic", {"seriesPanelRows", "modelDescription", "globalScoreText", "denoisedText"}, NAMESPACE
 )
-Widget = class_with("CTQualityAssessmentWidget", {"_updateGui", "_showSummary"}, NAMESPACE)
+Widget = class_with(
+    "CTQualityAssessmentWidget", {"_updateGui", "_showSummary"}, {**NAMESPACE, "QUALITY_MAP_ROLE": "QM"}
+)
 
 
 def panel(summary: dict) -> dict[str, tuple[str, bool]]:
@@ -258,6 +260,7 @@ def test_widget_fills_the_panel_from_the_map_and_clears_it_while_a_run_is_under_
     widget = Widget()
     widget.ui, widget.logic, widget._acquisitionText, widget._job = _Ui(), Logic(), "kernel B30f", None
     widget._parameterNode = SimpleNamespace(model="physics", inputVolume=object(), qualityMap=_QualityMap(summary))
+    widget._ownOutputs = lambda volume: {"QM": widget._parameterNode.qualityMap}  # the map is the input's own
 
     widget._updateGui()
     assert {name: getattr(widget.ui, name).text for name in COMPLETE} == COMPLETE
