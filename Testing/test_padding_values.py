@@ -1,5 +1,5 @@
 """Padding outside the reconstructed field of view is air whatever the vendor's value (issue 24, item 8): -1024,
--2048 and -3024 (GE) give the same figures, because the readers set values below -1024 HU to air."""
+-2048 and -3024 (GE) give the same figures, because the readers set values below -1500 HU to air."""
 
 import json
 

@@ -205,6 +205,8 @@ def test_acquire_model_gives_each_kernel_its_own_full_dose_noise(shared_data):
     acquired = measured_noise_sd(hu, pixel)[0]
     smooth, lung = (measured_noise_sd(sims[k].hu[0], pixel)[0] for k in ("smooth", "lung"))
     assert 0.7 * acquired < smooth < 1.4 * acquired
-    assert 2.5 < lung / smooth < 5.0
+    # 2.25 since the readers set this slice's -3024 HU padding to air (issue 24): the negative attenuation the
+    # padding held outside the field of view had raised the sharp kernel's measured noise above 2.5 x
+    assert 2.0 < lung / smooth < 5.0
     with pytest.raises(InputError, match="unknown noise model"):
         simulate(hu, pixel, noise_model="guess")

@@ -29,7 +29,7 @@ from ctqa.geometry import image_on_grid
 from ctqa.scaling import Scaling, check_plausible_hu, check_stored_type, rendering_scaling
 from ctqa.scaling import parse as parse_scaling
 from ctqa.slabs import WORKER_THREADS
-from ctqa.volume import AIR_HU, CTVolume, Grid
+from ctqa.volume import AIR_HU, PADDING_BELOW_HU, CTVolume, Grid
 
 #: Extensions SimpleITK reads as whole volumes (not DICOM).
 VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -184,7 +184,7 @@ def _to_volume(
         hu = hu.copy()  # never keep a view of a reader's buffer
     if not explicit:
         check_plausible_hu(hu, source)
-    np.maximum(hu, AIR_HU, out=hu)  # padding outside the field of view (-2048, -3024) is air for every measure
+    hu[hu < PADDING_BELOW_HU] = AIR_HU  # padding outside the field of view (-2048, -3024) is air for every measure
     spacing, origin, direction = geometry
     return CTVolume(hu, spacing, origin, direction, source, scaling.name, scaling.clipped_hu, tuple(notes), acquisition)
 

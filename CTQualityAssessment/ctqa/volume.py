@@ -6,9 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Air in HU. Values below it are padding outside the reconstructed field of view (-2048, or -3024 on GE scanners),
-#: and the readers set them to air before any measure or model sees them (io.read_volume).
+#: Air in HU.
 AIR_HU = -1024.0
+#: Values below this are padding outside the reconstructed field of view (-2048, -3000, or -3024 on GE scanners): the
+#: readers set them to AIR_HU before any measure or model sees them (io.read_volume). It lies well below air's own
+#: noise (real air reads about -1000 +- a few tens of HU), which is kept as it is.
+PADDING_BELOW_HU = -1500.0
 
 
 @dataclass(frozen=True)
