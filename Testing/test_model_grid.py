@@ -11,8 +11,11 @@ from ctqa.volume import CTVolume
 def test_model_grid_resamples_only_outside_the_trained_pixel_sizes():
     grid = ModelGrid.from_card({"input": {"pixel_mm": [0.6, 1.0]}})
     assert grid.target_mm((0.74, 0.74)) is None
-    assert grid.target_mm((0.45, 0.45)) == 0.6 and grid.target_mm((1.5, 1.5)) == 1.0
+    assert grid.target_mm((0.45, 0.45)) == 0.6
     assert grid.target_mm((0.4, 0.9)) == 0.9  # one axis outside is enough (non-square pixels)
+    assert grid.target_mm((1.5, 1.5)) is None  # never resampled up (it would smooth the noise) ...
+    assert "read as they are" in grid.coarser_note("n2q", (1.5, 1.5))  # ... but said
+    assert grid.coarser_note("n2q", (0.8, 0.8)) is None
     assert ModelGrid.from_card({"input": {}}) is None
     rng = np.random.default_rng(0)
     noise = rng.normal(0.0, 20.0, (1, 200, 160)).astype(np.float32)

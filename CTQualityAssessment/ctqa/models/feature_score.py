@@ -59,8 +59,9 @@ NPS_MIN_PATCHES = 5
 FEATURES = ("ln_noise_sd", "nps_frequency")
 #: Top of the 0-4 scale (the logistic link's asymptote).
 SCORE_MAX = 4.0
-#: Pixel sizes (mm) the grid resampling is validated for; outside, the summary says the score is out of domain.
-PIXEL_RANGE_MM = (0.5, 1.0)
+#: Pixel sizes (mm) the score is validated for; outside, the summary says the score is out of domain. Coarser slices
+#: are resampled up to GRID_MM, which smooths their noise (a finer reconstruction would show more): not validated.
+PIXEL_RANGE_MM = (0.5, 0.8)
 #: A display-window export must keep at least this HU range for the soft-tissue noise to be measurable.
 MIN_CLIP_RANGE_HU = (-100.0, 150.0)
 #: Share of scored slices with a feature outside the trained range above which the out-of-domain note is given.

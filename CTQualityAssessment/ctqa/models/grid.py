@@ -3,10 +3,12 @@
 A network reads texture in pixels, so the same CT at another pixel size looks like another dose to it (the learned
 quality map read a crop resampled to 0.52 mm pixels as much better quality than the same crop at 0.74 mm). Every
 model card therefore states its grid as ``card["input"]["pixel_mm"] = [low, high]``: the pixel sizes it was
-trained at. Slices with pixels inside that range run as they are; outside it they are resampled, anti-aliased, to
-the nearest end of the range, the model runs there, and its outputs are mapped back onto the input grid
-(``on_model_grid`` / ``to_input_grid``). Field of view: the convolutional models are invariant to it (they see the
-slice at its own size); the physics-feature score measures only flat soft tissue (``feature_score``).
+trained at. Slices with pixels inside that range run as they are; finer ones are resampled, anti-aliased, to the
+nearest end of the range (averaging fine pixels lowers their noise as a coarser reconstruction would), the model runs
+there, and its outputs are mapped back onto the input grid (``on_model_grid`` / ``to_input_grid``). Coarser slices
+are not resampled up, which would smooth their noise: they run as they are, with a note. Field of view: the
+convolutional models are invariant to it (they see the slice at its own size); the physics-feature score measures
+only flat soft tissue (``feature_score``).
 
 Resampling: a Gaussian of sigma (factor - 1) / 2 input pixels along each axis whose pixels grow by factor > 1
 (scikit-image's anti-aliasing rule), then linear interpolation; back onto the input grid, linear interpolation.
@@ -44,11 +46,22 @@ class ModelGrid:
         return self.low_mm * 0.99 <= pixel_mm <= self.high_mm * 1.01
 
     def target_mm(self, pixel_yx_mm: tuple[float, float]) -> float | None:
-        """The square pixel size (mm) slices with pixels pixel_yx_mm (y, x) are resampled to: None when both axes
-        lie inside the grid, else the larger pixel clipped into it (an axis outside on its own counts too)."""
-        if all(self.contains(pixel) for pixel in pixel_yx_mm):
+        """The square pixel size (mm) slices with pixels pixel_yx_mm (y, x) are resampled to: when an axis is finer
+        than the grid, the larger pixel clipped into it; None otherwise. Slices coarser than the grid are never
+        resampled up: interpolation would smooth their noise, where a finer reconstruction would show more of it
+        (``coarser_note`` says so instead)."""
+        if min(pixel_yx_mm) >= self.low_mm * 0.99:
             return None
         return float(np.clip(max(pixel_yx_mm), self.low_mm, self.high_mm))
+
+    def coarser_note(self, model: str, pixel_yx_mm: tuple[float, float]) -> str | None:
+        """The note for slices with pixels coarser than the grid (read as they are), None otherwise."""
+        if max(pixel_yx_mm) <= self.high_mm * 1.01:
+            return None
+        return (
+            f"{model} was trained at {self.describe()}: the {max(pixel_yx_mm):.2f} mm slices are read as they are "
+            "(resampling them up would smooth their noise), outside its training domain"
+        )
 
     def describe(self) -> str:
         if self.low_mm == self.high_mm:

@@ -138,7 +138,8 @@ def run(
     source = volume.hu if target is None else on_model_grid(volume.hu, pixel_yx, target)
     result = denoise_volume(model, source, device=device, progress=progress, cancel=cancel, self_ensemble=self_ensemble)
     hu = result.hu
-    notes = ()
+    coarser = grid.coarser_note(spec.name, pixel_yx) if grid is not None else None
+    notes = (coarser,) if coarser else ()
     if target is not None:  # the denoised change, not the image, goes back: the input's own detail is kept
         hu = volume.hu + to_input_grid(hu - source, volume.shape[1:])
         notes = (

@@ -107,7 +107,8 @@ def run(
     hu = volume.hu if target is None else on_model_grid(volume.hu, pixel_yx, target)
     prediction = predict_volume(network, hu, device=device, progress=progress, cancel=cancel)
     windows = {name: prediction.maps[name] for name in QUALITY_WINDOWS_HU if name in prediction.maps}
-    notes = ()
+    coarser = grid.coarser_note(model.name, pixel_yx) if grid is not None else None
+    notes = (coarser,) if coarser else ()
     if target is not None:
         windows = {name: to_input_grid(values, volume.shape[1:]) for name, values in windows.items()}
         notes = (grid.resampled_note(model.name, pixel_yx, target),)
