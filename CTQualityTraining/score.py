@@ -44,7 +44,6 @@ from ctqa.errors import InputError
 from ctqa.io import read_volume
 from ctqa.models.inference import resolve_device
 from ctqa.models.score_network import (
-    AIR_HU,
     ScoreNetConfig,
     build_score_network,
     grid_of,
@@ -55,6 +54,7 @@ from ctqa.models.score_network import (
     score_input,
 )
 from ctqa.outputs import check_output_folder, written_whole
+from ctqa.volume import AIR_HU
 
 from .files import check_output_file
 from .metrics import agreement

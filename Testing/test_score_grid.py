@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from ctqa.models.score_network import (
-    AIR_HU,
     GRID_MM,
     INPUT_SIZE,
     SCORE_WINDOW_HU,
@@ -15,6 +14,7 @@ from ctqa.models.score_network import (
     input_spec,
     score_canvas,
 )
+from ctqa.volume import AIR_HU
 from CTQualityTraining.score import narrower_field_of_view
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from ctqa.volume import CTVolume
+
 #: Smallest in-plane size (voxels) a resampled slice keeps.
 MIN_SIZE = 8
 
@@ -97,3 +99,31 @@ def to_input_grid(values: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray:
     """float32 (z, *shape_yx): slices of values (z, y', x') mapped back onto the input's (y, x) grid (linear)."""
     zoom = [1.0] + [new / old for new, old in zip(shape_yx, values.shape[1:])]
     return ndimage.zoom(np.asarray(values, np.float32), zoom, order=1, mode="nearest", grid_mode=True)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a model runs on a volume's slices (``place``): hu float32 (z, y', x') it sees (the volume's own array
+    when not resampled), target_mm the pixel size it was resampled to (None: not resampled), notes for the summary."""
+
+    hu: np.ndarray
+    target_mm: float | None
+    notes: tuple[str, ...]
+
+    def back(self, values: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray:
+        """values (z, y', x') on the input's (y, x) grid: mapped back when the slices were resampled."""
+        return values if self.target_mm is None else to_input_grid(values, shape_yx)
+
+
+def place(volume: CTVolume, card: dict, model: str) -> Placement:
+    """The slices of volume as the model of card (named model in the notes) must see them (module docstring)."""
+    grid = ModelGrid.from_card(card)
+    if grid is None:
+        return Placement(volume.hu, None, ())
+    pixel_yx = (volume.spacing[1], volume.spacing[0])
+    target = grid.target_mm(pixel_yx)
+    if target is None:
+        coarser = grid.coarser_note(model, pixel_yx)
+        return Placement(volume.hu, None, (coarser,) if coarser else ())
+    resampled = on_model_grid(volume.hu, pixel_yx, target)
+    return Placement(resampled, target, (grid.resampled_note(model, pixel_yx, target),))

@@ -72,12 +72,13 @@ from torch import nn
 
 from ctqa.errors import InputError
 from ctqa.models.checkpoints import FORMAT_VERSION, load_verified_weights, read_task_card, write_checkpoint
-from ctqa.models.inference import Cancelled, resolve_device
+from ctqa.models.inference import BODY_HU, Cancelled, resolve_device
 from ctqa.models.networks import HPF_SCALE, HPF_SIGMA_PX, config_from_dict, gaussian_blur
 from ctqa.models.timm_import import import_timm
 from ctqa.physics.ssim import SSIM_WINDOW_HU
 from ctqa.score_distribution import DEFAULT_BINS, DEFAULT_TAUS, SCORE_MAX, bin_scores, decode, gaussian_targets
 from ctqa.slabs import ProgressCallback
+from ctqa.volume import AIR_HU
 
 timm = import_timm()
 
@@ -118,8 +119,6 @@ NORMALISATION = (
 #: The physical grid of grid models (cards whose input has "pixel_mm"): slices are resampled to GRID_MM pixels and
 #: placed in an INPUT_SIZE canvas (INPUT_SIZE x GRID_MM = 358 mm) centred on the body (``score_canvas``).
 GRID_MM = 0.7
-AIR_HU = -1024.0
-BODY_HU = -500.0
 CANVAS_FIELD_OF_VIEW = (
     f"a {INPUT_SIZE} x {INPUT_SIZE} canvas of pixel_mm pixels ({INPUT_SIZE * GRID_MM:.0f} mm) centred on the body's "
     f"centroid (HU > {BODY_HU:g}); air ({AIR_HU:g} HU) where the slice does not reach, the slice cropped where it "

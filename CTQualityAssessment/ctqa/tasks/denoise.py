@@ -24,7 +24,7 @@ import numpy as np
 
 from ctqa.errors import InputError
 from ctqa.models import registry
-from ctqa.models.grid import ModelGrid, on_model_grid, to_input_grid
+from ctqa.models.grid import place
 from ctqa.models.registry import DEFAULT_MODEL, ModelSpec
 from ctqa.slabs import ProgressCallback
 from ctqa.volume import CTVolume
@@ -132,20 +132,14 @@ def run(
     from ctqa.models.denoise_network import denoise_volume, load_denoise_model
 
     model, card = load_denoise_model(spec.card_path, "cpu")  # denoise_volume moves a copy to the device
-    grid = ModelGrid.from_card(card)
-    pixel_yx = (volume.spacing[1], volume.spacing[0])
-    target = grid.target_mm(pixel_yx) if grid is not None else None
-    source = volume.hu if target is None else on_model_grid(volume.hu, pixel_yx, target)
-    result = denoise_volume(model, source, device=device, progress=progress, cancel=cancel, self_ensemble=self_ensemble)
-    hu = result.hu
-    coarser = grid.coarser_note(spec.name, pixel_yx) if grid is not None else None
-    notes = (coarser,) if coarser else ()
-    if target is not None:  # the denoised change, not the image, goes back: the input's own detail is kept
-        hu = volume.hu + to_input_grid(hu - source, volume.shape[1:])
-        notes = (
-            grid.resampled_note(spec.name, pixel_yx, target)
-            + f"; noise finer than its {target:.2f} mm pixels is left in the image",
-        )
+    placed = place(volume, card, spec.name)
+    result = denoise_volume(
+        model, placed.hu, device=device, progress=progress, cancel=cancel, self_ensemble=self_ensemble
+    )
+    hu, notes = result.hu, placed.notes
+    if placed.target_mm is not None:  # the denoised change, not the image, goes back: the input's own detail is kept
+        hu = volume.hu + placed.back(hu - placed.hu, volume.shape[1:])
+        notes = (f"{notes[0]}; noise finer than its {placed.target_mm:.2f} mm pixels is left in the image",)
     if is_whole_hu(volume.hu):
         np.rint(hu, out=hu)
     if volume.clipped_hu is not None:

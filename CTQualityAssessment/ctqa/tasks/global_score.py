@@ -197,10 +197,11 @@ def _feature_scores(volume: CTVolume, spec: ModelSpec, body: np.ndarray) -> Slic
     model, card = load_feature_model(spec.card_path)
     score, out_of_range = model.predict(slice_features(volume))
     score[~body] = np.nan
+    sd = np.full_like(score, np.nan)
     scored = np.isfinite(score)
     share = float(out_of_range[scored].mean()) if scored.any() else 0.0
-    summary = summarise(score, np.full_like(score, np.nan), spec.name, card, "cpu", domain_notes(volume, share))
-    return SliceScores(score, np.full_like(score, np.nan), summary) if summary is not None else None
+    summary = summarise(score, sd, spec.name, card, "cpu", domain_notes(volume, share))
+    return SliceScores(score, sd, summary) if summary is not None else None
 
 
 def run(

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ctqa.models.grid import ModelGrid, on_model_grid, to_input_grid
+from ctqa.models.grid import place
 from ctqa.models.registry import ModelSpec
 from ctqa.physics.lung import LUNG_WINDOW_HU, QUALITY_WINDOWS_HU, lung_mask
 from ctqa.physics.noise import NOISE_SD50_HU, NoiseAnalysis, quality_from_noise
@@ -101,17 +101,14 @@ def run(
     from ctqa.models.inference import learned_noise_level, predict_volume
 
     network, card = load(model.card_path)
-    grid = ModelGrid.from_card(card)
-    pixel_yx = (volume.spacing[1], volume.spacing[0])
-    target = grid.target_mm(pixel_yx) if grid is not None else None
-    hu = volume.hu if target is None else on_model_grid(volume.hu, pixel_yx, target)
-    prediction = predict_volume(network, hu, device=device, progress=progress, cancel=cancel)
-    windows = {name: prediction.maps[name] for name in QUALITY_WINDOWS_HU if name in prediction.maps}
-    coarser = grid.coarser_note(model.name, pixel_yx) if grid is not None else None
-    notes = (coarser,) if coarser else ()
-    if target is not None:
-        windows = {name: to_input_grid(values, volume.shape[1:]) for name, values in windows.items()}
-        notes = (grid.resampled_note(model.name, pixel_yx, target),)
+    placed = place(volume, card, model.name)
+    prediction = predict_volume(network, placed.hu, device=device, progress=progress, cancel=cancel)
+    windows = {
+        name: placed.back(prediction.maps[name], volume.shape[1:])
+        for name in QUALITY_WINDOWS_HU
+        if name in prediction.maps
+    }
+    notes = placed.notes
     for values in windows.values():
         for learned_slice, inside in zip(values, body):
             learned_slice[~inside] = np.nan
