@@ -436,6 +436,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's)")
     validate.add_argument("--out", required=True, metavar="FILE.md", help="table to write (.md; .json beside it)")
+    ceiling = commands.add_parser(
+        "reader-ceiling",
+        help="how far a score trained on dose pairs can agree with the reader study (ceilings, oracles)",
+        description="Full-reference SSIM, single no-reference features and reader-trained oracles (leave one set "
+        "out) against the radiologists of reader_study/abdomen (CTQualityTraining/reader_ceiling.py).",
+    )
+    ceiling.add_argument("--data", default="../shared/data", metavar="DIR", help="shared data folder")
+    ceiling.add_argument("--out", required=True, metavar="FILE.md", help="table to write")
     return parser
 
 
@@ -765,6 +773,12 @@ def _validate_real(args: argparse.Namespace) -> None:
     run_cli(args)
 
 
+def _reader_ceiling(args: argparse.Namespace) -> None:
+    from .reader_ceiling import run_cli
+
+    run_cli(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `ctqa-train`; returns the exit status (2 on bad input, with one line on stderr)."""
     args = _parser().parse_args(argv)
@@ -787,6 +801,7 @@ def main(argv: list[str] | None = None) -> int:
         "denoise-eval": _denoise_eval,
         "score-features": _score_features,
         "validate-real": _validate_real,
+        "reader-ceiling": _reader_ceiling,
     }
     return exit_status("ctqa-train", lambda: commands[args.command](args))
 
