@@ -30,7 +30,12 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from CTQualityAssessmentLib.dependencies import ensure_dependencies
+from CTQualityAssessmentLib.dependencies import (
+    REQUIREMENTS_FILE,
+    ensure_dependencies,
+    missing_requirements,
+    read_requirements,
+)
 
 CHECKPOINT_CHOICE = "user checkpoint file"
 SAMPLE_NAME = "CTQualityAssessmentSample"
@@ -82,6 +87,15 @@ def _denoiseModels() -> list[str]:
     except ImportError:  # dependencies not installed yet
         return ["default"]
     return list(available_models("denoise"))
+
+
+#: The parameter node's fields that take one of a list (each shown in a combo box), with the list.
+CHOICES = {
+    "model": _models(),
+    "scoreModel": _scoreModels(),
+    "denoiseModel": _denoiseModels(),
+    "device": ["auto", "cpu", "cuda"],
+}
 
 
 #
@@ -136,8 +150,8 @@ def onSampleDataButton(source=None):
 
 
 def loadSample(*_args):
-    """Write the synthetic low-dose CT (dose falls from 100 % to 10 % along z) into the cache folder and load it."""
-    ensure_dependencies()  # before importing the core, which needs OpenCV
+    """Write the synthetic low-dose CT (dose falls from 100 % to 10 % along z) into the cache folder and load it.
+    Nothing is installed for it: the sample needs only packages Slicer bundles (numpy, scipy, SimpleITK)."""
     from ctqa.sample import write_sample
 
     folder = Path(slicer.app.cachePath) / SAMPLE_NAME
@@ -155,22 +169,25 @@ class CTQualityAssessmentParameterNode:
     """Module state, saved with the scene.
 
     inputVolume: CT in HU. referenceVolume: optional full-dose CT on the same grid. segmentation: optional segments.
-    model: core model name or CHECKPOINT_CHOICE; checkpointPath: a user checkpoint file (.safetensors).
+    model: core model name or CHECKPOINT_CHOICE; checkpointPath: a user checkpoint file (.safetensors), "" for none
+    (bound to its ctkPathLineEdit by hand: a Path field shows "." for none).
     scoreModel: the 0-4 score's model ("default", a bundled name, or "none").
     denoiseModel: the denoiser of Denoise and compare ("default" or a bundled name).
     device: where learned models run. opacity: overlay opacity 0..1. qualityMap: the last output map.
+    showResults: after each run, the map over the CT in the slice views and the plot and table in their views.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
     referenceVolume: vtkMRMLScalarVolumeNode
     segmentation: vtkMRMLSegmentationNode
-    model: Annotated[str, Choice(_models())] = "physics"
-    checkpointPath: Path
-    scoreModel: Annotated[str, Choice(_scoreModels())] = "default"
-    denoiseModel: Annotated[str, Choice(_denoiseModels())] = "default"
-    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    model: Annotated[str, Choice(CHOICES["model"])] = "physics"
+    checkpointPath: str = ""
+    scoreModel: Annotated[str, Choice(CHOICES["scoreModel"])] = "default"
+    denoiseModel: Annotated[str, Choice(CHOICES["denoiseModel"])] = "default"
+    device: Annotated[str, Choice(CHOICES["device"])] = "auto"
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     qualityMap: vtkMRMLScalarVolumeNode
+    showResults: bool = True
 
 
 #
@@ -189,9 +206,17 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self._logLines = 0  # log lines of the job already shown
         self._jobNodes = None  # (input volume, segmentation) the running job assesses, whatever is selected now
         self._acquisitionText = "-"  # DICOM acquisition of the last assessed input, read once per run
+        self._layoutChosen = False  # the plot-and-table layout is switched to once; a layout chosen later stays
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_MS)
         self._timer.timeout.connect(self._poll)
+        self._endingJobs = []  # finished or cancelled jobs whose files go once their process has ended
+        self._endingTimer = qt.QTimer()
+        self._endingTimer.setInterval(POLL_MS)
+        self._endingTimer.timeout.connect(self._removeEndedJobs)
+        self._hideOutputsTimer = qt.QTimer()  # one refresh of the selectors' hidden outputs for many added nodes
+        self._hideOutputsTimer.setSingleShot(True)
+        self._hideOutputsTimer.timeout.connect(self._hideOutputsFromInputSelectors)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -203,16 +228,25 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.denoiseButton.connect("clicked(bool)", self.onDenoiseButton)
         self.ui.opacitySliderWidget.connect("valueChanged(double)", self.onOpacityChanged)
         self.ui.overlayComboBox.connect("currentIndexChanged(int)", self.onOverlayChanged)
         self.ui.plotComboBox.connect("currentIndexChanged(int)", self.onPlotChanged)
+        self.ui.checkpointPathLineEdit.connect("currentPathChanged(QString)", self.onCheckpointPathChanged)
         self.ui.progressBar.hide()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        """Slicer exits or reloads the module: no timer runs again, so the running and ending processes are killed
+        now (never waited for) and their files removed."""
         self._cancel()
+        self._endingTimer.stop()
+        for job in self._endingJobs:
+            job.kill()
+            job.cleanup()
+        self._endingJobs = []
         self.removeObservers()
 
     def enter(self) -> None:
@@ -232,11 +266,23 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if self.parent.isEntered:
             self.initializeParameterNode()
 
+    def onNodeAdded(self, caller, event) -> None:
+        """A node was added (a scene loaded, a run from the Python console): the selectors' hidden outputs are
+        refreshed once control is back in the event loop, when the node has its role attribute (set after it is
+        added), and once for all the nodes of a scene."""
+        self._hideOutputsTimer.start()
+
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:  # the first volume that is not one of the module's own maps
+        if not self._parameterNode.inputVolume:
+            # The first volume the input selector offers (of that very class: its showChildNodeTypes is false, so no
+            # labelmap, a subclass) that is none of the module's outputs.
             candidates = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-            inputs = [node for node in candidates if not node.GetAttribute(ROLE_ATTRIBUTE)]
+            inputs = [
+                node
+                for node in candidates
+                if node.GetClassName() == "vtkMRMLScalarVolumeNode" and not node.GetAttribute(ROLE_ATTRIBUTE)
+            ]
             if inputs:
                 self._parameterNode.inputVolume = inputs[0]
 
@@ -246,10 +292,33 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
+            self._fallBackToAvailableChoices(self._parameterNode)
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.ui.checkpointPathLineEdit.currentPath = self._checkpointFile()  # bound by hand, see the field
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
             self._hideOutputsFromInputSelectors()
             self._updateGui()
+
+    @staticmethod
+    def _fallBackToAvailableChoices(parameters) -> None:
+        """A scene saved with a choice that is not available here (a model removed since) would make connectGui
+        raise (its combo box has no such entry): such a field falls back to its default, with a log line."""
+        for name, choices in CHOICES.items():
+            value = getattr(parameters, name)  # reading does not validate (writing does)
+            if value not in choices:
+                default = parameters.default(name).value
+                logging.warning(f"CTQualityAssessment: the scene's {name} {value!r} is not available; now {default!r}")
+                setattr(parameters, name, default)
+
+    def onCheckpointPathChanged(self, path: str) -> None:
+        """The checkpoint path line edit into the parameter node (the other way: setParameterNode)."""
+        if self._parameterNode:
+            self._parameterNode.checkpointPath = path
+
+    def _checkpointFile(self) -> str:
+        """The user checkpoint file chosen, "" for none (a scene of an earlier version, with a Path, holds ".")."""
+        path = self._parameterNode.checkpointPath.strip()
+        return "" if path == "." else path
 
     def _updateGui(self, caller=None, event=None) -> None:
         """Enable Apply when there is an input, show the checkpoint path only for that choice, show the summary."""
@@ -342,8 +411,12 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self._start(denoise=True)
 
     def _selectedModel(self) -> str:
-        parameters = self._parameterNode
-        return str(parameters.checkpointPath) if parameters.model == CHECKPOINT_CHOICE else parameters.model
+        """The run's model: a name, or the user checkpoint file (ValueError when none is chosen)."""
+        if self._parameterNode.model != CHECKPOINT_CHOICE:
+            return self._parameterNode.model
+        if not self._checkpointFile():
+            raise ValueError(_("Choose the checkpoint file (.safetensors) of the user checkpoint model."))
+        return self._checkpointFile()
 
     def _start(self, denoise: bool = False) -> None:
         """Write the inputs (main thread, no segment export), start `ctqa assess` in its own process (with
@@ -401,7 +474,11 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                 self.ui.statusLabel.text = _("Failed to load the results")
                 inputVolume, segmentation = self._jobNodes
                 with slicer.util.tryWithErrorDisplay(_("Failed to load the results."), waitCursor=True):
-                    outputs = self.logic.showResults(job, inputVolume, segmentation, parameters.opacity)
+                    show = parameters.showResults
+                    outputs = self.logic.showResults(
+                        job, inputVolume, segmentation, parameters.opacity, show, show and not self._layoutChosen
+                    )
+                    self._layoutChosen = self._layoutChosen or show
                     self._acquisitionText = self.logic.acquisitionDescription(inputVolume)
                     if outputs.summary.get("series"):  # a chest series block: open its panel
                         self.ui.seriesCollapsibleButton.collapsed = False
@@ -410,9 +487,25 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                     self._fillPlotChoices(outputs)
                     self._hideOutputsFromInputSelectors()
                     self.ui.statusLabel.text = _("Done in {seconds:.1f} s").format(seconds=job.log[-1].seconds)
-        finally:  # the temporary folder goes and the Apply button comes back, whatever loading the results did
-            job.cleanup()
+        finally:  # the files go (once the process has ended) and Apply comes back, whatever loading the results did
+            self._endingJobs.append(job)
+            self._removeEndedJobs()
             self._updateGui()
+
+    def _removeEndedJobs(self) -> None:
+        """Delete the files of the finished and cancelled jobs whose process has ended; the timer checks the others
+        again (a cancelled one is killed once it outlives its grace period). Never waits for a process."""
+        stillEnding = []
+        for job in self._endingJobs:
+            if job.ended():
+                job.cleanup()
+            else:
+                stillEnding.append(job)
+        self._endingJobs = stillEnding
+        if stillEnding:
+            self._endingTimer.start()
+        else:
+            self._endingTimer.stop()
 
     @staticmethod
     def _ownOutputs(inputVolume) -> dict:
@@ -475,8 +568,8 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         combo.enabled = scored
 
     def _hideOutputsFromInputSelectors(self) -> None:
-        """The module's own maps never appear as input choices (qMRMLSortFilterProxyModel.hiddenNodeIDs); also
-        after a scene with earlier outputs is loaded. The denoised CT does: it is a CT."""
+        """The module's own maps never appear as input choices (qMRMLSortFilterProxyModel.hiddenNodeIDs); refreshed
+        after each run and whenever nodes are added (a loaded scene). The denoised CT does: it is a CT."""
         ownIDs = [
             node.GetID()
             for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
@@ -486,7 +579,8 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             selector.sortFilterProxyModel().hiddenNodeIDs = ownIDs
 
     def _cancel(self) -> None:
-        """End the running assessment's process tree; the scene is left as it was."""
+        """Stop the running assessment (its process tree is asked to end, never waited for); the scene is left as it
+        was."""
         if self._job is None:
             return
         self._job.cancel()
@@ -519,22 +613,14 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
         score network chosen by name, and for a default score network once PyTorch is there (then only timm & co.
         come from pip); a physics-feature score (the bundled default) needs none of them. Without PyTorch a default
         score network is left out with a note in the run's summary: PyTorch is never installed just for it.
-        A denoiser that is not installed is refused here, before anything is installed.
-        batch: also the packages of `ctqa batch` (Ray, matplotlib for the reports).
+        A denoiser that is not installed is refused here, before the learned packages are installed. The choices are
+        read from the model registry (process.needs_learned_packages): ctqa.pipeline is never imported in Slicer.
+        batch: also the packages of `ctqa batch` (Ray, matplotlib for the reports, nibabel, tqdm).
         """
         ensure_dependencies()
-        import importlib.util
+        from CTQualityAssessmentLib.process import needs_learned_packages
 
-        from ctqa.models.feature_score import is_feature_card
-        from ctqa.pipeline import resolve_denoise_model, resolve_model, resolve_score_model
-
-        learned = resolve_model(model).is_learned
-        if denoiseModel is not None:
-            resolve_denoise_model(denoiseModel, require_packages=False)
-            learned = True
-        scoreSpec = resolve_score_model(scoreModel, require_packages=False)
-        if scoreSpec is not None and not is_feature_card(scoreSpec.card):  # a physics-feature score needs no torch
-            learned = learned or scoreModel != "default" or importlib.util.find_spec("torch") is not None
+        learned = needs_learned_packages(model, scoreModel, denoiseModel)
         if learned or batch:
             ensure_dependencies(learned=learned, batch=batch)
 
@@ -644,17 +730,25 @@ class CTQualityAssessmentLogic(ScriptedLoadableModuleLogic):
         )
 
     @staticmethod
-    def showResults(job, inputVolumeNode, segmentationNode, opacity: float):
-        """Main thread: output nodes from the finished job, overlay, and a layout with the plot and the table."""
+    def showResults(job, inputVolumeNode, segmentationNode, opacity: float, show=True, chooseLayout=True):
+        """Main thread: output nodes from the finished job. show: the quality map over the CT in every slice view,
+        the per-slice plot and the table (per segment, else per slice) in the plot and table views; chooseLayout:
+        first switch to the layout with both views (the widget does so once, so that a layout chosen later stays).
+        """
         from CTQualityAssessmentLib.mrml import outputs_to_scene, show_overlay
 
         outputs = outputs_to_scene(job.result(), inputVolumeNode, segmentationNode)
+        if not show:
+            return outputs
         show_overlay(outputs.quality_map, inputVolumeNode, opacity)
-        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
-        slicer.modules.plots.logic().ShowChartInLayout(outputs.slice_chart)
+        if chooseLayout:
+            slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
         table = outputs.segment_table or outputs.slice_table
         applicationLogic = slicer.app.applicationLogic()
-        applicationLogic.GetSelectionNode().SetActiveTableID(table.GetID())
+        selection = applicationLogic.GetSelectionNode()
+        selection.SetActivePlotChartID(outputs.slice_chart.GetID())
+        selection.SetActiveTableID(table.GetID())
+        applicationLogic.PropagatePlotChartSelection()  # into the layout's plot views (no layout switch)
         applicationLogic.PropagateTableSelection()
         return outputs
 
@@ -837,6 +931,10 @@ class CTQualityAssessmentTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
+        missing = missing_requirements(read_requirements(REQUIREMENTS_FILE))
+        if missing:  # the testing mode installs nothing (dependencies.py): the Slicer running the test stays as it is
+            self.delayDisplay(f"Not installed: {', '.join(missing)}: the assessment tests are skipped")
+            return
         self.test_process_sample()
         self.test_checkpoint_file_is_refused()
         self.test_learned_model()

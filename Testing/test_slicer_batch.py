@@ -141,6 +141,7 @@ def test_cancel_ends_the_process_tree_with_ray(tree, tmp_path):
     assert job.state == process.RUNNING and len(_live_group_members(group)) >= 3, job.log
     job.cancel()
     assert job.state == process.CANCELLED and job.log[-1].text == "cancelled"
+    job.wait_ended()
     assert _live_group_members(group) == []
     with pytest.raises(InputError, match="cancelled"):
         job.rows()

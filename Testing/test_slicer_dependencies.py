@@ -60,23 +60,19 @@ def test_requirement_files_parse_one_requirement_a_line():
 
 
 def test_requirement_files_leave_slicer_and_pytorch_packages_alone():
-    assert _names(read_requirements(REQUIREMENTS_FILE)) == {
-        "opencv-python-headless",
-        "zlib-ng",
-        "nibabel",
-        "tifffile",
-        "tqdm",
-    }
+    """The module's own path needs OpenCV, and zlib-ng for the compressed input files it writes; NIfTI (nibabel) and
+    the progress bar (tqdm) only for `ctqa batch`; TIFF (tifffile) never in Slicer."""
+    assert _names(read_requirements(REQUIREMENTS_FILE)) == {"opencv-python-headless", "zlib-ng"}
     assert _names(read_requirements(LEARNED_REQUIREMENTS_FILE)) == {"monai", "safetensors", "timm"}
-    assert _names(read_requirements(BATCH_REQUIREMENTS_FILE)) == {"ray", "matplotlib"}
+    assert _names(read_requirements(BATCH_REQUIREMENTS_FILE)) == {"ray", "matplotlib", "nibabel", "tqdm"}
     for path in (REQUIREMENTS_FILE, LEARNED_REQUIREMENTS_FILE, BATCH_REQUIREMENTS_FILE):
         assert not _names(read_requirements(path)) & NOT_FROM_PIP
 
 
 def test_requirement_files_match_pyproject():
-    """The same bounds as the pip package; pyproject's other dependencies are Slicer's own, or matplotlib, which
-    draws preview.png and the batch reports: the module's assessments run without a preview, so it comes with the
-    batch requirements (Ray: pyproject's batch extra)."""
+    """The same bounds as the pip package; pyproject's other dependencies are Slicer's own, or used only by `ctqa
+    batch` (matplotlib draws preview.png and the reports, nibabel reads NIfTI series, tqdm draws the progress bar:
+    they come with the batch requirements, as Ray, pyproject's batch extra), or tifffile (TIFF, never in Slicer)."""
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     core = {Requirement(r).name.lower(): str(Requirement(r).specifier) for r in project["dependencies"]}
@@ -99,6 +95,9 @@ def test_requirement_files_match_pyproject():
         "simpleitk",
         "pydicom",
         "matplotlib",
+        "nibabel",
+        "tqdm",
+        "tifffile",
     }
     assert learned["torch"] == dependencies.TORCH_VERSION_REQUIREMENT
 
@@ -205,7 +204,7 @@ def test_older_slicer_declined_installation_says_what_and_how(tmp_path, fake_sli
     assert "Python console" in str(raised.value)
 
 
-def test_slicer_5_11_uses_pip_ensure_with_constraints_and_installs_in_testing_mode(tmp_path, fake_slicer, monkeypatch):
+def test_slicer_5_11_uses_pip_ensure_with_constraints(tmp_path, fake_slicer, monkeypatch):
     import slicer
 
     recorded = {}
@@ -225,10 +224,46 @@ def test_slicer_5_11_uses_pip_ensure_with_constraints_and_installs_in_testing_mo
         dependencies.ensure_requirements(_requirements_file(tmp_path, NOT_INSTALLED))
     assert [str(r) for r in recorded["requirements"]] == [NOT_INSTALLED]
     assert recorded["requester"] == "CTQualityAssessment"
-    assert recorded["skip_in_testing"] is False  # the self-test in a fresh Slicer needs the packages installed
+    assert "skip_in_testing" not in recorded  # its default, True: a test never installs into the Slicer it runs in
     assert "skip_packages" not in recorded  # documented as a discouraged workaround; constraints instead
     assert f"numpy=={installed_version('numpy')}" in recorded["constraints_text"]
     assert "pip_install" not in fake_slicer and "confirm" not in fake_slicer
+
+
+def test_testing_mode_installs_nothing(tmp_path, fake_slicer, monkeypatch):
+    """Slicer's testing mode (slicer.app.testingEnabled()): no confirmation, no pip, no PyTorchUtils; the reason
+    says so (a self-test in the extension factory's shared Slicer must not change it)."""
+    import slicer
+
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(testingEnabled=lambda: True), raising=False)
+    with pytest.raises(RuntimeError, match="testing mode installs nothing"):
+        dependencies.ensure_requirements(_requirements_file(tmp_path, NOT_INSTALLED))
+    assert fake_slicer == {}
+    monkeypatch.setattr(dependencies, "TORCH_VERSION_REQUIREMENT", ">=999")
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # would be imported to install
+    with pytest.raises(RuntimeError, match="testing mode installs nothing"):
+        dependencies.ensure_torch()
+    dependencies.ensure_requirements(_requirements_file(tmp_path, "numpy>=1.0"))  # nothing missing: no error
+
+
+def test_the_module_self_test_skips_when_packages_are_missing():
+    """The testing mode installs nothing, so the self-test skips its assessments instead of failing on imports."""
+    from module_source import class_with
+
+    shown = []
+    Test = class_with(
+        "CTQualityAssessmentTest",
+        {"runTest"},
+        {
+            "missing_requirements": lambda lines: ["opencv-python-headless>=4.8"],
+            "read_requirements": read_requirements,
+            "REQUIREMENTS_FILE": REQUIREMENTS_FILE,
+        },
+    )
+    test = Test()
+    test.setUp, test.delayDisplay = lambda: None, shown.append
+    test.runTest()  # no test_* method exists here: running one would raise AttributeError
+    assert shown == ["Not installed: opencv-python-headless>=4.8: the assessment tests are skipped"]
 
 
 def test_pip_failure_is_reported_with_the_package_and_the_fix(tmp_path, fake_slicer, monkeypatch):

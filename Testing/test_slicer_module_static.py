@@ -70,10 +70,15 @@ def test_ui_parameter_names_are_parameter_node_fields(module_tree, ui_widgets):
     assert len(set(bindings.values())) == len(bindings), "two widgets bound to the same parameter"
 
 
-def test_inputs_of_the_issue_are_bound(ui_widgets):
+def test_inputs_of_the_issue_are_bound(ui_widgets, module_tree):
     bound = set(_parameter_bindings(ui_widgets).values())
-    assert {"inputVolume", "referenceVolume", "segmentation", "model", "checkpointPath", "device", "opacity"} <= bound
-    assert ui_widgets["modelComboBox"].get("class") == "QComboBox"  # filled from Choice(_models())
+    assert {"inputVolume", "referenceVolume", "segmentation", "model", "device", "opacity", "showResults"} <= bound
+    assert ui_widgets["modelComboBox"].get("class") == "QComboBox"  # filled from Choice(CHOICES["model"])
+    # checkpointPath is a str bound by hand (a Path field would show "." in the line edit when empty)
+    assert "checkpointPath" not in bound and "checkpointPath" in _parameter_fields(module_tree)
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    assert 'checkpointPathLineEdit.connect("currentPathChanged(QString)", self.onCheckpointPathChanged)' in source
+    assert "self.ui.checkpointPathLineEdit.currentPath = self._checkpointFile()" in source
 
 
 def test_cmake_lists_every_lib_file_and_resource():

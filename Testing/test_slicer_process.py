@@ -62,9 +62,13 @@ def test_cancel_mid_run_leaves_no_process_no_files_no_nodes(scene):
     while job.poll() == process.RUNNING and job.fraction == 0.0 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert job.state == process.RUNNING, f"finished before it could be cancelled: {job.state} {job.error}"
+    asked = time.monotonic()
     job.cancel()
+    assert time.monotonic() - asked < 0.5  # never waits for the process (the GUI calls it)
     assert job.state == process.CANCELLED and job.log[-1].text == "cancelled"
+    job.wait_ended()
     assert job._process.poll() is not None  # the process (group) is gone
+    job.cleanup()
     assert not job.inputs.folder.exists()
     assert scene.GetNumberOfNodes() == nodes_before and mrml.own_output_nodes(ct) == {}
     with pytest.raises(InputError, match="cancelled"):

@@ -2,9 +2,9 @@
 
 Slicer's main thread holds the GIL even while idle, so neither the series work nor Ray's driver may live in Slicer's
 process: BatchProcess runs `python -m ctqa.cli batch ...` in PythonSlicer (process.python_executable), started like an
-assessment (process.start_ctqa: own process group, the module folder on PYTHONPATH), keeps its output lines as the
-log (the progress bar's redraws, the failed series, the closing summary) and reads index.csv when it ends. Exit
-status 1 (some series failed) is a finished batch: the rows say which series failed and why.
+assessment (process.start_ctqa: own process group, the module folder on PYTHONPATH, no console window), keeps its
+output lines as the log (the progress bar's redraws, the failed series, the closing summary) and reads index.csv when
+it ends. Exit status 1 (some series failed) is a finished batch: the rows say which series failed and why.
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ class BatchProcess(CtqaProcess):
                 time.sleep(interval_s)
         except BaseException:
             self.cancel()  # no-op once the process has ended
+            self.wait_ended()
             raise
 
     def rows(self) -> list[IndexRow]:

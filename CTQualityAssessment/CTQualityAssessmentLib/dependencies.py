@@ -13,6 +13,10 @@ This file imports nothing from ``ctqa``: it runs before the core can be imported
   score network's backbones) needs it, and a torchvision that pip took from PyPI for another build of torch fails at
   import ("operator torchvision::nms does not exist"), so PyTorchUtils installs it too and pip is constrained to it.
 
+In Slicer's testing mode (the module's self-test, the extension factory) nothing is installed, as
+``pip_ensure(skip_in_testing=True)`` does: a test must not change the shared Slicer it runs in; the self-test skips
+what needs packages that are not there.
+
 Slicer's own numpy and SimpleITK (and PyTorch's torch and torchvision) are never replaced: a constraints file pins
 their installed versions, so pip picks versions of our packages that work with them, or fails and says which package
 conflicts.
@@ -131,6 +135,8 @@ def ensure_requirements(path: Path) -> None:
     missing = missing_requirements(requirement_lines)
     if not missing:
         return
+    if testing_enabled():
+        raise RuntimeError(_install_failed_message(missing, _("Slicer's testing mode installs nothing")))
     logging.info(f"{REQUESTER}: installing {', '.join(missing)}")
     try:
         with tempfile.TemporaryDirectory() as folder:
@@ -148,6 +154,14 @@ def ensure_requirements(path: Path) -> None:
         raise RuntimeError(_install_failed_message(still_missing, _("still missing after the installation")))
 
 
+def testing_enabled() -> bool:
+    """Slicer's testing mode (slicer.app.testingEnabled(): self-tests, the extension factory), where nothing is
+    installed; False outside the application (PythonSlicer, the tests here), which has no slicer.app."""
+    import slicer
+
+    return hasattr(slicer, "app") and bool(slicer.app.testingEnabled())
+
+
 def slicer_packaging():
     """The slicer.packaging module (Slicer >= 5.11), or None on older Slicer, which has no such module."""
     try:
@@ -160,26 +174,17 @@ def slicer_packaging():
 def _pip_ensure(path: Path, constraints: Path) -> None:
     """Slicer >= 5.11: check, confirm, install with progress, offer a restart (Base/Python/slicer/packaging.py).
 
-    skip_in_testing=False: with the default (True), pip_ensure only logs in testing mode and installs nothing. The
-    module's self-test runs in testing mode, on the extension build machines in a fresh Slicer without OpenCV; it
-    must get the packages the module needs, or it would fail on an ImportError instead of testing the module. In
-    testing mode the confirmation is answered OK without a dialog, and no restart is offered.
+    skip_in_testing is left at its default (True): in testing mode pip_ensure only logs; ensure_requirements does
+    not even get here then.
     """
     import slicer.packaging
 
-    slicer.packaging.pip_ensure(
-        slicer.packaging.load_requirements(path),
-        constraints=constraints,
-        requester=REQUESTER,
-        skip_in_testing=False,
-    )
+    slicer.packaging.pip_ensure(slicer.packaging.load_requirements(path), constraints=constraints, requester=REQUESTER)
 
 
 def _confirm_and_pip_install(missing: list[str], constraints: Path) -> None:
     """Slicer 5.6-5.10: ask, then slicer.util.pip_install (a list of pip arguments, blocking, output in the log).
-
-    slicer.util.confirmOkCancelDisplay returns True without a dialog in testing mode, so the self-test installs too.
-    """
+    Never in testing mode (ensure_requirements), where confirmOkCancelDisplay would answer OK without a dialog."""
     import slicer
 
     message = _(
@@ -205,6 +210,8 @@ def ensure_torch() -> None:
     if not missing_requirements([requirement, TORCHVISION_REQUIREMENT]):
         _check_loaded_torch(requirement)
         return
+    if testing_enabled():
+        raise RuntimeError(_torch_failed_message(requirement, _("Slicer's testing mode installs nothing")))
     try:
         import PyTorchUtils
     except ImportError as error:

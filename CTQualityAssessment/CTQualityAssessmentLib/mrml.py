@@ -42,7 +42,9 @@ SLICE_MEAN_DENOISED_SERIES, SLICE_P10_DENOISED_SERIES = "SliceMeanDenoised", "Sl
 SLICE_SCORE_DENOISED_SERIES = "SliceScoreDenoised"
 SEGMENT_TABLE = "SegmentTable"
 QUALITY_COLORS = "QualityColors"  # one per scene, shared by all quality maps, where Slicer's Viridis is missing
-SLICER_VIRIDIS_ID = "vtkMRMLColorTableNodeFileViridis.txt"  # Libs/MRML/Core/Resources/ColorFiles/Viridis.txt
+#: Slicer's Viridis table: the file Base/Logic/Resources/ColorFiles/Viridis.txt, which the Colors module's logic
+#: (vtkSlicerColorLogic::FindDefaultColorFiles) loads as a node with this ID.
+SLICER_VIRIDIS_ID = "vtkMRMLColorTableNodeFileViridis.txt"
 OUTPUT_FOLDER_ATTRIBUTE = "CTQualityAssessment.OutputFolder"
 
 DEFAULT_OPACITY = 0.5

@@ -1,21 +1,25 @@
 """Out-of-process assessment, as SlicerMONAIAuto3DSeg runs its inference: the GUI never computes.
 
-1. write_inputs: the input volume (and reference) as uncompressed NRRD and the segmentation as .seg.nrrd into a
-   temporary folder (segment export to the CT grid then happens in the worker, not in the GUI);
+1. write_inputs: the input volume (and reference) as gzip-compressed NRRD and the segmentation as .seg.nrrd into a
+   folder of Slicer's temporary folder (segment export to the CT grid then happens in the worker, not in the GUI);
 2. AssessmentProcess: `ctqa assess ... --progress json --no-preview --no-compress` in PythonSlicer (Slicer's
    own Python, found like slicer.util.executePythonModule does), started with subprocess.Popen in its own
-   process group; two reader threads queue its stdout (JSON progress lines) and stderr; poll() drains them
-   without blocking (the module's QTimer calls it; a blocking console call loops over it); cancel() ends the
-   whole process tree;
+   process group (on Windows without a console window, as slicer.util.launchConsoleProcess starts processes); two
+   reader threads queue its stdout (JSON progress lines) and stderr; poll() drains them without blocking (the
+   module's QTimer calls it; a blocking console call loops over it); cancel() asks the whole process tree to end and
+   never waits: ended(), polled the same way, kills the tree when it outlives TERMINATE_GRACE_S;
 3. on success the caller loads the completed output folder (ctqa.outputs.read_outputs) into MRML (mrml.py).
 
 subprocess.Popen directly, rather than slicer.util.launchConsoleProcess (which wraps it), because cancel needs the
-process group, and because the same code then runs headless in the tests. Nothing here touches Qt. start_ctqa and
-end_process_tree also run `ctqa batch` (batch.py).
+process group, and because the same code then runs headless in the tests. Nothing here touches Qt, and nothing
+imports ctqa.pipeline: model choices are checked against the model registry alone (needs_learned_packages).
+start_ctqa and the process-tree functions also run `ctqa batch` (batch.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import os
 import queue
@@ -33,8 +37,8 @@ import numpy as np
 
 from ctqa.errors import InputError
 from ctqa.io import NRRD_TYPES, write_map
+from ctqa.models import registry
 from ctqa.outputs import SavedOutputs, read_outputs
-from ctqa.pipeline import resolve_denoise_model, resolve_model, resolve_score_model
 
 #: Folder that holds the `ctqa` package (Slicer puts it on sys.path; the worker gets it on PYTHONPATH).
 MODULE_DIR = Path(__file__).resolve().parents[1]
@@ -43,6 +47,12 @@ RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
 DEVICES = ("auto", "cpu", "cuda")
 #: Seconds a cancelled process gets to clean up (its staging folder) before it is killed.
 TERMINATE_GRACE_S = 5.0
+ON_WINDOWS = os.name == "nt"
+#: The architecture backbone of a physics-feature score card (= ctqa.models.feature_score.BACKBONE, which imports
+#: the physics measures): such a score needs no PyTorch.
+FEATURE_SCORE_BACKBONE = "physics-features"
+#: The score model choice that skips the 0-4 score (= ctqa.tasks.global_score.NO_SCORE_MODEL).
+NO_SCORE_MODEL = "none"
 
 
 @dataclass
@@ -70,11 +80,49 @@ def python_executable() -> str:
     return shutil.which("PythonSlicer") or sys.executable
 
 
+def needs_learned_packages(model: str, score_model: str = "default", denoise_model: str | None = None) -> bool:
+    """Whether a run with these choices needs the learned packages (PyTorch & co.), from the model registry alone
+    (no ctqa.pipeline, no torch); InputError (one line) for an unknown model or checkpoint, and for a denoiser when
+    none is installed, before anything is installed or written.
+
+    They serve a learned quality model, a denoiser, a score network named explicitly, and a default score network
+    once PyTorch is there (then only timm & co. come from pip); a physics-feature score needs none of them. Without
+    PyTorch a default score network is left out with a note in the run's summary (ctqa.tasks.global_score.resolve).
+    """
+    learned = registry.resolve("quality_map", model).is_learned
+    if denoise_model is not None:
+        if denoise_model in ("", registry.DEFAULT_MODEL) and registry.default_model("denoise") is None:
+            raise InputError(
+                "no denoise model is installed: train one with `ctqa-train denoise` and pass its checkpoint "
+                "(X.json or X.safetensors) as the denoise model"
+            )
+        registry.resolve("denoise", denoise_model)
+        learned = True
+    skipped = str(score_model).strip().lower() == NO_SCORE_MODEL
+    default_score = score_model in ("", registry.DEFAULT_MODEL)
+    if skipped or (default_score and registry.default_model("global_score") is None):
+        return learned
+    card = registry.resolve("global_score", score_model).card
+    if card.get("architecture", {}).get("backbone") == FEATURE_SCORE_BACKBONE:
+        return learned
+    return learned or not default_score or importlib.util.find_spec("torch") is not None
+
+
+def temporary_folder() -> Path:
+    """A new folder for one run's files: inside Slicer, in Slicer's temporary folder (slicer.util.tempDirectory,
+    set in the application settings); elsewhere (PythonSlicer, the tests) in the system's."""
+    import slicer
+
+    if hasattr(slicer, "app"):  # the application sets slicer.app; PythonSlicer and the slicer-core wheel do not
+        return Path(slicer.util.tempDirectory("CTQualityAssessment-"))
+    return Path(tempfile.mkdtemp(prefix="CTQualityAssessment-"))
+
+
 def write_inputs(volume_node, reference_node=None, segmentation_node=None, folder: Path | None = None) -> InputFiles:
-    """Write a run's inputs (main thread; no segment export here); InputError for unusable nodes, and then the
-    temporary folder is removed again."""
+    """Write a run's inputs (main thread; no segment export here) into folder, by default a new temporary_folder();
+    InputError for unusable nodes, and then the temporary folder is removed again."""
     created = folder is None
-    folder = Path(folder or tempfile.mkdtemp(prefix="CTQualityAssessment-"))
+    folder = Path(folder or temporary_folder())
     folder.mkdir(parents=True, exist_ok=True)
     try:
         return _write_input_files(
@@ -87,16 +135,17 @@ def write_inputs(volume_node, reference_node=None, segmentation_node=None, folde
 
 
 def _write_node(node, path: Path, frame_node=None) -> None:
-    """A volume node's voxels as raw NRRD, in their own type (no float copy on the GUI thread; an 8-bit rendering
-    stays 8-bit for the CLI to refuse), on its grid in frame_node's frame (the input's: a reference aligned by a
-    registration transform is written where it is shown). NaN and the other value checks happen in the worker."""
+    """A volume node's voxels as gzip-compressed NRRD (level 1, slabs in parallel threads), in their own type (no
+    float copy on the GUI thread; an 8-bit rendering stays 8-bit for the CLI to refuse), on its grid in frame_node's
+    frame (the input's: a reference aligned by a registration transform is written where it is shown). NaN and the
+    other value checks happen in the worker."""
     import slicer
 
     from CTQualityAssessmentLib.mrml import grid_from_node
 
     grid = grid_from_node(node, frame_node)
     voxels = slicer.util.arrayFromVolume(node)
-    write_map(voxels if voxels.dtype.name in NRRD_TYPES else voxels.astype(np.float32), grid, path, compress=False)
+    write_map(voxels if voxels.dtype.name in NRRD_TYPES else voxels.astype(np.float32), grid, path)
 
 
 def _write_input_files(files: InputFiles, volume_node, reference_node, segmentation_node) -> InputFiles:
@@ -117,6 +166,7 @@ def _write_input_files(files: InputFiles, volume_node, reference_node, segmentat
         files.node_names[str(files.segmentation)] = segmentation_node.GetName()
         storage = slicer.vtkMRMLSegmentationStorageNode()
         storage.SetFileName(str(files.segmentation))
+        storage.UseCompressionOn()
         if not storage.WriteData(segmentation_node):
             raise InputError(f"{segmentation_node.GetName()}: cannot write the segmentation for the assessment")
     return files
@@ -156,16 +206,27 @@ def _read_lines(stream, tag: str, lines: queue.Queue) -> None:
     lines.put((tag, None))
 
 
+def hidden_console() -> dict:
+    """Popen arguments that start a process without a console window on Windows, as slicer.util.launchConsoleProcess
+    does (STARTUPINFO with STARTF_USESHOWWINDOW and SW_HIDE); none elsewhere."""
+    if not ON_WINDOWS:
+        return {}
+    startup = subprocess.STARTUPINFO()
+    startup.dwFlags |= subprocess.STARTF_USESHOWWINDOW
+    startup.wShowWindow = subprocess.SW_HIDE
+    return {"startupinfo": startup}
+
+
 def start_ctqa(command: list[str]) -> tuple[subprocess.Popen, queue.Queue]:
-    """Start a `ctqa` command line in its own process group (end_process_tree ends all it starts), with the module
-    folder on PYTHONPATH; two reader threads queue (tag, line) of its stdout ("out") and stderr ("err") and (tag,
-    None) when a stream closes (queued_lines takes them). OSError when it cannot start."""
+    """Start a `ctqa` command line in its own process group (terminate_process_tree ends all it starts), with the
+    module folder on PYTHONPATH and no console window; two reader threads queue (tag, line) of its stdout ("out") and
+    stderr ("err") and (tag, None) when a stream closes (queued_lines takes them). OSError when it cannot start."""
     paths = [str(MODULE_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]  # no empty entry (= the cwd)
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
-    if os.name == "posix":
-        group = {"start_new_session": True}
+    if ON_WINDOWS:
+        group = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP, **hidden_console()}
     else:
-        group = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+        group = {"start_new_session": True}
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -210,6 +271,7 @@ class CtqaProcess:
     _lines: queue.Queue | None = field(default=None, init=False)
     _open_streams: int = field(default=2, init=False)
     _started: float = field(default_factory=time.monotonic, init=False)
+    _kill_at: float | None = field(default=None, init=False)  # when a cancelled process still there gets killed
 
     def _launch(self) -> None:
         """Start the command; InputError (one line) when it cannot start."""
@@ -245,19 +307,41 @@ class CtqaProcess:
         return self.state
 
     def cancel(self) -> None:
-        """End the process tree (SIGTERM lets ctqa remove its staging folder and stop Ray; then kill)."""
+        """Ask the process tree to end (SIGTERM lets ctqa remove its staging folder and stop Ray) and mark the run
+        cancelled; never waits: ended() kills the tree if it is still there TERMINATE_GRACE_S later."""
         if self.state != RUNNING:
             return
-        end_process_tree(self._process)
-        self.exit_status = self._process.returncode
+        terminate_process_tree(self._process)
+        self._kill_at = time.monotonic() + TERMINATE_GRACE_S
         self.state = CANCELLED
         self._note("cancelled")
+
+    def ended(self) -> bool:
+        """True once the process has exited (its exit status is then kept); a cancelled one still running
+        TERMINATE_GRACE_S after cancel() is killed with its tree. Never blocks: poll it from a timer."""
+        if self._process.poll() is not None:
+            if self.exit_status is None:
+                self.exit_status = self._process.returncode
+            return True
+        if self._kill_at is not None and time.monotonic() >= self._kill_at:
+            kill_process_tree(self._process)
+            self._kill_at = None  # once
+        return False
+
+    def kill(self) -> None:
+        """Kill the process tree at once (Slicer is exiting: no timer will poll ended() again); never waits."""
+        kill_process_tree(self._process)
+
+    def wait_ended(self, interval_s: float = 0.05) -> None:
+        """Block until the process has exited (console and batch use, never the GUI); see ended()."""
+        while not self.ended():
+            time.sleep(interval_s)
 
 
 @dataclass
 class AssessmentProcess(CtqaProcess):
-    """One running `ctqa assess --progress json`; poll() for progress, cancel() to stop it (and delete the inputs),
-    result() for the loaded outputs."""
+    """One running `ctqa assess --progress json`; poll() for progress, cancel() to stop it, result() for the loaded
+    outputs, cleanup() once it has ended() to delete its files."""
 
     KIND = "assessment"
 
@@ -324,13 +408,6 @@ class AssessmentProcess(CtqaProcess):
             time.sleep(interval_s)
         return self.state
 
-    def cancel(self) -> None:
-        """End the process tree and delete the inputs."""
-        running = self.state == RUNNING
-        super().cancel()
-        if running:
-            self.cleanup()
-
     def result(self) -> SavedOutputs:
         """The completed outputs (state DONE); InputError with the process's one-line reason otherwise."""
         if self.state != DONE:
@@ -342,20 +419,29 @@ class AssessmentProcess(CtqaProcess):
         shutil.rmtree(self.inputs.folder, ignore_errors=True)
 
 
-def end_process_tree(process: subprocess.Popen) -> None:
-    """Terminate a process started in its own group/session, and everything it started; kill if it lingers."""
+def terminate_process_tree(process: subprocess.Popen) -> None:
+    """Ask a process started in its own group (start_ctqa), and everything it started, to end; never waits. On
+    Windows, where a console process tree has no SIGTERM, the tree is killed."""
     if process.poll() is not None:
         return
-    if os.name == "posix":
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(TERMINATE_GRACE_S)
-        except subprocess.TimeoutExpired:
+    if ON_WINDOWS:
+        kill_process_tree(process)
+    else:
+        with contextlib.suppress(ProcessLookupError):  # the group ended meanwhile
+            os.killpg(process.pid, signal.SIGTERM)
+
+
+def kill_process_tree(process: subprocess.Popen) -> None:
+    """Kill a process started in its own group (start_ctqa) and everything it started; never waits (on Windows
+    taskkill runs on its own, without a console window)."""
+    if process.poll() is not None:
+        return
+    if ON_WINDOWS:  # the launcher's children are not in a signalable group; taskkill /T ends the tree
+        command = ["taskkill", "/F", "/T", "/PID", str(process.pid)]
+        subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **hidden_console())
+    else:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    else:  # Windows: the launcher's children are not in a signalable group; taskkill ends the tree
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
-        process.wait()
 
 
 def run(
@@ -385,10 +471,7 @@ def run(
         raise InputError("no input volume selected")
     if device not in DEVICES:
         raise InputError(f"{device}: unknown device; choose one of {', '.join(DEVICES)}")
-    resolve_model(model)  # an unknown model is refused before anything is written
-    resolve_score_model(score_model)
-    if denoise_model is not None:
-        resolve_denoise_model(denoise_model)
+    needs_learned_packages(model, score_model, denoise_model)  # an unknown model is refused before anything is written
     job = AssessmentProcess.start(
         write_inputs(volume_node, reference_volume_node, segmentation_node),
         model,
@@ -402,6 +485,7 @@ def run(
         outputs = mrml.outputs_to_scene(job.result(), volume_node, segmentation_node)
     finally:
         job.cancel()  # no-op unless interrupted (Ctrl-C in the console)
+        job.wait_ended()
         job.cleanup()
     if show:
         mrml.show_overlay(outputs.quality_map, volume_node, mrml.DEFAULT_OPACITY if opacity is None else opacity)
