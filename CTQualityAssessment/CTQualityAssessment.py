@@ -8,9 +8,11 @@ parts: module description, sample data, the widget (polls the process from a tim
 Dependencies are installed (CTQualityAssessmentLib.dependencies) before anything imports the core.
 """
 
+import importlib.util
 import json
 import logging
 import os
+import time
 import types
 from pathlib import Path
 from typing import Annotated
@@ -30,12 +32,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from CTQualityAssessmentLib.dependencies import (
-    REQUIREMENTS_FILE,
-    ensure_dependencies,
-    missing_requirements,
-    read_requirements,
-)
+from CTQualityAssessmentLib.dependencies import ensure_dependencies
 
 CHECKPOINT_CHOICE = "user checkpoint file"
 SAMPLE_NAME = "CTQualityAssessmentSample"
@@ -47,6 +44,11 @@ QUALITY_MAP_ROLE, REFERENCE_SSIM_ROLE, QUALITY_MAP_DENOISED_ROLE = (
     "QualityMap", "ReferenceSsimMap", "QualityMapDenoised"
 )
 POLL_MS = 100
+#: Seconds the widget keeps trying to remove an ended run's folder (on Windows a file the dying process tree still
+#: holds open) before it gives up with a log line naming the folder.
+CLEANUP_RETRY_S = 30.0
+#: Seconds Slicer's exit waits at most, polling, for the killed processes to end so that their folders can go.
+EXIT_WAIT_S = 1.0
 #: Style of a Chest series row that needs attention (QWidget.styleSheet); orange reads on light and dark themes.
 FLAGGED_STYLE = "color: #d35400; font-weight: bold;"
 #: Score model choice that skips the 0-4 score (= ctqa.tasks.global_score.NO_SCORE_MODEL).
@@ -211,6 +213,7 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self._timer.setInterval(POLL_MS)
         self._timer.timeout.connect(self._poll)
         self._endingJobs = []  # finished or cancelled jobs whose files go once their process has ended
+        self._cleanupFailures = {}  # id(job) -> when removing its files first failed (they are tried again)
         self._endingTimer = qt.QTimer()
         self._endingTimer.setInterval(POLL_MS)
         self._endingTimer.timeout.connect(self._removeEndedJobs)
@@ -239,15 +242,41 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        """Slicer exits or reloads the module: no timer runs again, so the running and ending processes are killed
-        now (never waited for) and their files removed."""
-        self._cancel()
-        self._endingTimer.stop()
-        for job in self._endingJobs:
-            job.kill()
-            job.cleanup()
-        self._endingJobs = []
-        self.removeObservers()
+        """Slicer exits or reloads the module: no timer runs again, so the timers are stopped, the running and ending
+        processes killed and their files removed (_removeJobsOnExit); the observers go whatever fails before."""
+        try:
+            self._hideOutputsTimer.stop()
+            self._cancel()
+        finally:
+            try:
+                self._endingTimer.stop()
+                self._removeJobsOnExit()
+            finally:
+                self.removeObservers()
+
+    def _removeJobsOnExit(self) -> None:
+        """Kill the ending jobs' process trees and remove their folders once they have ended, polling for EXIT_WAIT_S
+        at most (on Windows taskkill runs on its own and a file stays held open until its process is gone); a folder
+        that is still there then is named in the log."""
+        jobs, self._endingJobs = self._endingJobs, []
+        for job in jobs:
+            try:
+                job.kill()
+            except Exception as error:
+                logging.warning(f"CTQualityAssessment: could not kill the process of {job.folder}: {error}")
+        deadline = time.monotonic() + EXIT_WAIT_S
+        while True:
+            jobs = [job for job in jobs if not self._tryRemove(job)[0]]
+            if not jobs or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        for job in jobs:
+            removed, problem = self._tryRemove(job, evenIfRunning=True)
+            if not removed:
+                logging.warning(
+                    f"CTQualityAssessment: {job.folder} was not removed before Slicer exited "
+                    f"({problem or 'its process was still running'}); remove it by hand"
+                )
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -493,12 +522,15 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self._updateGui()
 
     def _removeEndedJobs(self) -> None:
-        """Delete the files of the finished and cancelled jobs whose process has ended; the timer checks the others
-        again (a cancelled one is killed once it outlives its grace period). Never waits for a process."""
+        """Delete the files of the finished and cancelled jobs whose process tree has ended; the timer checks the
+        others again (a cancelled one is killed once it outlives its grace period). A folder that cannot be removed
+        yet, or a job whose check raised, is tried again for CLEANUP_RETRY_S, then dropped with a log line naming its
+        folder. Never waits for a process, never raises (a timer slot that raised would raise at every tick)."""
         stillEnding = []
         for job in self._endingJobs:
-            if job.ended():
-                job.cleanup()
+            removed, problem = self._tryRemove(job)
+            if removed or (problem is not None and self._givenUp(job, problem)):
+                self._cleanupFailures.pop(id(job), None)
             else:
                 stillEnding.append(job)
         self._endingJobs = stillEnding
@@ -506,6 +538,32 @@ class CTQualityAssessmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self._endingTimer.start()
         else:
             self._endingTimer.stop()
+
+    @staticmethod
+    def _tryRemove(job, evenIfRunning: bool = False) -> tuple:
+        """(removed, problem): whether the job's process tree has ended (evenIfRunning: not asked) and its folder is
+        gone; problem: why not, None while the tree is still ending. Never raises."""
+        try:
+            if not evenIfRunning and not job.ended():
+                return False, None
+            if job.cleanup():
+                return True, None
+            return False, "a file in it is still in use"
+        except Exception as error:  # e.g. OSError from starting taskkill
+            return False, f"{type(error).__name__}: {error}"
+
+    def _givenUp(self, job, problem: str) -> bool:
+        """Whether to stop trying to remove a job's folder: True CLEANUP_RETRY_S after its first failure. The first
+        failure and the giving up are logged, with the folder."""
+        now = time.monotonic()
+        first = self._cleanupFailures.get(id(job))
+        if first is None:
+            first = self._cleanupFailures[id(job)] = now
+            logging.warning(f"CTQualityAssessment: cannot remove {job.folder} yet ({problem}); trying again")
+        if now - first < CLEANUP_RETRY_S:
+            return False
+        logging.error(f"CTQualityAssessment: gave up removing {job.folder} ({problem}); remove it by hand")
+        return True
 
     @staticmethod
     def _ownOutputs(inputVolume) -> dict:
@@ -930,15 +988,35 @@ class CTQualityAssessmentTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        """What needs no installed package runs everywhere; the assessments need OpenCV only (zlib-ng is optional),
+        and the testing mode installs nothing (dependencies.py): the Slicer running the test stays as it is."""
         self.setUp()
-        missing = missing_requirements(read_requirements(REQUIREMENTS_FILE))
-        if missing:  # the testing mode installs nothing (dependencies.py): the Slicer running the test stays as it is
-            self.delayDisplay(f"Not installed: {', '.join(missing)}: the assessment tests are skipped")
+        self.test_widget_parameter_node_and_sample()
+        if importlib.util.find_spec("cv2") is None:
+            self.delayDisplay("OpenCV (cv2) is not installed: the assessment tests are skipped")
             return
+        self.setUp()
         self.test_process_sample()
         self.test_checkpoint_file_is_refused()
         self.test_learned_model()
         self.test_denoise_and_compare()
+
+    def test_widget_parameter_node_and_sample(self):
+        """With Slicer's bundled packages alone: the module's widget is set up, its parameter node holds valid choices
+        (the model's default is the physics model), and the sample loads and becomes the input."""
+        self.delayDisplay("Widget, parameter node and sample (nothing installed)")
+        widget = slicer.modules.ctqualityassessment.widgetRepresentation().self()
+        parameters = CTQualityAssessmentLogic().getParameterNode()  # a singleton: a user's choices may be kept
+        self.assertEqual(parameters.default("model").value, "physics")
+        for name, choices in CHOICES.items():
+            self.assertIn(getattr(parameters, name), choices)
+        ct = loadSample()
+        self.assertEqual(ct.GetName(), SAMPLE_NAME)
+        self.assertGreater(slicer.util.arrayFromVolume(ct).shape[0], 1)
+        widget.initializeParameterNode()  # what entering the module does
+        self.assertIs(widget._parameterNode.inputVolume, ct)
+        self.assertTrue(widget.ui.applyButton.enabled)
+        self.delayDisplay("Test passed")
 
     def _sample(self):
         ensure_dependencies()

@@ -16,6 +16,7 @@ from CTQualityAssessmentLib import dependencies
 from CTQualityAssessmentLib.dependencies import (
     BATCH_REQUIREMENTS_FILE,
     LEARNED_REQUIREMENTS_FILE,
+    OPTIONAL_REQUIREMENTS_FILE,
     REQUIREMENTS_FILE,
     installed_version,
     missing_requirements,
@@ -48,7 +49,7 @@ def _not_installed_here():
 def test_requirement_files_parse_one_requirement_a_line():
     """slicer.packaging.load_requirements keeps every line that is not blank, '#' or '-': each must be a requirement
     on its own (a comment after a requirement would make it an invalid requirement)."""
-    for path in (REQUIREMENTS_FILE, LEARNED_REQUIREMENTS_FILE, BATCH_REQUIREMENTS_FILE):
+    for path in (REQUIREMENTS_FILE, OPTIONAL_REQUIREMENTS_FILE, LEARNED_REQUIREMENTS_FILE, BATCH_REQUIREMENTS_FILE):
         lines = read_requirements(path)
         assert lines, path
         for line in lines:
@@ -60,12 +61,13 @@ def test_requirement_files_parse_one_requirement_a_line():
 
 
 def test_requirement_files_leave_slicer_and_pytorch_packages_alone():
-    """The module's own path needs OpenCV, and zlib-ng for the compressed input files it writes; NIfTI (nibabel) and
-    the progress bar (tqdm) only for `ctqa batch`; TIFF (tifffile) never in Slicer."""
-    assert _names(read_requirements(REQUIREMENTS_FILE)) == {"opencv-python-headless", "zlib-ng"}
+    """The module's own path needs OpenCV; zlib-ng (faster compression of the input files it writes) is optional;
+    NIfTI (nibabel) and the progress bar (tqdm) only for `ctqa batch`; TIFF (tifffile) never in Slicer."""
+    assert _names(read_requirements(REQUIREMENTS_FILE)) == {"opencv-python-headless"}
+    assert _names(read_requirements(OPTIONAL_REQUIREMENTS_FILE)) == {"zlib-ng"}
     assert _names(read_requirements(LEARNED_REQUIREMENTS_FILE)) == {"monai", "safetensors", "timm"}
     assert _names(read_requirements(BATCH_REQUIREMENTS_FILE)) == {"ray", "matplotlib", "nibabel", "tqdm"}
-    for path in (REQUIREMENTS_FILE, LEARNED_REQUIREMENTS_FILE, BATCH_REQUIREMENTS_FILE):
+    for path in (REQUIREMENTS_FILE, OPTIONAL_REQUIREMENTS_FILE, LEARNED_REQUIREMENTS_FILE, BATCH_REQUIREMENTS_FILE):
         assert not _names(read_requirements(path)) & NOT_FROM_PIP
 
 
@@ -79,7 +81,7 @@ def test_requirement_files_match_pyproject():
     learned = {
         Requirement(r).name.lower(): str(Requirement(r).specifier) for r in project["optional-dependencies"]["learned"]
     }
-    for line in read_requirements(REQUIREMENTS_FILE):
+    for line in read_requirements(REQUIREMENTS_FILE) + read_requirements(OPTIONAL_REQUIREMENTS_FILE):
         assert core[Requirement(line).name.lower()] == str(Requirement(line).specifier), line
     for line in read_requirements(LEARNED_REQUIREMENTS_FILE):
         assert learned[Requirement(line).name.lower()] == str(Requirement(line).specifier), line
@@ -89,7 +91,8 @@ def test_requirement_files_match_pyproject():
     for line in read_requirements(BATCH_REQUIREMENTS_FILE):
         assert {**core, **batch}[Requirement(line).name.lower()] == str(Requirement(line).specifier), line
     assert set(batch) <= _names(read_requirements(BATCH_REQUIREMENTS_FILE))
-    assert set(core) - _names(read_requirements(REQUIREMENTS_FILE)) == {
+    in_slicer = _names(read_requirements(REQUIREMENTS_FILE) + read_requirements(OPTIONAL_REQUIREMENTS_FILE))
+    assert set(core) - in_slicer == {
         "numpy",
         "scipy",
         "simpleitk",
@@ -246,24 +249,51 @@ def test_testing_mode_installs_nothing(tmp_path, fake_slicer, monkeypatch):
     dependencies.ensure_requirements(_requirements_file(tmp_path, "numpy>=1.0"))  # nothing missing: no error
 
 
-def test_the_module_self_test_skips_when_packages_are_missing():
-    """The testing mode installs nothing, so the self-test skips its assessments instead of failing on imports."""
+ASSESSMENT_TESTS = ["test_process_sample", "test_checkpoint_file_is_refused", "test_learned_model",
+                    "test_denoise_and_compare"]
+
+
+def _self_test(installed: set[str]):
+    """The module's CTQualityAssessmentTest.runTest with its test methods recorded, where only installed exist."""
     from module_source import class_with
 
-    shown = []
+    find_spec = {name: types.SimpleNamespace(name=name) for name in installed}.get
     Test = class_with(
         "CTQualityAssessmentTest",
         {"runTest"},
-        {
-            "missing_requirements": lambda lines: ["opencv-python-headless>=4.8"],
-            "read_requirements": read_requirements,
-            "REQUIREMENTS_FILE": REQUIREMENTS_FILE,
-        },
+        {"importlib": types.SimpleNamespace(util=types.SimpleNamespace(find_spec=find_spec))},
     )
-    test = Test()
-    test.setUp, test.delayDisplay = lambda: None, shown.append
-    test.runTest()  # no test_* method exists here: running one would raise AttributeError
-    assert shown == ["Not installed: opencv-python-headless>=4.8: the assessment tests are skipped"]
+    test, ran = Test(), []
+    test.delayDisplay = lambda text: ran.append(f"shown: {text}")
+    test.setUp = lambda: ran.append("setUp")
+    for name in ["test_widget_parameter_node_and_sample", *ASSESSMENT_TESTS]:
+        setattr(test, name, lambda name=name: ran.append(name))
+    test.runTest()
+    return ran
+
+
+def test_the_module_self_test_runs_what_needs_no_package_then_skips_without_opencv():
+    """On a fresh Slicer (the testing mode installs nothing) the widget, the parameter node and the sample are still
+    tested; only the assessments, which need OpenCV, are skipped; zlib-ng is not needed."""
+    assert _self_test(set()) == [
+        "setUp", "test_widget_parameter_node_and_sample",
+        "shown: OpenCV (cv2) is not installed: the assessment tests are skipped",
+    ]
+    assert _self_test({"cv2"}) == ["setUp", "test_widget_parameter_node_and_sample", "setUp", *ASSESSMENT_TESTS]
+
+
+def test_the_self_test_checks_the_widget_parameter_node_and_sample_without_an_install():
+    import ast
+
+    from module_source import MODULE_FILE
+
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    (test_class,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "CTQualityAssessmentTest"]
+    (method,) = [n for n in test_class.body if getattr(n, "name", "") == "test_widget_parameter_node_and_sample"]
+    source = ast.unparse(method)
+    for needed in ("widgetRepresentation().self()", "getParameterNode()", "loadSample()", "initializeParameterNode()"):
+        assert needed in source
+    assert "ensure_dependencies" not in source
 
 
 def test_pip_failure_is_reported_with_the_package_and_the_fix(tmp_path, fake_slicer, monkeypatch):
@@ -332,16 +362,142 @@ def test_torch_without_torchvision_goes_through_pytorch_utils(monkeypatch):
 
 def test_learned_and_batch_install_the_core_then_their_files(monkeypatch):
     order = []
-    monkeypatch.setattr(dependencies, "ensure_requirements", lambda path: order.append(path.name))
+
+    def ensure_requirements(path, optional=None):
+        order.append(path.name if optional is None else f"{path.name} + {optional.name}")
+
+    monkeypatch.setattr(dependencies, "ensure_requirements", ensure_requirements)
     monkeypatch.setattr(dependencies, "ensure_torch", lambda: order.append("torch"))
+    core = "requirements.txt + requirements-optional.txt"
     dependencies.ensure_dependencies()
-    assert order == ["requirements.txt"]
+    assert order == [core]
     order.clear()
     dependencies.ensure_dependencies(learned=True)
-    assert order == ["requirements.txt", "torch", "requirements-learned.txt"]
+    assert order == [core, "torch", "requirements-learned.txt"]
     order.clear()
     dependencies.ensure_dependencies(batch=True)
-    assert order == ["requirements.txt", "requirements-batch.txt"]
+    assert order == [core, "requirements-batch.txt"]
+
+
+#
+# zlib-ng is optional: it never blocks a run, the tests or the self-test
+#
+
+OPTIONAL_NOT_INSTALLED = "pip-requirements-parser>=999"  # a name that is not installed here either
+
+
+def _without_zlib_ng(monkeypatch):
+    """This environment as a Slicer where the zlib-ng wheel could not be installed."""
+    real = dependencies.installed_version
+    monkeypatch.setattr(
+        dependencies, "installed_version", lambda name: None if name.replace("_", "-") == "zlib-ng" else real(name)
+    )
+
+
+def test_a_missing_zlib_ng_never_blocks_a_run_in_testing_mode(monkeypatch, fake_slicer):
+    """Slicer's testing mode installs nothing: with OpenCV there, a physics-only Apply and the self-test go on."""
+    import slicer
+
+    _without_zlib_ng(monkeypatch)
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(testingEnabled=lambda: True), raising=False)
+    assert missing_requirements(read_requirements(OPTIONAL_REQUIREMENTS_FILE)) == ["zlib-ng>=0.4"]
+    dependencies.ensure_dependencies()  # raised "testing mode installs nothing" when zlib-ng was required
+    assert fake_slicer == {}
+
+
+def test_optional_packages_are_never_asked_for_on_their_own(tmp_path, fake_slicer):
+    required = _requirements_file(tmp_path, "numpy>=1.0")
+    optional = tmp_path / "optional.txt"
+    optional.write_text(OPTIONAL_NOT_INSTALLED + "\n", encoding="utf-8")
+    dependencies.ensure_requirements(required, optional=optional)
+    assert fake_slicer == {}  # no dialog, no pip
+
+
+def test_optional_packages_come_with_the_missing_required_ones_in_one_install(tmp_path, fake_slicer):
+    required = _requirements_file(tmp_path, NOT_INSTALLED)
+    optional = tmp_path / "optional.txt"
+    optional.write_text(OPTIONAL_NOT_INSTALLED + "\n", encoding="utf-8")
+    with pytest.raises(RuntimeError, match="still missing") as raised:  # the stand-in installs nothing
+        dependencies.ensure_requirements(required, optional=optional)
+    assert fake_slicer["pip_install"][:3] == [NOT_INSTALLED, OPTIONAL_NOT_INSTALLED, "-c"]  # one confirmation
+    assert "pip-requirements-parser" not in str(raised.value)  # only what is required is named
+
+
+def test_pip_failing_with_an_optional_package_installs_the_required_ones_alone(tmp_path, fake_slicer, monkeypatch,
+                                                                                caplog):
+    import logging
+    import subprocess
+
+    import slicer.util
+
+    calls = []
+
+    def pip_install(args):
+        calls.append(list(args))
+        if OPTIONAL_NOT_INSTALLED in args:  # no wheel for this computer
+            raise subprocess.CalledProcessError(1, ["PythonSlicer", "-m", "pip", "install", *args])
+
+    monkeypatch.setattr(slicer.util, "pip_install", pip_install)
+    monkeypatch.setattr(dependencies, "installed_version", lambda name, real=dependencies.installed_version: (
+        "1.0" if name == "light-the-torch" and len(calls) > 1 else real(name)))  # the retry installs it
+    required = _requirements_file(tmp_path, NOT_INSTALLED.replace(">=0.5", ">=0.1"))
+    optional = tmp_path / "optional.txt"
+    optional.write_text(OPTIONAL_NOT_INSTALLED + "\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        dependencies.ensure_requirements(required, optional=optional)  # no error: the required one is there
+    assert [call[:-2] for call in calls] == [["light-the-torch>=0.1", OPTIONAL_NOT_INSTALLED], ["light-the-torch>=0.1"]]
+    assert "not installed (optional, the module works without): pip-requirements-parser" in caplog.text
+
+
+def test_slicer_5_11_installs_the_optional_requirements_in_the_same_pip_ensure(tmp_path, fake_slicer, monkeypatch):
+    import slicer
+
+    recorded = []
+    fake_packaging = types.SimpleNamespace(
+        pip_ensure=lambda requirements, **kwargs: recorded.append([str(r) for r in requirements]),
+        load_requirements=lambda path: [Requirement(line) for line in read_requirements(path)],
+    )
+    monkeypatch.setitem(sys.modules, "slicer.packaging", fake_packaging)
+    monkeypatch.setattr(slicer, "packaging", fake_packaging, raising=False)
+    optional = tmp_path / "optional.txt"
+    optional.write_text(OPTIONAL_NOT_INSTALLED + "\n", encoding="utf-8")
+    with pytest.raises(RuntimeError, match="still missing"):
+        dependencies.ensure_requirements(_requirements_file(tmp_path, NOT_INSTALLED), optional=optional)
+    assert recorded == [[NOT_INSTALLED, OPTIONAL_NOT_INSTALLED]]
+
+
+ZLIB_NG_MISSING = """
+import importlib.abc, sys
+
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "zlib_ng":
+            raise ModuleNotFoundError(name)
+
+sys.meta_path.insert(0, NotInstalled())
+import gzip
+import numpy as np
+from ctqa.io import read_volume, write_map
+from ctqa.volume import CTVolume
+volume = CTVolume(np.arange(60.0).reshape(3, 4, 5) - 500.0, (1.0, 1.0, 2.0))
+write_map(volume.hu.astype(np.int16), volume, sys.argv[1])
+data = open(sys.argv[1], "rb").read()
+header, _, body = data.partition(b"\\n\\n")
+assert b"encoding: gzip" in header
+assert gzip.decompress(body) == volume.hu.astype(np.int16).tobytes()
+print("zlib_ng" in sys.modules, float(read_volume(sys.argv[1]).hu.mean()))
+"""
+
+
+def test_the_input_files_are_compressed_with_the_standard_zlib_without_zlib_ng(tmp_path):
+    import os
+    import subprocess
+
+    environment = dict(os.environ, PYTHONPATH=str(ROOT / "CTQualityAssessment"))
+    done = subprocess.run([sys.executable, "-c", ZLIB_NG_MISSING, str(tmp_path / "volume.nrrd")],
+                          capture_output=True, text=True, env=environment, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "-470.5"]  # written with the standard zlib, read back
 
 
 def test_requirement_files_are_where_slicer_installs_the_module_resources():

@@ -55,6 +55,17 @@ class _Timer:
         self.active = False
 
 
+#: The widget's methods that remove the files of ended jobs, and what they need from the module.
+ENDING_METHODS = {"_removeEndedJobs", "_tryRemove", "_givenUp"}
+
+
+def _ending_namespace(**extra):
+    import logging
+
+    return {**module_constants("CLEANUP_RETRY_S", "EXIT_WAIT_S"), "logging": logging, "time": time,
+            "staticmethod": staticmethod, "_": lambda text: text, **extra}
+
+
 def test_a_failed_results_load_still_cleans_up_and_restores_the_buttons():
     """tryWithErrorDisplay shows the error and re-raises (Slicer's util.py): cleanup and the GUI update still run."""
     calls = []
@@ -71,10 +82,9 @@ def test_a_failed_results_load_still_cleans_up_and_restores_the_buttons():
             return False  # re-raise, as Slicer does
 
     slicer = types.SimpleNamespace(util=types.SimpleNamespace(tryWithErrorDisplay=TryWithErrorDisplay))
-    Widget = class_with(
-        "CTQualityAssessmentWidget", {"_finish", "_removeEndedJobs"}, {"_": lambda text: text, "slicer": slicer}
-    )
+    Widget = class_with("CTQualityAssessmentWidget", {"_finish", *ENDING_METHODS}, _ending_namespace(slicer=slicer))
     widget = Widget()
+    widget._cleanupFailures = {}
     widget._timer = types.SimpleNamespace(stop=lambda: None)
     widget.ui = types.SimpleNamespace(progressBar=types.SimpleNamespace(hide=lambda: None), statusLabel=_Label())
     widget._parameterNode = types.SimpleNamespace(opacity=0.5, showResults=True)
@@ -86,8 +96,8 @@ def test_a_failed_results_load_still_cleans_up_and_restores_the_buttons():
     widget.logic = types.SimpleNamespace(showResults=show_results)
     widget._updateGui = lambda: calls.append("gui updated")
     widget._endingJobs, widget._endingTimer = [], _Timer()
-    job = types.SimpleNamespace(state="finished", log=[], ended=lambda: True)
-    job.cleanup = lambda: calls.append("cleaned up")
+    job = types.SimpleNamespace(state="finished", log=[], ended=lambda: True, folder="/tmp/run")
+    job.cleanup = lambda: calls.append("cleaned up") or True
     with pytest.raises(RuntimeError, match="no longer exists"):
         widget._finish(job)
     assert calls == ["error shown", "cleaned up", "gui updated"]
@@ -209,6 +219,7 @@ class _EndingJob:
 
     def __init__(self, calls):
         self.calls, self.polls, self.state, self.log = calls, 0, process.CANCELLED, []
+        self.folder = "/tmp/CTQualityAssessment-test"
 
     def cancel(self):
         self.calls.append("cancel")
@@ -222,16 +233,18 @@ class _EndingJob:
 
     def cleanup(self):
         self.calls.append("cleanup")
+        return True
 
 
-def _widget_with_job(job, calls):
+def _widget_with_job(job, calls, **namespace):
     Widget = class_with(
         "CTQualityAssessmentWidget",
-        {"_cancel", "_finish", "_removeEndedJobs", "cleanup"},
-        {"_": lambda text: text, "slicer": None},
+        {"_cancel", "_finish", "cleanup", "_removeJobsOnExit", *ENDING_METHODS},
+        _ending_namespace(slicer=None, **namespace),
     )
     widget = Widget()
     widget._job, widget._endingJobs, widget._endingTimer, widget._timer = job, [], _Timer(), _Timer()
+    widget._hideOutputsTimer, widget._cleanupFailures = _Timer(), {}
     widget.ui = types.SimpleNamespace(progressBar=types.SimpleNamespace(hide=lambda: None), statusLabel=_Label())
     widget._parameterNode = types.SimpleNamespace(opacity=0.5)
     widget._updateGui = lambda: calls.append("gui updated")
@@ -290,12 +303,14 @@ def windows(monkeypatch):
     return started
 
 
-def test_processes_start_without_a_console_window_on_windows(windows):
+def test_processes_start_without_a_console_window_on_windows(windows, monkeypatch):
+    monkeypatch.setenv("SystemRoot", r"D:\Windows")
     process.start_ctqa(["PythonSlicer", "-m", "ctqa.cli", "assess"])
     process.kill_process_tree(types.SimpleNamespace(pid=4242, poll=lambda: None))
     (_, assess), (taskkill, kill) = windows
     assert assess["creationflags"] == subprocess.CREATE_NEW_PROCESS_GROUP
-    assert taskkill == ["taskkill", "/F", "/T", "/PID", "4242"]  # started, never waited for
+    # started, never waited for; Windows' own taskkill.exe, not whatever the PATH finds first
+    assert taskkill == [os.path.join(r"D:\Windows", "System32", "taskkill.exe"), "/F", "/T", "/PID", "4242"]
     for options in (assess, kill):
         startup = options["startupinfo"]  # util.launchConsoleProcess: info.dwFlags = 1, info.wShowWindow = 0
         assert (startup.dwFlags, startup.wShowWindow) == (1, 0)
@@ -549,18 +564,16 @@ def test_the_widget_asks_for_the_layout_at_its_first_shown_run_only():
                                     "__exit__": lambda self, *exc: False}
     )
     slicer = types.SimpleNamespace(util=types.SimpleNamespace(tryWithErrorDisplay=tryWithErrorDisplay))
-    Widget = class_with(
-        "CTQualityAssessmentWidget", {"_finish", "_removeEndedJobs"}, {"_": lambda text: text, "slicer": slicer}
-    )
+    Widget = class_with("CTQualityAssessmentWidget", {"_finish", *ENDING_METHODS}, _ending_namespace(slicer=slicer))
     widget = Widget()
-    widget._timer, widget._endingJobs, widget._endingTimer = _Timer(), [], _Timer()
+    widget._timer, widget._endingJobs, widget._endingTimer, widget._cleanupFailures = _Timer(), [], _Timer(), {}
     widget.ui = types.SimpleNamespace(progressBar=types.SimpleNamespace(hide=lambda: None), statusLabel=_Label())
     widget.logic = types.SimpleNamespace(showResults=show_results, acquisitionDescription=lambda volume: "-")
     widget._jobNodes, widget._layoutChosen = ("CT", None), False
     for name in ("_updateGui", "_fillOverlayChoices", "_fillPlotChoices", "_hideOutputsFromInputSelectors"):
         setattr(widget, name, lambda *args: None)
     job = types.SimpleNamespace(state="done", log=[types.SimpleNamespace(seconds=1.0)], ended=lambda: True)
-    job.cleanup = lambda: None
+    job.cleanup = lambda: True
     for checked in (False, True, True):
         widget._parameterNode = types.SimpleNamespace(opacity=0.5, showResults=checked, qualityMap=None)
         widget._finish(job)
@@ -573,43 +586,55 @@ def test_the_widget_asks_for_the_layout_at_its_first_shown_run_only():
 
 
 def test_inputs_are_written_compressed(tmp_path):
+    """The CT and the reference are written by the module (ctqa.io.write_map) gzip-compressed; the segmentation is
+    written by Slicer's storage node (compressed by its default, not set here), with its segments."""
     import numpy as np
     import slicer
 
     scene = _headless_scene(tmp_path).scene
-    ct = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
-    slicer.util.updateVolumeFromArray(ct, np.full((4, 8, 8), -1000, np.int16))
+    ct, reference = (scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name) for name in ("CT", "reference"))
+    for node in (ct, reference):
+        slicer.util.updateVolumeFromArray(node, np.full((4, 8, 8), -1000, np.int16))
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "segments")
     segmentation.GetSegmentation().AddEmptySegment("body")
-    inputs = process.write_inputs(ct, segmentation_node=segmentation)
+    inputs = process.write_inputs(ct, reference, segmentation)
     try:
-        for path in (inputs.volume, inputs.segmentation):
+        for path in (inputs.volume, inputs.reference):
             header = path.read_bytes().split(b"\n\n")[0]
             assert b"encoding: gzip" in header, path.name
+            assert path.stat().st_size < 4 * 8 * 8 * 2  # smaller than the raw voxels
+        assert b"Segment0_ID:=body" in inputs.segmentation.read_bytes().split(b"\n\n")[0]  # our node's segment
     finally:
         shutil.rmtree(inputs.folder)
 
 
+def test_the_segmentation_is_written_without_a_compression_call():
+    """vtkMRMLStorageNode's UseCompression is 1 by default: UseCompressionOn() would change nothing."""
+    source = (process.MODULE_DIR / "CTQualityAssessmentLib" / "process.py").read_text(encoding="utf-8")
+    assert "UseCompressionOn" not in source
+
+
 def test_the_run_folder_is_in_slicers_temporary_folder_inside_slicer(tmp_path, monkeypatch):
+    """A folder of its own for each run (tempfile.mkdtemp) in slicer.app.temporaryPath, even for two runs started in
+    the same millisecond (slicer.util.tempDirectory names folders by the millisecond and reuses an existing one)."""
     pytest.importorskip("slicer_core", reason="slicer-core wheel not installed (pip install slicer-core)")
     import slicer
     import slicer.util
 
-    keys = []
-
     def temp_directory(key):
-        keys.append(key)
-        folder = tmp_path / f"{key}2024-01-01_00+00+00.000"
-        folder.mkdir()
-        return str(folder)
+        raise AssertionError("slicer.util.tempDirectory: two runs in one millisecond would share a folder")
 
     assert not hasattr(slicer, "app")  # the wheel, like PythonSlicer: the system's temporary folder
     outside = process.temporary_folder()
-    assert outside.is_dir() and not keys
+    assert outside.is_dir() and outside.name.startswith("CTQualityAssessment-")
     outside.rmdir()
-    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(), raising=False)
+    slicer_temp = tmp_path / "Slicer-user"  # Slicer creates it when temporaryPath is read; here it is not there yet
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(temporaryPath=str(slicer_temp)), raising=False)
     monkeypatch.setattr(slicer.util, "tempDirectory", temp_directory)
-    assert process.temporary_folder().parent == tmp_path and keys == ["CTQualityAssessment-"]
+    folders = [process.temporary_folder() for _ in range(20)]
+    assert len(set(folders)) == 20
+    assert all(folder.is_dir() and folder.parent == slicer_temp for folder in folders)
+    assert all(folder.name.startswith("CTQualityAssessment-") for folder in folders)
 
 
 #
@@ -694,3 +719,352 @@ def test_the_viridis_table_is_named_where_slicer_defines_it():
     assert mrml.SLICER_VIRIDIS_ID == "vtkMRMLColorTableNodeFileViridis.txt"
     for anchor, row in ((QUALITY_COLOR_ANCHORS[0], (68, 1, 84)), (QUALITY_COLOR_ANCHORS[-1], (253, 231, 36))):
         assert all(abs(value - channel / 255) < 1 / 255 for value, channel in zip(anchor, row))
+
+
+#
+# Outside review of the non-blocking cancel (26e84f5)
+#
+# 1. PythonSlicer is a launcher (CTK's ctkAppLauncher) that runs python-real as its child: on SIGTERM the launcher goes
+#    at once while python-real still unwinds and writes. The stand-in below is such a launcher: it starts the worker
+#    in its own process group (as QProcess does), dies on SIGTERM and otherwise waits for the worker.
+
+LAUNCHER = """
+import subprocess, sys
+worker = subprocess.Popen([sys.executable, "-c", *sys.argv[1:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(worker.pid, flush=True)
+sys.exit(worker.wait() if len(sys.argv) < 4 or sys.argv[3] != "leave" else 1)
+"""
+#: A worker that, on SIGTERM, still writes for about a second and then commits (as ctqa's staging does).
+UNWINDS = """
+import os, signal, sys, time
+path = sys.argv[1]
+
+def unwind(*_):
+    for i in range(10):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a") as out:
+            out.write(f"{i}\\n")
+        time.sleep(0.1)
+    with open(path, "a") as out:
+        out.write("committed\\n")
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, unwind)
+with open(path, "w") as out:
+    out.write("ready\\n")
+for _ in range(600):
+    time.sleep(0.05)
+"""
+#: A worker that ignores SIGTERM and writes until it is killed (or for 30 s, should a failed test leave it behind).
+IGNORES = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+path = sys.argv[1]
+with open(path, "w") as out:
+    out.write("ready\\n")
+for _ in range(600):
+    with open(path, "a") as out:
+        out.write("still here\\n")
+    time.sleep(0.05)
+"""
+posix_only = pytest.mark.skipif(os.name != "posix", reason="process groups")
+
+
+def _running(pid: int) -> bool:
+    """Whether pid is a running process (a zombie, exited and not reaped yet, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+            return stat.read().rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+    except OSError:
+        return True  # no /proc (macOS): kill(pid, 0) found it
+
+
+_LEFT_BEHIND = []  # (process group, worker pid) of the launched jobs, killed after each test whatever happened
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind():
+    yield
+    while _LEFT_BEHIND:
+        group, worker = _LEFT_BEHIND.pop()
+        if process.group_alive(group):
+            os.killpg(group, 9)
+        if _running(worker):
+            os.kill(worker, 9)
+
+
+def _launched(worker: str, path, job_class=process.CtqaProcess, leave: bool = False, **fields):
+    """A job running LAUNCHER with worker, once the worker has written "ready" to path; (job, worker pid)."""
+    command = [sys.executable, "-c", LAUNCHER, worker, str(path), *(["leave"] if leave else [])]
+    job = job_class(command, **fields)
+    job._launch()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job.poll()
+        pids = [line.text for line in job.log[1:] if line.text.isdigit()]
+        if pids and path.is_file() and path.read_text().startswith("ready"):
+            _LEFT_BEHIND.append((job._process.pid, int(pids[0])))
+            return job, int(pids[0])
+        time.sleep(0.02)
+    raise AssertionError(f"the worker did not start: {[line.text for line in job.log]}")
+
+
+@posix_only
+def test_a_cancelled_run_has_ended_only_once_the_launchers_child_has(tmp_path, monkeypatch):
+    monkeypatch.setattr(process, "TERMINATE_GRACE_S", 20.0)  # the worker ends by itself, long before
+    path = tmp_path / "run" / "outputs.txt"
+    path.parent.mkdir()
+    job, worker = _launched(UNWINDS, path)
+    job.cancel()
+    launcher_gone_early = False
+    while not job.ended():
+        if job._process.poll() is not None and _running(worker):
+            launcher_gone_early = True  # the launcher died on SIGTERM; its child still writes
+        time.sleep(0.02)
+    assert launcher_gone_early and job.exit_status == -15
+    assert path.read_text().endswith("committed\n")  # ended() waited for the worker's last write
+    assert not _running(worker) and not process.group_alive(job._process.pid)
+
+
+@posix_only
+def test_the_kill_reaches_the_child_after_the_launcher_has_exited(tmp_path, monkeypatch):
+    monkeypatch.setattr(process, "TERMINATE_GRACE_S", 0.5)
+    path = tmp_path / "outputs.txt"
+    job, worker = _launched(IGNORES, path)
+    asked = time.monotonic()
+    job.cancel()
+    while job._process.poll() is None:
+        time.sleep(0.01)
+    assert not job.ended() and _running(worker)  # the launcher is gone, the tree is not
+    job.wait_ended()
+    assert 0.5 <= time.monotonic() - asked < process.TERMINATE_GRACE_S + process.KILL_WAIT_S
+    assert not _running(worker)  # SIGKILL to the group, although its leader had exited
+    size = path.stat().st_size
+    time.sleep(0.2)
+    assert path.stat().st_size == size  # nothing writes any more
+
+
+@posix_only
+def test_what_a_finished_run_leaves_in_its_group_is_waited_for_then_killed(tmp_path, monkeypatch):
+    """The launcher exits by itself while a process it started still runs in its group: not ended until that process
+    is gone, and it is killed TERMINATE_GRACE_S later."""
+    monkeypatch.setattr(process, "TERMINATE_GRACE_S", 0.3)
+    path = tmp_path / "outputs.txt"
+    job, worker = _launched(IGNORES, path, leave=True)
+    while job._process.poll() is None:
+        time.sleep(0.01)
+    assert not job.ended() and _running(worker)
+    job.wait_ended()
+    assert not _running(worker) and job.exit_status == 1
+
+
+@posix_only
+def test_the_batch_path_waits_for_the_whole_tree_when_interrupted(tmp_path, monkeypatch):
+    from CTQualityAssessmentLib.batch import BatchProcess
+
+    monkeypatch.setattr(process, "TERMINATE_GRACE_S", 20.0)
+    path = tmp_path / "outputs.txt"
+    job, worker = _launched(UNWINDS, path, BatchProcess, out=tmp_path / "audit")
+
+    def interrupted():
+        raise KeyboardInterrupt  # Ctrl-C in the console
+
+    with pytest.raises(KeyboardInterrupt):
+        job.wait(idle=interrupted)
+    assert job.state == process.CANCELLED and not _running(worker)
+    assert path.read_text().endswith("committed\n")
+
+
+@posix_only
+def test_process_run_removes_the_files_only_after_the_whole_tree_has_ended(tmp_path, monkeypatch):
+    """process.run (the console path) waits for the tree before it removes the run's folder: a worker still writing
+    after its launcher exited would otherwise leave files behind."""
+    pytest.importorskip("slicer_core", reason="process.run imports the MRML glue, which needs slicer-core")
+    from ctqa.errors import InputError
+
+    monkeypatch.setattr(process, "TERMINATE_GRACE_S", 20.0)
+    folder = tmp_path / "CTQualityAssessment-run"
+    (folder / "out").mkdir(parents=True)
+    inputs = process.InputFiles(folder, folder / "volume.nrrd")
+    started = {}
+
+    def start(inputs, *args, **kwargs):
+        job, started["worker"] = _launched(UNWINDS, folder / "out" / "outputs.txt", process.AssessmentProcess,
+                                           inputs=inputs, out=folder / "out")
+        job._process.send_signal(15)  # the launcher dies at once (status -15: a failed run) ...
+        os.kill(started["worker"], 15)  # ... while its worker writes on for a second
+        return job
+
+    monkeypatch.setattr(process, "write_inputs", lambda *nodes: inputs)
+    monkeypatch.setattr(process.AssessmentProcess, "start", start)
+    with pytest.raises(InputError, match="exit status -15"):
+        process.run(object(), model="physics")
+    assert not _running(started["worker"])
+    assert not folder.exists()  # removed after the worker's last write, which would have made it again
+
+
+def test_on_windows_the_tree_has_ended_once_its_pipes_are_closed(monkeypatch):
+    """Windows: no process group to ask; the launcher's exit is not enough while a reader thread has not seen EOF
+    (python-real still holds the pipes), nor while a child psutil saw at cancel still runs."""
+    import threading
+
+    monkeypatch.setattr(process, "ON_WINDOWS", True)
+    release = threading.Event()
+    reader = threading.Thread(target=release.wait, daemon=True)
+    reader.start()
+    child = types.SimpleNamespace(running=True)
+    child.is_running = lambda: child.running
+    job = process.CtqaProcess(["PythonSlicer"])
+    job._process = types.SimpleNamespace(poll=lambda: 1, returncode=1, pid=4242)  # the launcher has exited
+    job._readers, job._children = (reader,), [child]
+    assert not job.ended()
+    release.set()
+    reader.join()
+    assert not job.ended()  # the pipes are closed, the child psutil saw still runs
+    child.running = False
+    assert job.ended() and job.exit_status == 1
+
+
+def test_on_windows_the_children_are_killed_even_after_the_launcher(windows):
+    killed = []
+    children = [types.SimpleNamespace(kill=lambda i=i: killed.append(i)) for i in range(2)]
+    process.kill_process_tree(types.SimpleNamespace(pid=4242, poll=lambda: 1), children)
+    assert killed == [0, 1] and windows == []  # no taskkill for a launcher that is gone (its pid may be reused)
+
+
+def test_a_killed_tree_that_stays_is_given_up_on_so_that_waiting_ends(monkeypatch):
+    monkeypatch.setattr(process, "KILL_WAIT_S", 0.2)
+    monkeypatch.setattr(process, "kill_process_tree", lambda *args: None)  # a process stuck in the kernel
+    job = process.CtqaProcess(["ctqa"])
+    job._process = types.SimpleNamespace(poll=lambda: None, pid=4242)
+    job.kill()
+    started = time.monotonic()
+    job.wait_ended()
+    assert 0.2 <= time.monotonic() - started < 2 and "given up on" in job.log[-1].text
+
+
+# 2. and 5. The widget retries a folder it cannot remove yet; its timer slot never raises; on exit it waits briefly.
+
+
+class _Job:
+    """An ended job (ended() after `polls` polls) whose folder goes at the `removable`-th try (None: never)."""
+
+    def __init__(self, folder="/tmp/CTQualityAssessment-x", polls=0, removable=1, ended_error=None):
+        self.folder, self.polls, self.removable, self.ended_error = folder, polls, removable, ended_error
+        self.tries, self.killed, self.state, self.log = 0, False, process.CANCELLED, []
+
+    def ended(self):
+        if self.ended_error is not None:
+            raise self.ended_error
+        self.polls -= 1
+        return self.polls < 0
+
+    def kill(self):
+        self.killed = True
+
+    def cleanup(self):
+        self.tries += 1
+        return self.removable is not None and self.tries >= self.removable
+
+
+def _ending_widget(jobs, **constants):
+    widget = _widget_with_job(None, [], **constants)
+    widget._endingJobs = list(jobs)
+    return widget
+
+
+def test_a_folder_still_in_use_is_tried_again_until_it_goes(caplog):
+    job = _Job(removable=3)  # Windows: python-real holds a file for two more ticks
+    widget = _ending_widget([job])
+    widget._removeEndedJobs()
+    assert widget._endingJobs == [job] and widget._endingTimer.active and job.tries == 1
+    widget._removeEndedJobs()
+    widget._removeEndedJobs()
+    assert widget._endingJobs == [] and not widget._endingTimer.active and job.tries == 3
+    assert widget._cleanupFailures == {}
+
+
+def test_a_folder_that_never_goes_is_given_up_on_with_its_name(caplog):
+    import logging
+
+    job = _Job(folder="/tmp/CTQualityAssessment-held", removable=None)
+    widget = _ending_widget([job], CLEANUP_RETRY_S=0.1)
+    with caplog.at_level(logging.WARNING):
+        widget._removeEndedJobs()
+        assert widget._endingJobs == [job]
+        time.sleep(0.15)
+        widget._removeEndedJobs()
+    assert widget._endingJobs == [] and not widget._endingTimer.active
+    assert "gave up removing /tmp/CTQualityAssessment-held" in caplog.text
+
+
+def test_the_timer_slot_never_raises_and_drops_a_failing_job_later(caplog):
+    import logging
+
+    failing = _Job(folder="/tmp/CTQualityAssessment-fails", ended_error=FileNotFoundError("taskkill.exe"))
+    fine = _Job()
+    widget = _ending_widget([failing, fine], CLEANUP_RETRY_S=0.1)
+    with caplog.at_level(logging.WARNING):
+        widget._removeEndedJobs()  # raised OSError at every tick before
+        assert widget._endingJobs == [failing] and fine.tries == 1
+        widget._removeEndedJobs()
+        assert caplog.text.count("cannot remove /tmp/CTQualityAssessment-fails yet") == 1  # logged once
+        time.sleep(0.15)
+        widget._removeEndedJobs()
+    assert widget._endingJobs == [] and "FileNotFoundError: taskkill.exe" in caplog.text
+
+
+def test_on_exit_the_killed_jobs_are_waited_for_briefly_then_named_in_the_log(caplog):
+    import logging
+
+    slow = _Job(folder="/tmp/CTQualityAssessment-slow", polls=3)  # its tree ends a few polls after the kill
+    held = _Job(folder="/tmp/CTQualityAssessment-held", removable=None)  # a file stays held open
+    widget = _ending_widget([slow, held], EXIT_WAIT_S=0.3)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        widget.cleanup()
+    assert 0.3 <= time.monotonic() - started < 1.0
+    assert slow.killed and held.killed and slow.tries == 1
+    assert "/tmp/CTQualityAssessment-held was not removed before Slicer exited" in caplog.text
+    assert "CTQualityAssessment-slow" not in caplog.text and widget._endingJobs == []
+
+
+def test_on_exit_nothing_is_waited_for_when_the_folders_go_at_once():
+    job = _Job()
+    widget = _ending_widget([job])
+    started = time.monotonic()
+    widget.cleanup()
+    assert time.monotonic() - started < 0.2 and job.tries == 1
+
+
+def test_the_module_stops_retrying_after_a_few_seconds_and_waits_at_most_a_second_on_exit():
+    constants = module_constants("CLEANUP_RETRY_S", "EXIT_WAIT_S")
+    assert constants["EXIT_WAIT_S"] <= 1.0 and constants["CLEANUP_RETRY_S"] >= 5.0
+
+
+# 4. cleanup stops the hidden-outputs timer, and the observers go whatever fails before
+
+
+def test_cleanup_stops_every_timer_and_always_removes_the_observers():
+    calls = []
+    widget = _widget_with_job(None, calls)
+    widget._hideOutputsTimer.start()
+    widget.cleanup()
+    assert not widget._hideOutputsTimer.active and calls == ["observers removed"]
+
+    calls.clear()
+    job = _Job()
+    widget = _widget_with_job(None, calls)
+    widget._endingJobs = [job]
+
+    def broken_cancel():
+        raise RuntimeError("a widget is gone")
+
+    widget._cancel = broken_cancel
+    with pytest.raises(RuntimeError, match="a widget is gone"):
+        widget.cleanup()
+    assert calls == ["observers removed"] and job.killed and job.tries == 1

@@ -1,7 +1,8 @@
 """Install the Python packages the core (``ctqa``) needs inside 3D Slicer, the way Slicer recommends.
 
 This file imports nothing from ``ctqa``: it runs before the core can be imported. The packages are listed once, in
-``Resources/requirements.txt`` (the core), ``Resources/requirements-learned.txt`` (learned models) and
+``Resources/requirements.txt`` (the core: OpenCV), ``Resources/requirements-optional.txt`` (zlib-ng: installed with
+the core's packages when it can be, never required), ``Resources/requirements-learned.txt`` (learned models) and
 ``Resources/requirements-batch.txt`` (``ctqa batch``: Ray, and matplotlib for its reports).
 
 - Slicer >= 5.11 has ``slicer.packaging``: ``pip_ensure`` checks, asks the user, installs with a progress dialog
@@ -32,6 +33,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -46,6 +48,7 @@ except ImportError:  # outside Slicer (tests, PythonSlicer without the applicati
 
 RESOURCES = Path(__file__).resolve().parents[1] / "Resources"
 REQUIREMENTS_FILE = RESOURCES / "requirements.txt"
+OPTIONAL_REQUIREMENTS_FILE = RESOURCES / "requirements-optional.txt"
 LEARNED_REQUIREMENTS_FILE = RESOURCES / "requirements-learned.txt"
 BATCH_REQUIREMENTS_FILE = RESOURCES / "requirements-batch.txt"
 REQUESTER = "CTQualityAssessment"
@@ -58,14 +61,15 @@ TORCHVISION_REQUIREMENT = "torchvision"
 
 
 def ensure_dependencies(learned: bool = False, batch: bool = False) -> None:
-    """Make the core importable: install what Resources/requirements.txt lists and is missing.
+    """Make the core importable: install what Resources/requirements.txt lists and is missing (with what
+    Resources/requirements-optional.txt lists, best effort: see ensure_requirements).
 
     learned=True also makes learned models usable: PyTorch from the PyTorch extension, then
     Resources/requirements-learned.txt. batch=True also installs Resources/requirements-batch.txt (`ctqa batch`).
     Nothing is installed when everything is there already.
     Raises RuntimeError saying what failed and how to fix it (declined, no network, pip error, no PyTorch extension).
     """
-    ensure_requirements(REQUIREMENTS_FILE)
+    ensure_requirements(REQUIREMENTS_FILE, optional=OPTIONAL_REQUIREMENTS_FILE)
     if learned:
         ensure_torch()
         ensure_requirements(LEARNED_REQUIREMENTS_FILE)
@@ -129,29 +133,56 @@ def slicer_constraints(names=SLICER_OWNED_PACKAGES) -> list[str]:
 #
 
 
-def ensure_requirements(path: Path) -> None:
-    """Install the requirements of path that are missing; RuntimeError with the fix when they stay missing."""
+def ensure_requirements(path: Path, optional: Path | None = None) -> None:
+    """Install the requirements of path that are missing; RuntimeError with the fix when they stay missing.
+
+    optional: a requirements file whose missing packages are installed along with path's (one confirmation), best
+    effort: only when path's are missing too (never asked for on their own), never in testing mode; when pip fails
+    with them, path's are installed alone, and when they stay missing only a log line says so.
+    """
     requirement_lines = read_requirements(path)
     missing = missing_requirements(requirement_lines)
     if not missing:
         return
     if testing_enabled():
         raise RuntimeError(_install_failed_message(missing, _("Slicer's testing mode installs nothing")))
-    logging.info(f"{REQUESTER}: installing {', '.join(missing)}")
+    extra = missing_requirements(read_requirements(optional)) if optional is not None else []
+    logging.info(f"{REQUESTER}: installing {', '.join(missing + extra)}")
     try:
-        with tempfile.TemporaryDirectory() as folder:
-            constraints = Path(folder) / "slicer-constraints.txt"
-            constraints.write_text("\n".join(slicer_constraints()) + "\n", encoding="utf-8")
-            if slicer_packaging() is not None:
-                _pip_ensure(path, constraints)
-            else:
-                _confirm_and_pip_install(missing, constraints)
+        try:
+            _install([path, optional] if extra else [path], missing + extra)
+        except subprocess.CalledProcessError as error:  # pip failed (not a decline): perhaps on an optional one
+            if not extra:
+                raise
+            logging.warning(f"{REQUESTER}: installing {', '.join(missing + extra)} failed ({error}); now without "
+                            f"the optional {', '.join(extra)}")
+            _install([path], missing)
     except Exception as error:  # declined, pip failed, no network: the same fix for the user
-        raise RuntimeError(_install_failed_message(missing, error)) from error
+        importlib.invalidate_caches()
+        still_missing = missing_requirements(requirement_lines)
+        if still_missing:  # only what is required is named: the optional ones are not needed
+            raise RuntimeError(_install_failed_message(still_missing, error)) from error
+        logging.warning(f"{REQUESTER}: not installed (optional, the module works without): {', '.join(extra)}")
+        return
     importlib.invalidate_caches()
     still_missing = missing_requirements(requirement_lines)
     if still_missing:
         raise RuntimeError(_install_failed_message(still_missing, _("still missing after the installation")))
+    not_installed = missing_requirements(extra)
+    if not_installed:
+        logging.warning(f"{REQUESTER}: not installed (optional, the module works without): {', '.join(not_installed)}")
+
+
+def _install(paths: list[Path], lines: list[str]) -> None:
+    """Install the requirements of paths (Slicer >= 5.11: slicer.packaging checks them itself) or, on older Slicer,
+    the requirement lines, with Slicer's packages pinned by a constraints file."""
+    with tempfile.TemporaryDirectory() as folder:
+        constraints = Path(folder) / "slicer-constraints.txt"
+        constraints.write_text("\n".join(slicer_constraints()) + "\n", encoding="utf-8")
+        if slicer_packaging() is not None:
+            _pip_ensure(paths, constraints)
+        else:
+            _confirm_and_pip_install(lines, constraints)
 
 
 def testing_enabled() -> bool:
@@ -171,15 +202,17 @@ def slicer_packaging():
     return slicer.packaging
 
 
-def _pip_ensure(path: Path, constraints: Path) -> None:
-    """Slicer >= 5.11: check, confirm, install with progress, offer a restart (Base/Python/slicer/packaging.py).
+def _pip_ensure(paths: list[Path], constraints: Path) -> None:
+    """Slicer >= 5.11: check, confirm, install with progress, offer a restart (Base/Python/slicer/packaging.py); the
+    requirements of all paths at once (one confirmation).
 
     skip_in_testing is left at its default (True): in testing mode pip_ensure only logs; ensure_requirements does
     not even get here then.
     """
     import slicer.packaging
 
-    slicer.packaging.pip_ensure(slicer.packaging.load_requirements(path), constraints=constraints, requester=REQUESTER)
+    requirements = [requirement for path in paths for requirement in slicer.packaging.load_requirements(path)]
+    slicer.packaging.pip_ensure(requirements, constraints=constraints, requester=REQUESTER)
 
 
 def _confirm_and_pip_install(missing: list[str], constraints: Path) -> None:

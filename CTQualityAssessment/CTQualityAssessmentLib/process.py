@@ -8,6 +8,9 @@
    reader threads queue its stdout (JSON progress lines) and stderr; poll() drains them without blocking (the
    module's QTimer calls it; a blocking console call loops over it); cancel() asks the whole process tree to end and
    never waits: ended(), polled the same way, kills the tree when it outlives TERMINATE_GRACE_S;
+   PythonSlicer is a launcher (CTK's ctkAppLauncher) that runs python-real as its child: on SIGTERM the launcher
+   goes at once while python-real still unwinds and writes, so a run has ended only when its whole tree has (POSIX:
+   its process group is empty; Windows: its output pipes are closed, and the children psutil saw are gone);
 3. on success the caller loads the completed output folder (ctqa.outputs.read_outputs) into MRML (mrml.py).
 
 subprocess.Popen directly, rather than slicer.util.launchConsoleProcess (which wraps it), because cancel needs the
@@ -21,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import logging
 import os
 import queue
 import shutil
@@ -45,8 +49,12 @@ MODULE_DIR = Path(__file__).resolve().parents[1]
 #: States of a run; "running" until the process ends.
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
 DEVICES = ("auto", "cpu", "cuda")
-#: Seconds a cancelled process gets to clean up (its staging folder) before it is killed.
+#: Seconds a cancelled process gets to clean up (its staging folder) before it is killed; also what a finished run's
+#: leftovers in its process group get before they are killed.
 TERMINATE_GRACE_S = 5.0
+#: Seconds a killed process tree may take to disappear before ended() gives up on it (a process stuck in the kernel),
+#: so that wait_ended() never hangs.
+KILL_WAIT_S = 5.0
 ON_WINDOWS = os.name == "nt"
 #: The architecture backbone of a physics-feature score card (= ctqa.models.feature_score.BACKBONE, which imports
 #: the physics measures): such a score needs no PyTorch.
@@ -109,12 +117,16 @@ def needs_learned_packages(model: str, score_model: str = "default", denoise_mod
 
 
 def temporary_folder() -> Path:
-    """A new folder for one run's files: inside Slicer, in Slicer's temporary folder (slicer.util.tempDirectory,
-    set in the application settings); elsewhere (PythonSlicer, the tests) in the system's."""
+    """A new folder of its own for one run's files (tempfile.mkdtemp: a unique name, created atomically; not
+    slicer.util.tempDirectory, whose names have millisecond resolution and which reuses an existing folder): inside
+    Slicer, in Slicer's temporary folder (slicer.app.temporaryPath, set in the application settings); elsewhere
+    (PythonSlicer, the tests) in the system's."""
     import slicer
 
     if hasattr(slicer, "app"):  # the application sets slicer.app; PythonSlicer and the slicer-core wheel do not
-        return Path(slicer.util.tempDirectory("CTQualityAssessment-"))
+        parent = Path(slicer.app.temporaryPath)  # Slicer creates it when it is read; made sure of all the same
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="CTQualityAssessment-", dir=parent))
     return Path(tempfile.mkdtemp(prefix="CTQualityAssessment-"))
 
 
@@ -164,9 +176,8 @@ def _write_input_files(files: InputFiles, volume_node, reference_node, segmentat
         check_same_frame(segmentation_node, volume_node, "segmentation")  # its .seg.nrrd is in its own frame
         files.segmentation = files.folder / "segmentation.seg.nrrd"
         files.node_names[str(files.segmentation)] = segmentation_node.GetName()
-        storage = slicer.vtkMRMLSegmentationStorageNode()
+        storage = slicer.vtkMRMLSegmentationStorageNode()  # compressed by default (UseCompression is 1)
         storage.SetFileName(str(files.segmentation))
-        storage.UseCompressionOn()
         if not storage.WriteData(segmentation_node):
             raise InputError(f"{segmentation_node.GetName()}: cannot write the segmentation for the assessment")
     return files
@@ -217,10 +228,11 @@ def hidden_console() -> dict:
     return {"startupinfo": startup}
 
 
-def start_ctqa(command: list[str]) -> tuple[subprocess.Popen, queue.Queue]:
+def start_ctqa(command: list[str]) -> tuple[subprocess.Popen, queue.Queue, tuple[threading.Thread, ...]]:
     """Start a `ctqa` command line in its own process group (terminate_process_tree ends all it starts), with the
-    module folder on PYTHONPATH and no console window; two reader threads queue (tag, line) of its stdout ("out") and
-    stderr ("err") and (tag, None) when a stream closes (queued_lines takes them). OSError when it cannot start."""
+    module folder on PYTHONPATH and no console window; two reader threads (returned: they end when every process
+    holding the pipes is gone) queue (tag, line) of its stdout ("out") and stderr ("err") and (tag, None) when a
+    stream closes (queued_lines takes them). OSError when it cannot start."""
     paths = [str(MODULE_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]  # no empty entry (= the cwd)
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
     if ON_WINDOWS:
@@ -238,9 +250,13 @@ def start_ctqa(command: list[str]) -> tuple[subprocess.Popen, queue.Queue]:
         **group,
     )
     lines = queue.Queue()
-    for stream, tag in ((process.stdout, "out"), (process.stderr, "err")):
-        threading.Thread(target=_read_lines, args=(stream, tag, lines), daemon=True).start()
-    return process, lines
+    readers = tuple(
+        threading.Thread(target=_read_lines, args=(stream, tag, lines), daemon=True)
+        for stream, tag in ((process.stdout, "out"), (process.stderr, "err"))
+    )
+    for reader in readers:
+        reader.start()
+    return process, lines, readers
 
 
 def queued_lines(lines: queue.Queue) -> list[tuple[str, str | None]]:
@@ -271,12 +287,16 @@ class CtqaProcess:
     _lines: queue.Queue | None = field(default=None, init=False)
     _open_streams: int = field(default=2, init=False)
     _started: float = field(default_factory=time.monotonic, init=False)
-    _kill_at: float | None = field(default=None, init=False)  # when a cancelled process still there gets killed
+    _readers: tuple = field(default=(), init=False)  # start_ctqa's reader threads (Windows: the tree's pipes)
+    _children: list = field(default_factory=list, init=False)  # Windows with psutil: the tree seen at cancel/kill
+    _kill_at: float | None = field(default=None, init=False)  # when a tree still there gets killed
+    _killed_at: float | None = field(default=None, init=False)  # when it was killed
+    _gone: bool = field(default=False, init=False)  # the whole tree has ended: never signalled again
 
     def _launch(self) -> None:
         """Start the command; InputError (one line) when it cannot start."""
         try:
-            self._process, self._lines = start_ctqa(self.command)
+            self._process, self._lines, self._readers = start_ctqa(self.command)
         except OSError as error:
             raise InputError(f"cannot start the {self.KIND} process ({self.command[0]}): {error}") from None
         self._note(f"started: {' '.join(self.command[1:])}")
@@ -307,33 +327,72 @@ class CtqaProcess:
         return self.state
 
     def cancel(self) -> None:
-        """Ask the process tree to end (SIGTERM lets ctqa remove its staging folder and stop Ray) and mark the run
-        cancelled; never waits: ended() kills the tree if it is still there TERMINATE_GRACE_S later."""
+        """Ask the process tree to end (SIGTERM lets ctqa remove its staging folder and stop Ray; on Windows, which
+        has no such request for console processes, the tree is killed at once) and mark the run cancelled; never
+        waits: ended() kills the tree if it is still there TERMINATE_GRACE_S later."""
         if self.state != RUNNING:
             return
-        terminate_process_tree(self._process)
-        self._kill_at = time.monotonic() + TERMINATE_GRACE_S
         self.state = CANCELLED
         self._note("cancelled")
+        self._kill_at = time.monotonic() + TERMINATE_GRACE_S
+        try:
+            if ON_WINDOWS:
+                self.kill()
+            else:
+                terminate_process_tree(self._process)
+        except OSError as error:  # ended() still kills, or gives up, later
+            self._note(f"could not end the process tree: {error}")
+
+    def _tree_alive(self) -> bool:
+        """Whether anything of the run's process tree may still be running, the launcher (PythonSlicer) aside: on
+        POSIX a process of its group; on Windows a holder of its output pipes (the reader threads have not seen EOF)
+        or a child psutil saw at cancel or kill."""
+        if ON_WINDOWS:
+            return any(reader.is_alive() for reader in self._readers) or any(
+                _still_running(child) for child in self._children
+            )
+        return group_alive(self._process.pid)
 
     def ended(self) -> bool:
-        """True once the process has exited (its exit status is then kept); a cancelled one still running
-        TERMINATE_GRACE_S after cancel() is killed with its tree. Never blocks: poll it from a timer."""
-        if self._process.poll() is not None:
-            if self.exit_status is None:
-                self.exit_status = self._process.returncode
+        """True once the whole process tree has ended: the launcher has exited (its exit status is then kept) and
+        nothing of its tree is left (_tree_alive), so that no process writes in the run's files any more. A
+        cancelled tree still there TERMINATE_GRACE_S after cancel() is killed, and so are leftovers of a finished run
+        TERMINATE_GRACE_S after its launcher exited; a killed tree still there KILL_WAIT_S later is given up on (a
+        log line). Never blocks: poll it from a timer."""
+        if self._gone:
             return True
-        if self._kill_at is not None and time.monotonic() >= self._kill_at:
-            kill_process_tree(self._process)
-            self._kill_at = None  # once
+        exited = self._process.poll() is not None
+        if exited and self.exit_status is None:
+            self.exit_status = self._process.returncode
+        if exited and not self._tree_alive():
+            self._gone = True
+            return True
+        now = time.monotonic()
+        if self._killed_at is not None:
+            if now - self._killed_at < KILL_WAIT_S:
+                return False
+            self._note(f"the process tree was still there {KILL_WAIT_S:g} s after it was killed; given up on")
+            self._gone = True
+            return True
+        if self._kill_at is None and exited:  # a finished run that left processes in its group
+            self._kill_at = now + TERMINATE_GRACE_S
+        if self._kill_at is not None and now >= self._kill_at:
+            self.kill()
         return False
 
     def kill(self) -> None:
-        """Kill the process tree at once (Slicer is exiting: no timer will poll ended() again); never waits."""
-        kill_process_tree(self._process)
+        """Kill the whole process tree at once, the launcher's children too when the launcher has already exited (a
+        cancel's grace is over, or Slicer is exiting and no timer will poll ended() again); never waits."""
+        if self._gone:
+            return
+        self._killed_at = time.monotonic()  # before the kill: a kill that raises is not repeated at each poll
+        self._kill_at = None
+        if not self._children:
+            self._children = tree_children(self._process)
+        kill_process_tree(self._process, self._children)
 
     def wait_ended(self, interval_s: float = 0.05) -> None:
-        """Block until the process has exited (console and batch use, never the GUI); see ended()."""
+        """Block until the whole process tree has ended (console and batch use, never the GUI); see ended()."""
         while not self.ended():
             time.sleep(interval_s)
 
@@ -414,16 +473,81 @@ class AssessmentProcess(CtqaProcess):
             raise InputError(self.error or f"assessment {self.state}")
         return read_outputs(self.out)
 
-    def cleanup(self) -> None:
-        """Remove the run's temporary folder (inputs and outputs)."""
+    @property
+    def folder(self) -> Path:
+        """The run's temporary folder (inputs and outputs)."""
+        return self.inputs.folder
+
+    def cleanup(self) -> bool:
+        """Remove the run's temporary folder (inputs and outputs); True once it is gone. False when something in it
+        could not be removed (on Windows a file a process of the tree still holds open): try again later."""
         shutil.rmtree(self.inputs.folder, ignore_errors=True)
+        return not self.inputs.folder.exists()
+
+
+def group_alive(pgid: int) -> bool:
+    """POSIX: whether a process of the process group pgid is still there. os.killpg(pgid, 0) finds the group while
+    any member exists, even after its leader exited; on Linux a group of zombies only (exited, not reaped yet) counts
+    as gone (/proc/PID/stat)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member this user may not signal: it exists
+        return True
+    return _live_group_member(pgid)
+
+
+def _live_group_member(pgid: int) -> bool:
+    """Linux: whether /proc lists a process of group pgid that is not a zombie; True where there is no /proc."""
+    if not os.path.isfile("/proc/self/stat"):
+        return True
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(os.path.join(entry.path, "stat"), encoding="utf-8", errors="replace") as stat:
+                fields = stat.read().rsplit(")", 1)[-1].split()  # after "pid (comm)": state ppid pgrp ...
+        except OSError:  # it ended meanwhile
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def tree_children(process: subprocess.Popen) -> list:
+    """Windows: the processes the launcher started (psutil.Process.children, recursive), to kill and to watch even
+    after the launcher is gone; [] elsewhere (the process group does that), without psutil, or when the launcher
+    has exited."""
+    if not ON_WINDOWS or process.poll() is not None:
+        return []
+    try:
+        import psutil
+    except ImportError:
+        return []
+    try:
+        return psutil.Process(process.pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _still_running(child) -> bool:
+    """Whether a psutil.Process is still running (is_running also checks that its pid was not reused)."""
+    try:
+        return child.is_running()
+    except Exception:  # psutil.Error: it is gone
+        return False
+
+
+def taskkill_path() -> str:
+    """Windows' taskkill.exe by its full path (not whatever "taskkill" the PATH finds first)."""
+    return os.path.join(os.environ.get("SystemRoot", r"C:\Windows"), "System32", "taskkill.exe")
 
 
 def terminate_process_tree(process: subprocess.Popen) -> None:
     """Ask a process started in its own group (start_ctqa), and everything it started, to end; never waits. On
-    Windows, where a console process tree has no SIGTERM, the tree is killed."""
-    if process.poll() is not None:
-        return
+    POSIX the whole group gets SIGTERM, also once its leader (the launcher) has exited; on Windows, where a console
+    process tree has no SIGTERM, the tree is killed."""
     if ON_WINDOWS:
         kill_process_tree(process)
     else:
@@ -431,16 +555,19 @@ def terminate_process_tree(process: subprocess.Popen) -> None:
             os.killpg(process.pid, signal.SIGTERM)
 
 
-def kill_process_tree(process: subprocess.Popen) -> None:
-    """Kill a process started in its own group (start_ctqa) and everything it started; never waits (on Windows
-    taskkill runs on its own, without a console window)."""
-    if process.poll() is not None:
-        return
+def kill_process_tree(process: subprocess.Popen, children=()) -> None:
+    """Kill a process started in its own group (start_ctqa) and everything it started; never waits. POSIX: SIGKILL
+    to the whole group, also once its leader has exited. Windows: taskkill /F /T while the launcher is there (it runs
+    on its own, without a console window), and children (tree_children, psutil) killed one by one."""
     if ON_WINDOWS:  # the launcher's children are not in a signalable group; taskkill /T ends the tree
-        command = ["taskkill", "/F", "/T", "/PID", str(process.pid)]
-        subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **hidden_console())
+        if process.poll() is None:
+            command = [taskkill_path(), "/F", "/T", "/PID", str(process.pid)]
+            subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **hidden_console())
+        for child in children:
+            with contextlib.suppress(Exception):  # psutil.Error: it is gone
+                child.kill()
     else:
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):  # the group has ended
             os.killpg(process.pid, signal.SIGKILL)
 
 
@@ -485,8 +612,9 @@ def run(
         outputs = mrml.outputs_to_scene(job.result(), volume_node, segmentation_node)
     finally:
         job.cancel()  # no-op unless interrupted (Ctrl-C in the console)
-        job.wait_ended()
-        job.cleanup()
+        job.wait_ended()  # the whole tree (PythonSlicer's python-real too) before its files are removed
+        if not job.cleanup():
+            logging.warning(f"CTQualityAssessment: could not remove {job.folder}")
     if show:
         mrml.show_overlay(outputs.quality_map, volume_node, mrml.DEFAULT_OPACITY if opacity is None else opacity)
     return outputs
