@@ -432,6 +432,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("--model", default="default", metavar="NAME_OR_CKPT", help="quality-map model (default)")
     validate.add_argument(
+        "--map-model", nargs="+", metavar="NAME_OR_CKPT", help="more quality-map models for the map table"
+    )
+    validate.add_argument(
         "--hybrid", action="store_true", help="add a column: the mean of the first two score models' scores"
     )
     validate.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's)")

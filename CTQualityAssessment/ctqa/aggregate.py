@@ -1,6 +1,7 @@
 """Aggregation of per-voxel maps into typed rows: per slice, per ROI, and over the whole body.
 
-Voxels whose quality is not finite (outside the body) are left out everywhere. The whole-body statistics are
+Voxels whose quality is not finite (outside the body) are left out everywhere. The maps may be staging.SlabMaps
+(the pipeline's): they are read a slab or an ROI's box at a time. The whole-body statistics are
 accumulated slice by slice (histograms for the percentiles), so they need no copy of the body's voxels.
 
 Windows: slices and the whole body use the composed quality map (each voxel in the window of its tissue). An ROI is
@@ -17,6 +18,7 @@ import numpy as np
 from ctqa.physics.lung import QUALITY_WINDOWS_HU
 from ctqa.results import LungQuality, RegionStats, RoiRow, SliceRow
 from ctqa.rois import Roi
+from ctqa.slabs import SLAB_SLICES
 from ctqa.volume import CTVolume
 
 #: Histogram resolution of the whole-body percentiles: quality in [0, 1], noise SD in HU.
@@ -56,17 +58,24 @@ def slice_table(
     missing = np.full(volume.shape[0], np.nan)
     score = missing if score is None else score
     score_sd = missing if score_sd is None else score_sd
-    return [
-        SliceRow(
-            index,
-            float(positions[index]),
-            int(np.isfinite(quality[index]).sum()),
-            region_statistics(quality[index].ravel(), noise_sd[index].ravel(), volume.hu[index].ravel()),
-            float(score[index]),
-            float(score_sd[index]),
-        )
-        for index in range(volume.shape[0])
-    ]
+    rows = []
+    for start in range(0, volume.shape[0], SLAB_SLICES):  # maps may be staging.SlabMaps: read a slab at a time
+        stop = min(start + SLAB_SLICES, volume.shape[0])
+        slab_quality, slab_noise, slab_hu = quality[start:stop], noise_sd[start:stop], volume.hu[start:stop]
+        for offset, index in enumerate(range(start, stop)):
+            rows.append(
+                SliceRow(
+                    index,
+                    float(positions[index]),
+                    int(np.isfinite(slab_quality[offset]).sum()),
+                    region_statistics(
+                        slab_quality[offset].ravel(), slab_noise[offset].ravel(), slab_hu[offset].ravel()
+                    ),
+                    float(score[index]),
+                    float(score_sd[index]),
+                )
+            )
+    return rows
 
 
 def roi_window(windows: dict[str, np.ndarray], lung: np.ndarray, roi: Roi) -> str:
@@ -106,15 +115,18 @@ def lung_quality(windows: dict[str, np.ndarray], lung: np.ndarray) -> LungQualit
     soft, lung_map = windows["soft_tissue"], windows.get("lung")
     lung_sum = rest_sum = 0.0
     lung_voxels = rest_voxels = 0
-    for index in range(soft.shape[0]):
-        assessed = np.isfinite(soft[index])
-        inside = lung[index] & assessed
-        rest = assessed & ~lung[index]
-        lung_voxels += int(np.count_nonzero(inside))
-        rest_voxels += int(np.count_nonzero(rest))
-        rest_sum += float(soft[index][rest].sum(dtype=np.float64))
-        if lung_map is not None:
-            lung_sum += float(lung_map[index][inside].sum(dtype=np.float64))
+    for start in range(0, soft.shape[0], SLAB_SLICES):  # maps may be staging.SlabMaps: read a slab at a time
+        soft_slab, lung_slab = soft[start : start + SLAB_SLICES], lung[start : start + SLAB_SLICES]
+        lung_window = lung_map[start : start + SLAB_SLICES] if lung_map is not None else None
+        for offset in range(len(soft_slab)):
+            assessed = np.isfinite(soft_slab[offset])
+            inside = lung_slab[offset] & assessed
+            rest = assessed & ~lung_slab[offset]
+            lung_voxels += int(np.count_nonzero(inside))
+            rest_voxels += int(np.count_nonzero(rest))
+            rest_sum += float(soft_slab[offset][rest].sum(dtype=np.float64))
+            if lung_window is not None:
+                lung_sum += float(lung_window[offset][inside].sum(dtype=np.float64))
     return LungQuality(
         lung_voxels=lung_voxels,
         lung_quality_mean=lung_sum / lung_voxels if lung_voxels and lung_map is not None else math.nan,

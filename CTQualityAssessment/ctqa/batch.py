@@ -33,10 +33,11 @@ from ctqa.physics.noise import DEFAULT_WINDOW_MM
 
 RAY_MISSING = "ctqa batch runs on Ray, which is not installed: pip install 'ctqa[batch]' (or pip install ray)"
 #: Peak memory of one series (bytes): a process baseline with the models loaded, plus bytes per voxel, measured by
-#: benchmarks/bench_assess.py (532 MiB + 3.1 MiB per 512 x 512 slice, i.e. 12 B/voxel) with a margin; denoising
-#: assesses a second volume.
+#: benchmarks/bench_assess.py (the streamed pass of issue 23: about 800 MiB + 0.65 MiB per 512 x 512 slice, i.e.
+#: 2.6 B/voxel: the int16 volume and its window grid; the maps are in staging files) with a margin; denoising
+#: assesses a second volume and holds the denoised CT whole (not re-measured since the streaming).
 PEAK_BASE_BYTES = 800 << 20
-PEAK_BYTES_PER_VOXEL = 16
+PEAK_BYTES_PER_VOXEL = 4
 PEAK_BYTES_PER_VOXEL_DENOISE = 30
 #: GPU share a series asks for when the cluster has GPUs and --device is not cpu (Ray then gives its worker that GPU
 #: in CUDA_VISIBLE_DEVICES): two series share one; a series holds one batch of slices on it.
@@ -325,7 +326,9 @@ def assess_series(series: SeriesInput, options: AssessOptions, out: str, expecte
     reason (this runs in a Ray worker)."""
     from ctqa.io import read_volume
     from ctqa.pipeline import assess, write_outputs
+    from ctqa.staging import tune_allocator
 
+    tune_allocator()  # this worker process assesses volumes (staging.tune_allocator)
     folder = Path(out) / series.id
     start = time.perf_counter()
     try:
@@ -334,6 +337,7 @@ def assess_series(series: SeriesInput, options: AssessOptions, out: str, expecte
             scaling=options.scaling,
             regularize=options.regularize,
             dicom_files=list(series.files) if Path(series.input).is_dir() else None,
+            compact=True,  # int16 HU stays int16: half the memory of each worker
         )
         assessment = assess(
             volume,

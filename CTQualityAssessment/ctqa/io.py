@@ -160,10 +160,39 @@ def _as_3d(image: sitk.Image, source: str) -> sitk.Image:
     return image
 
 
+def _whole_hu(stored: np.ndarray, scaling: Scaling, low: float, high: float) -> np.ndarray | None:
+    """int16 HU of integer stored values spanning low..high under a whole-number scaling without slope (hu,
+    hu+1024) when every value fits int16 (stored itself when it is int16 HU already); None otherwise (the volume is
+    then float32)."""
+    intercept = scaling.intercept
+    if stored.dtype.kind not in "iu" or scaling.slope != 1.0 or intercept != round(intercept):
+        return None
+    info = np.iinfo(np.int16)
+    if low + intercept < info.min or high + intercept > info.max:
+        return None
+    if stored.dtype == np.int16 and intercept == 0:
+        return stored
+    hu = np.empty(stored.shape, dtype=np.int16)
+    for start in range(0, stored.shape[0], NRRD_SLAB_SLICES):
+        part = slice(start, start + NRRD_SLAB_SLICES)
+        hu[part] = stored[part].astype(np.int32) + int(intercept)
+    return hu
+
+
 def _to_volume(
-    stored: np.ndarray, geometry: tuple, source: str, scaling: Scaling, explicit: bool, notes, acquisition=None
+    stored: np.ndarray,
+    geometry: tuple,
+    source: str,
+    scaling: Scaling,
+    explicit: bool,
+    notes,
+    acquisition=None,
+    compact: bool = False,
+    owned: bool = False,
 ) -> CTVolume:
-    """CTVolume from stored values (z, y, x) with the checks every format shares."""
+    """CTVolume from stored values (z, y, x) with the checks every format shares; compact: int16 HU when the values
+    are whole HU that fit it (``_whole_hu``), else float32; owned: stored is a writable array nothing else uses (it
+    may become the volume's own, without a copy)."""
     if stored.size == 0:
         raise InputError(f"{source}: image has no voxels")
     divisor, rendering_note = rendering_scaling(stored.dtype, scaling, explicit)
@@ -179,12 +208,16 @@ def _to_volume(
         if not finite.all():
             raise InputError(f"{source}: {stored.size - int(np.count_nonzero(finite))} NaN/inf voxels")
         del finite
-    hu = scaling.to_hu(stored, source)
-    if hu is stored:
+    hu = _whole_hu(stored, scaling, float(low), float(high)) if compact else None
+    if hu is None:
+        hu = scaling.to_hu(stored, source)
+    if hu is stored and not owned:
         hu = hu.copy()  # never keep a view of a reader's buffer
     if not explicit:
         check_plausible_hu(hu, source)
-    hu[hu < PADDING_BELOW_HU] = AIR_HU  # padding outside the field of view (-2048, -3024) is air for every measure
+    for start in range(0, hu.shape[0], NRRD_SLAB_SLICES):  # a slab at a time: no volume-sized mask
+        part = hu[start : start + NRRD_SLAB_SLICES]
+        part[part < PADDING_BELOW_HU] = AIR_HU  # padding outside the field of view (-2048, -3024) is air
     spacing, origin, direction = geometry
     return CTVolume(hu, spacing, origin, direction, source, scaling.name, scaling.clipped_hu, tuple(notes), acquisition)
 
@@ -196,6 +229,7 @@ def read_volume(
     regularize: bool = False,
     pixel_mm: float | None = None,
     dicom_files: list[str] | None = None,
+    compact: bool = False,
 ) -> CTVolume:
     """Read a CT volume in HU from a DICOM folder or file, NIfTI, NRRD, MHA, 2D/3D TIFF or .npy.
 
@@ -204,6 +238,8 @@ def read_volume(
     regularize: resample DICOM series with gaps or uneven spacing onto a regular grid instead of refusing them.
     pixel_mm: pixel size (and slice spacing) for TIFF/.npy, which store none (default DEFAULT_PIXEL_MM, noted).
     dicom_files: the files of one DICOM series in the folder path, read without scanning it (a batch found them).
+    compact: keep whole HU stored in an integer type as int16 (CTVolume.hu; half the memory of float32; what
+    ``ctqa assess`` and batch runs read with), else float32.
     Raises InputError with a one-line reason for anything that is not a readable CT.
     """
     source = str(path)
@@ -219,7 +255,7 @@ def read_volume(
         if pixel_mm is None:
             notes.append(f"no pixel spacing stored in {Path(source).name}; assumed {size:g} mm (set --pixel-mm)")
         geometry = ((size, size, size), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-        return _to_volume(stored, geometry, source, chosen, scaling is not None, notes)
+        return _to_volume(stored, geometry, source, chosen, scaling is not None, notes, None, compact)
     if os.path.isdir(source):
         if dicom_files:
             found = dicom.read_dicom_files(list(dicom_files), source, regularize)
@@ -237,8 +273,25 @@ def read_volume(
             image = _read_with_sitk(source)
     image = _as_3d(image, source)
     geometry = (image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-    stored = sitk.GetArrayViewFromImage(image)
-    return _to_volume(stored, geometry, source, chosen, scaling is not None, notes, dicom.acquisition_of(header))
+    stored = _image_array(image) if compact else sitk.GetArrayViewFromImage(image)
+    acquisition = dicom.acquisition_of(header)
+    return _to_volume(stored, geometry, source, chosen, scaling is not None, notes, acquisition, compact, compact)
+
+
+class _ImageBuffer:
+    """Exposes a SimpleITK image's pixel buffer to numpy and keeps the image alive as long as an array uses it."""
+
+    def __init__(self, image: sitk.Image) -> None:
+        self.image = image
+        interface = dict(sitk.GetArrayViewFromImage(image).__array_interface__)
+        interface["data"] = (interface["data"][0], False)  # writable: the image is ours alone
+        self.__array_interface__ = interface
+
+
+def _image_array(image: sitk.Image) -> np.ndarray:
+    """A writable (z, y, x) ndarray over image's own pixel buffer (no copy: a whole volume is not held twice while
+    it is read); the array keeps the image alive. For an image nothing else refers to."""
+    return np.asarray(_ImageBuffer(image))
 
 
 def with_acquisition_from(volume: CTVolume, dicom_file: str | os.PathLike) -> CTVolume:
@@ -339,8 +392,9 @@ def _write_nrrd(array: np.ndarray, like: CTVolume | Grid, path: Path) -> None:
 def write_map(array: np.ndarray, like: CTVolume | Grid, path: str | os.PathLike, compress: bool = True) -> None:
     """Write a (z, y, x) map with the geometry of like (a CTVolume or a Grid); format from the extension.
 
-    NRRD (the output contract's format) is streamed in slabs, so writing needs no copy of the map; compress=False
-    writes it uncompressed (temporary files another process reads at once).
+    NRRD (the output contract's format) is streamed in slabs, so writing needs no copy of the map (which may be a
+    staging.SlabMap: only a few slabs are read at a time); compress=False writes it uncompressed (temporary files
+    another process reads at once).
     """
     target = Path(path)
     if not _has_extension(target, WRITABLE_EXTENSIONS):
@@ -351,7 +405,8 @@ def write_map(array: np.ndarray, like: CTVolume | Grid, path: str | os.PathLike,
         if _has_extension(target, (".nrrd",)) and array.dtype.name in NRRD_TYPES:
             (_write_nrrd if compress else _write_raw_nrrd)(array, like, target)
         else:
-            sitk.WriteImage(image_on_grid(array, like), str(target), useCompression=True, compressionLevel=1)
+            image = image_on_grid(np.asarray(array), like)
+            sitk.WriteImage(image, str(target), useCompression=True, compressionLevel=1)
     except OSError as error:
         raise InputError(f"{target}: cannot write ({error.strerror or error})") from None
     except RuntimeError as error:

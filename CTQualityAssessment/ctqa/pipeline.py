@@ -36,7 +36,8 @@ from ctqa.results import (
     to_json,
 )
 from ctqa.rois import Roi
-from ctqa.slabs import ProgressCallback
+from ctqa.slabs import SLAB_SLICES, ProgressCallback
+from ctqa.staging import StagedMap, release_free_memory
 from ctqa.tasks import denoise, global_score, quality_map, series_panel
 from ctqa.volume import CTVolume
 
@@ -67,8 +68,9 @@ DEFINITIONS = {
 class VolumePasses:
     """The per-volume passes of an assessment: physics noise, quality map, 0-4 score, reference SSIM, slice rows.
 
-    reference_ssim: float32 (z, y, x) SSIM against the reference on the volume's grid, None without one; scores:
-    None when no score model ran (or no slice shows the body).
+    reference_ssim: float32 (z, y, x) SSIM against the reference on the volume's grid (a staging.StagedMap), None
+    without one; scores: None when no score model ran (or no slice shows the body). The maps here and in
+    noise and quality_map are staging.SlabMaps: read by slab, never held whole.
     """
 
     noise: NoiseAnalysis
@@ -166,12 +168,34 @@ def _stage(progress: ProgressCallback | None, low: float, high: float) -> Progre
 
 
 def _reference_means(reference_ssim: np.ndarray, quality: np.ndarray) -> tuple[float, float, float]:
-    """(mean SSIM over the body, over everything the reference covers, share of the volume it covers)."""
-    covered = np.isfinite(reference_ssim)
-    inside = np.isfinite(quality) & covered
-    body = float(reference_ssim[inside].mean(dtype=np.float64)) if inside.any() else math.nan
-    everything = float(reference_ssim[covered].mean(dtype=np.float64)) if covered.any() else math.nan
-    return body, everything, float(covered.mean())
+    """(mean SSIM over the body, over everything the reference covers, share of the volume it covers), a slab at a
+    time (the maps may be staging.SlabMaps)."""
+    body_sum = everything_sum = 0.0
+    body_count = covered_count = 0
+    for start in range(0, reference_ssim.shape[0], SLAB_SLICES):
+        ssim = np.asarray(reference_ssim[start : start + SLAB_SLICES])
+        covered = np.isfinite(ssim)
+        inside = np.isfinite(quality[start : start + SLAB_SLICES]) & covered
+        body_sum += float(ssim[inside].sum(dtype=np.float64))
+        everything_sum += float(ssim[covered].sum(dtype=np.float64))
+        body_count += int(np.count_nonzero(inside))
+        covered_count += int(np.count_nonzero(covered))
+    body = body_sum / body_count if body_count else math.nan
+    everything = everything_sum / covered_count if covered_count else math.nan
+    return body, everything, covered_count / math.prod(reference_ssim.shape)
+
+
+def _staged_ssim_map(volume: CTVolume, reference_hu: np.ndarray, progress: ProgressCallback | None) -> StagedMap:
+    """The reference SSIM map (physics/ssim.ssim_map, slice by slice) of volume, made a few slabs at a time into a
+    staging file (staging.StagedMap)."""
+    out = StagedMap(volume.shape, np.float32)
+    depth = volume.shape[0]
+    step = 4 * SLAB_SLICES
+    for start in range(0, depth, step):
+        stop = min(start + step, depth)
+        part = _stage(progress, start / depth, stop / depth)
+        out.write(start, ssim_map(volume.hu[start:stop], reference_hu[start:stop], progress=part))
+    return out
 
 
 def _volume_passes(
@@ -193,17 +217,19 @@ def _volume_passes(
     def part(low: float, high: float) -> ProgressCallback | None:
         return _stage(progress, low / end, high / end)
 
-    noise = analyse_noise(volume, window_mm, progress=part(0.0, physics_end))
+    noise = analyse_noise(volume, window_mm, progress=part(0.0, 0.7 * physics_end))
+    noise = noise.staged(progress=part(0.7 * physics_end, physics_end))  # the noise map, once, into a staging file
     result = quality_map.run(volume, spec, noise, device, part(physics_end, map_end), cancel)
+    release_free_memory()  # the network's freed activations, before the next stage's peak
     scores = None
     if score_spec is not None:
         if progress is not None:
             progress(map_end / end, "quality score")
-        body_voxels = np.array([np.count_nonzero(np.isfinite(plane)) for plane in noise.noise_sd])
-        scores = global_score.run(volume, score_spec, body_voxels, device, part(map_end, 0.8), cancel)
+        scores = global_score.run(volume, score_spec, noise.body_voxels(), device, part(map_end, 0.8), cancel)
+        release_free_memory()
     reference_ssim = None
     if reference_hu is not None:
-        reference_ssim = ssim_map(volume.hu, reference_hu, progress=part(0.8, end))
+        reference_ssim = _staged_ssim_map(volume, reference_hu, part(0.8, end))
     slices = slice_table(
         volume,
         result.quality,

@@ -118,6 +118,16 @@ def rendering_scaling(dtype: np.dtype, scaling: Scaling, explicit: bool) -> tupl
     return 255.0, note
 
 
+#: Values compared at a time by _count_equal.
+COUNT_CHUNK = 1 << 24
+
+
+def _count_equal(values: np.ndarray, value: float) -> int:
+    """Number of elements of values equal to value, a chunk at a time (no volume-sized mask)."""
+    flat = values.reshape(-1)
+    return sum(int(np.count_nonzero(flat[i : i + COUNT_CHUNK] == value)) for i in range(0, flat.size, COUNT_CHUNK))
+
+
 def check_plausible_hu(hu: np.ndarray, source: str) -> None:
     """Refuse values that cannot be a CT in HU, naming the scaling they probably need.
 
@@ -147,8 +157,8 @@ def check_plausible_hu(hu: np.ndarray, source: str) -> None:
             "(or pass --scaling hu to use them as HU)"
         )
     if high - low < 2000.0 and hu.size >= MIN_HEURISTIC_VOXELS:
-        at_low = np.count_nonzero(hu == low) / hu.size
-        at_high = np.count_nonzero(hu == high) / hu.size
+        at_low = _count_equal(hu, low) / hu.size
+        at_high = _count_equal(hu, high) / hu.size
         between = 1.0 - at_low - at_high  # a windowed rendering has anatomy between its clip values
         if min(at_low, at_high) > SATURATED_FRACTION and between > ANATOMY_FRACTION:
             raise InputError(

@@ -12,6 +12,8 @@ AIR_HU = -1024.0
 #: readers set them to AIR_HU before any measure or model sees them (io.read_volume). It lies well below air's own
 #: noise (real air reads about -1000 +- a few tens of HU), which is kept as it is.
 PADDING_BELOW_HU = -1500.0
+#: The types CTVolume.hu keeps as they are (anything else becomes float32).
+HU_DTYPES = (np.dtype(np.float32), np.dtype(np.int16))
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,9 @@ class Grid:
 class CTVolume:
     """A CT volume in HU with physical geometry.
 
-    hu: float32 array (z, y, x) in Hounsfield units (rescale slope/intercept already applied).
+    hu: (z, y, x) array in Hounsfield units (rescale slope/intercept already applied): float32, or int16 when a
+        reader kept whole HU in the type they were stored in (``io.read_volume(compact=True)``: half the memory).
+        Code that computes with it takes float32 slabs (``hu_slab``) instead of the whole array.
     spacing, origin: per axis in ITK order (x, y, z), mm, LPS physical space.
     direction: 3x3 direction cosines, row-major 9-tuple in ITK order (columns are the x, y, z axes).
     source: where the volume came from, for messages.
@@ -71,12 +75,16 @@ class CTVolume:
     def __post_init__(self):
         if self.hu.ndim != 3:
             raise ValueError(f"hu must be (z, y, x), got shape {self.hu.shape}")
-        if self.hu.dtype != np.float32:
+        if self.hu.dtype not in HU_DTYPES:
             object.__setattr__(self, "hu", self.hu.astype(np.float32))
         object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
         object.__setattr__(self, "origin", tuple(float(o) for o in self.origin))
         object.__setattr__(self, "direction", tuple(float(d) for d in self.direction))
         object.__setattr__(self, "notes", tuple(self.notes))
+
+    def hu_slab(self, start: int, stop: int) -> np.ndarray:
+        """float32 HU of slices start..stop: a view of hu when it is float32, else a converted copy."""
+        return np.asarray(self.hu[start:stop], dtype=np.float32)
 
     @property
     def shape(self) -> tuple[int, int, int]:

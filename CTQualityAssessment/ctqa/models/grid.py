@@ -115,15 +115,48 @@ class Placement:
         return values if self.target_mm is None else to_input_grid(values, shape_yx)
 
 
-def place(volume: CTVolume, card: dict, model: str) -> Placement:
-    """The slices of volume as the model of card (named model in the notes) must see them (module docstring)."""
+def _target(volume: CTVolume, card: dict, model: str) -> tuple[float | None, tuple[str, ...]]:
+    """(pixel size the slices of volume are resampled to for the model of card, None: as they are; notes)."""
     grid = ModelGrid.from_card(card)
     if grid is None:
-        return Placement(volume.hu, None, ())
+        return None, ()
     pixel_yx = (volume.spacing[1], volume.spacing[0])
     target = grid.target_mm(pixel_yx)
     if target is None:
         coarser = grid.coarser_note(model, pixel_yx)
-        return Placement(volume.hu, None, (coarser,) if coarser else ())
-    resampled = on_model_grid(volume.hu, pixel_yx, target)
-    return Placement(resampled, target, (grid.resampled_note(model, pixel_yx, target),))
+        return None, (coarser,) if coarser else ()
+    return target, (grid.resampled_note(model, pixel_yx, target),)
+
+
+def place(volume: CTVolume, card: dict, model: str) -> Placement:
+    """The slices of volume as the model of card (named model in the notes) must see them (module docstring)."""
+    target, notes = _target(volume, card, model)
+    if target is None:
+        return Placement(volume.hu, None, notes)
+    return Placement(on_model_grid(volume.hu, (volume.spacing[1], volume.spacing[0]), target), target, notes)
+
+
+@dataclass(frozen=True)
+class SlabPlacement:
+    """``place`` slab by slab: the model's view of slices start..stop is made when asked for (``slab``), so nothing
+    of the volume's size is held. Each slice is resampled on its own, so slabs equal the slices of ``place``."""
+
+    volume: CTVolume
+    target_mm: float | None
+    notes: tuple[str, ...]
+
+    def slab(self, start: int, stop: int) -> np.ndarray:
+        """float32 (stop - start, y', x') HU of slices start..stop as the model sees them."""
+        hu = self.volume.hu_slab(start, stop)
+        if self.target_mm is None:
+            return hu
+        return on_model_grid(hu, (self.volume.spacing[1], self.volume.spacing[0]), self.target_mm)
+
+    def back(self, values: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray:
+        """values (z, y', x') on the input's (y, x) grid: mapped back when the slices were resampled."""
+        return values if self.target_mm is None else to_input_grid(values, shape_yx)
+
+
+def place_slabs(volume: CTVolume, card: dict, model: str) -> SlabPlacement:
+    """``place`` of volume for the model of card, made slab by slab (SlabPlacement)."""
+    return SlabPlacement(volume, *_target(volume, card, model))

@@ -26,6 +26,9 @@ MANIFEST_NAME = "manifest.json"
 DEFAULT_MODEL = "default"
 #: The physics (no training) quality map of physics/noise.py.
 PHYSICS_MODEL = "physics"
+#: The quality map made with the default denoiser: the SSIM of the input against the denoiser's estimate of its
+#: noise-free self, plus a routine-dose reference noise (tasks/quality_map.py). Its weights are the denoiser's.
+DENOISED_SSIM_MODEL = "denoised_ssim"
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,8 @@ TASKS = {
 class ModelSpec:
     """One resolved model: its task, where its card is (None for built-ins) and the card itself.
 
-    kind: "builtin" (no weights) or "learned" (safetensors + JSON card); bundled: shipped in MODELS_DIR.
+    kind: "builtin" (no weights), "learned" (safetensors + JSON card) or "composite" (a built-in method around
+    another task's learned model, whose card card_path is); bundled: shipped in MODELS_DIR.
     """
 
     name: str
@@ -65,7 +69,8 @@ class ModelSpec:
 
     @property
     def is_learned(self) -> bool:
-        return self.kind == "learned"
+        """Whether running it needs the learned stack (torch)."""
+        return self.kind in ("learned", "composite")
 
 
 #: The physics (no training) quality map of physics/noise.py, and the physics series classifier of physics/series.py
@@ -151,9 +156,11 @@ def default_model(task: str) -> str | None:
 
 
 def available_models(task: str) -> tuple[str, ...]:
-    """Names a user can choose for a task: "default", the built-in models and the bundled ones."""
+    """Names a user can choose for a task: "default", the built-in models, the composite ones whose base model is
+    installed, and the bundled ones."""
     builtin = [name for name, builtin_task in BUILTIN_MODELS if builtin_task == task]
-    return (DEFAULT_MODEL, *builtin, *sorted(bundled_models(task)))
+    composite = [DENOISED_SSIM_MODEL] if task == "quality_map" and default_model("denoise") else []
+    return (DEFAULT_MODEL, *builtin, *composite, *sorted(bundled_models(task)))
 
 
 def _learned_spec(name: str, card_path: Path, task: str, bundled: bool) -> ModelSpec:
@@ -178,6 +185,9 @@ def resolve(task: str, choice: str | os.PathLike | None = DEFAULT_MODEL) -> Mode
             raise InputError(f"no {task} model is installed; train one with ctqa-train or pass a checkpoint")
     if (name, task) in BUILTIN_MODELS:
         return BUILTIN_MODELS[(name, task)]
+    if (name, task) == (DENOISED_SSIM_MODEL, "quality_map"):
+        denoiser = resolve("denoise")
+        return ModelSpec(name, TASKS[task], "composite", denoiser.card_path, denoiser.card, denoiser.bundled)
     bundled = bundled_models(task)
     if name in bundled:
         return _learned_spec(name, bundled[name], task, bundled=True)

@@ -245,10 +245,10 @@ def series_brisque(hu: np.ndarray, body: np.ndarray, max_slices: int = 16) -> fl
     soft-tissue window and cropped to the body's bounding box (plus BODY_MARGIN_PX) so the air around the patient
     does not dominate.
 
-    hu: float32 (z, y, x) HU; body: bool (z, y, x). NaN when no slice shows body, or when no crop is at least
-    MIN_CROP_PX a side or gives a finite score.
+    hu: (z, y, x) HU; body: bool (z, y, x), an array or a staging.SlabMap (read slice by slice). NaN when no slice
+    shows body, or when no crop is at least MIN_CROP_PX a side or gives a finite score.
     """
-    showing = np.flatnonzero(body.any(axis=(1, 2)))
+    showing = np.flatnonzero([plane.any() for plane in body])
     if showing.size == 0 or max_slices < 1:
         return math.nan
     picks = np.unique(np.round(np.linspace(0, showing.size - 1, min(max_slices, showing.size))).astype(int))

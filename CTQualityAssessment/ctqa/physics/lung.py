@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from ctqa.physics.components import SlabComponents
 from ctqa.physics.ssim import SSIM_WINDOW_HU
 
 #: HU window of lung-window quality: the lung display window, width 1500, level -600 (DESIGN.md).
@@ -83,40 +84,128 @@ def body_mask(hu: np.ndarray) -> np.ndarray:
     return _fill_holes_in_plane(labels == sizes.argmax()).reshape(np.shape(hu))
 
 
+#: Slices of a slab in the lung mask's passes.
+LUNG_SLAB_SLICES = 32
+
+
+def _candidates(hu: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Step 2 on a slab (z, y, x): air-like voxels inside the body not connected, within their slice, to the air
+    around the patient."""
+    air = hu < AIR_LIKE_HU
+    air_labels, _ = ndimage.label(air, structure=_IN_PLANE)
+    touching = np.unique(air_labels[air & ~inside])
+    return air & inside & ~np.isin(air_labels, touching[touching > 0])
+
+
+def _median_of_members(hu: np.ndarray, slab_labels, labels: list[int], component: np.ndarray) -> dict[int, float]:
+    """np.median of the HU of each component in labels (one more pass over the slabs): from exact value counts for
+    integer HU, else from the gathered values."""
+    wanted = np.zeros(int(component.max()) + 1, dtype=bool)
+    wanted[labels] = True
+    integer = np.asarray(hu[:0]).dtype in (np.int16, np.int8, np.uint8)
+    counts = {label: np.zeros(1 << 16, dtype=np.int64) for label in labels} if integer else None
+    values: dict[int, list[np.ndarray]] = {label: [] for label in labels}
+    for start, ids in slab_labels():
+        members = component[ids]
+        if not wanted[members].any():
+            continue
+        slab = hu[start : start + len(ids)]
+        for label in labels:
+            selected = slab[members == label]
+            if not selected.size:
+                continue
+            if integer:
+                counts[label] += np.bincount(selected.astype(np.int64).ravel() + 32768, minlength=1 << 16)
+            else:
+                values[label].append(selected)
+    medians = {}
+    for label in labels:
+        if integer:
+            cumulative = np.cumsum(counts[label])
+            total = int(cumulative[-1])
+            upper = int(np.searchsorted(cumulative, total // 2 + 1)) - 32768  # the element at index total // 2
+            lower = int(np.searchsorted(cumulative, (total - 1) // 2 + 1)) - 32768  # at (total - 1) // 2
+            medians[label] = (lower + upper) / 2.0
+        else:
+            medians[label] = float(np.median(np.concatenate(values[label])))
+    return medians
+
+
+def _lung_slabs(hu, pixel_mm: float, inside, write) -> None:
+    """The lung mask (module docstring) of hu (z, y, x) HU with the body mask inside (z, y, x), both indexable by
+    slab (arrays or staging.SlabMap), passed to write(start, lung slab) slab by slab: three passes over the slabs,
+    holding only bit-packed candidates and per-component counts besides a slab (the result equals one 3D
+    labelling of the whole volume)."""
+    from ctqa.staging import PackedMask
+
+    depth = hu.shape[0]
+    slabs = [(start, min(start + LUNG_SLAB_SLICES, depth)) for start in range(0, depth, LUNG_SLAB_SLICES)]
+    candidates = PackedMask(hu.shape)
+    components = SlabComponents()
+    for start, stop in slabs:
+        found = _candidates(np.asarray(hu[start:stop]), np.asarray(inside[start:stop], dtype=bool))
+        candidates.write(start, found)
+        components.add(*ndimage.label(found))
+    component, sizes, areas = components.finish()
+
+    def slab_labels():
+        """(start, provisional ids (z, y, x)) of each slab, labelled again as in the first pass."""
+        for (start, stop), offset in zip(slabs, components.offsets):
+            labels, _ = ndimage.label(candidates.read(start, stop))
+            yield start, np.where(labels > 0, labels + offset, 0)
+
+    count = len(sizes) - 1
+    kept = []
+    if count > 0:
+        pixel_area = float(pixel_mm) ** 2
+        order = np.argsort(-sizes[1:]) + 1
+        large = []
+        for label in order:  # sorted by size: the first too small a cross-section ends the list
+            if areas[label] * pixel_area < MIN_LUNG_AREA_MM2:
+                break
+            large.append(int(label))
+        medians = _median_of_members(hu, slab_labels, large, component) if large else {}
+        for label in large:
+            if len(kept) == MAX_LUNG_COMPONENTS:
+                break
+            if medians[label] > LUNG_MEDIAN_MIN_HU:
+                kept.append(label)
+    if not kept:
+        for start, stop in slabs:
+            write(start, np.zeros((stop - start, *hu.shape[1:]), dtype=bool))
+        return
+    is_kept = np.zeros(count + 1, dtype=bool)
+    is_kept[kept] = True
+    radius = max(1, int(round(CLOSING_MM / pixel_mm)))
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    for start, ids in slab_labels():
+        lung = is_kept[component[ids]].view(np.uint8)
+        for plane in lung:  # in-plane closing, slice by slice (OpenCV: several times faster than scipy.ndimage)
+            if plane.any():
+                cv2.morphologyEx(plane, cv2.MORPH_CLOSE, disk, dst=plane)
+        body = np.asarray(inside[start : start + len(ids)], dtype=bool)
+        write(start, _fill_holes_in_plane(lung.view(bool) & body, MAX_HOLE_MM2 / (float(pixel_mm) ** 2)))
+
+
 def lung_mask(hu: np.ndarray, pixel_mm: float, body: np.ndarray | None = None) -> np.ndarray:
     """bool lung mask (same shape as hu, (y, x) or (z, y, x) HU) with in-plane pixels of pixel_mm (module
     docstring); body: a body mask to use instead of ``body_mask(hu)``. Empty where no lung is seen."""
     volume = _as_volume(hu)
     inside = _as_volume(body_mask(hu) if body is None else np.asarray(body, dtype=bool))
-    air = volume < AIR_LIKE_HU
-    air_labels, _ = ndimage.label(air, structure=_IN_PLANE)
-    touching = np.unique(air_labels[air & ~inside])
-    candidates = air & inside & ~np.isin(air_labels, touching[touching > 0])
-    del air_labels
-    labels, count = ndimage.label(candidates)
     lung = np.zeros(volume.shape, dtype=bool)
-    if count == 0:
-        return lung.reshape(np.shape(hu))
-    pixel_area = float(pixel_mm) ** 2
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    boxes = ndimage.find_objects(labels)
-    kept = []
-    for label in np.argsort(-sizes) + 1:
-        if len(kept) == MAX_LUNG_COMPONENTS:
-            break
-        component = boxes[label - 1]
-        member = labels[component] == label
-        if member.sum(axis=(1, 2)).max() * pixel_area < MIN_LUNG_AREA_MM2:
-            break  # sorted by size: the rest are smaller still
-        if np.median(volume[component][member]) > LUNG_MEDIAN_MIN_HU:
-            kept.append(label)
-    if not kept:
-        return lung.reshape(np.shape(hu))
-    lung = np.isin(labels, kept).view(np.uint8)
-    radius = max(1, int(round(CLOSING_MM / pixel_mm)))
-    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    for plane in lung:  # in-plane closing, slice by slice (OpenCV: several times faster than scipy.ndimage)
-        if plane.any():
-            cv2.morphologyEx(plane, cv2.MORPH_CLOSE, disk, dst=plane)
-    lung = _fill_holes_in_plane(lung.view(bool) & inside, MAX_HOLE_MM2 / pixel_area)
+
+    def write(start: int, values: np.ndarray) -> None:
+        lung[start : start + len(values)] = values
+
+    _lung_slabs(volume, pixel_mm, inside, write)
     return lung.reshape(np.shape(hu))
+
+
+def packed_lung_mask(volume_hu, pixel_mm: float, body):
+    """The lung mask of a (z, y, x) volume (``lung_mask``) as a bit-packed staging.PackedMask, from hu and a body
+    mask that may be staging.SlabMaps (read slab by slab: nothing of the volume's size is held)."""
+    from ctqa.staging import PackedMask
+
+    lung = PackedMask(volume_hu.shape)
+    _lung_slabs(volume_hu, pixel_mm, body, lung.write)
+    return lung

@@ -28,15 +28,17 @@ GNL (Christianson et al. 2015): mode of the histogram of local SDs of all window
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
 from ctqa.errors import InputError
+from ctqa.physics.components import SlabComponents
 from ctqa.physics.ssim import SSIM_K2, SSIM_WINDOW_HU
-from ctqa.slabs import ProgressCallback, run_over_slabs
+from ctqa.slabs import SLAB_SLICES, ProgressCallback, run_over_slabs
+from ctqa.staging import ComputedMap, SlabMap, StagedMap
 from ctqa.volume import CTVolume
 
 SOFT_TISSUE_HU = (0.0, 150.0)  # Christianson's soft-tissue range for the GNL
@@ -57,7 +59,9 @@ NOISE_SD50_HU = SSIM_K2 * (SSIM_WINDOW_HU[1] - SSIM_WINDOW_HU[0])
 class NoiseAnalysis:
     """Results of the physics pass over one volume.
 
-    noise_sd: float32 (z, y, x) local noise SD in HU, NaN outside the body.
+    noise_sd: float32 (z, y, x) local noise SD in HU, NaN outside the body: a staging.SlabMap (computed slab by slab
+        from the window grid on each read; ``staged()`` keeps it in a staging file instead), indexable and iterable
+        like an array, np.asarray(noise_sd) for the whole map.
     slice_noise_sd: (z,) median noise SD (HU) of the slice's kept noise-only windows, NaN where it has none.
     gnl: global noise level in HU (NaN without soft tissue); snr, cnr: see physics_summary().
     window_voxels: (y, x) window size in voxels.
@@ -75,17 +79,47 @@ class NoiseAnalysis:
     notes: tuple[str, ...] = ()
 
     @property
-    def body_mask(self) -> np.ndarray:
-        """bool (z, y, x): voxels inside the body (where the maps are defined); a new array each call."""
-        return np.isfinite(self.noise_sd)
+    def body_mask(self) -> SlabMap:
+        """bool (z, y, x): voxels inside the body (where the maps are defined), read slab by slab from noise_sd."""
+        noise_sd = self.noise_sd
+        return ComputedMap(noise_sd.shape, bool, lambda start, stop: np.isfinite(noise_sd[start:stop]))
 
-    def physics_quality(self) -> np.ndarray:
-        """float32 (z, y, x) physics quality map 1 / (1 + (sd / sd50)^2) (see module docstring), NaN outside."""
-        return quality_from_noise(self.noise_sd)
+    def physics_quality(self, sd50: float = NOISE_SD50_HU) -> SlabMap:
+        """float32 (z, y, x) physics quality map 1 / (1 + (sd / sd50)^2) (see module docstring), NaN outside; read
+        slab by slab from noise_sd."""
+        return quality_from_noise(self.noise_sd, sd50)
+
+    def body_voxels(self) -> np.ndarray:
+        """(z,) int64 number of body voxels of each slice."""
+        counts = np.zeros(self.noise_sd.shape[0], dtype=np.int64)
+        for start in range(0, len(counts), SLAB_SLICES):
+            slab = self.noise_sd[start : start + SLAB_SLICES]
+            counts[start : start + len(slab)] = np.count_nonzero(np.isfinite(slab).reshape(len(slab), -1), axis=1)
+        return counts
+
+    def staged(self, progress: ProgressCallback | None = None) -> NoiseAnalysis:
+        """This analysis with noise_sd computed once, slab by slab in threads, into a staging file
+        (staging.StagedMap): later reads cost a file read, not the interpolation; memory stays that of a slab."""
+        if isinstance(self.noise_sd, StagedMap):
+            return self
+        staged = StagedMap(self.noise_sd.shape, np.float32)
+
+        def stage(start: int, stop: int) -> None:
+            staged.write(start, self.noise_sd[start:stop])
+
+        run_over_slabs(stage, staged.shape[0], progress, message="noise map")
+        return replace(self, noise_sd=staged)
 
 
 def quality_from_noise(noise_sd: np.ndarray, sd50: float = NOISE_SD50_HU, out: np.ndarray | None = None) -> np.ndarray:
-    """Quality in [0, 1] from noise SD in HU: 1 / (1 + (sd / sd50)^2), float32; NaN stays NaN."""
+    """Quality in [0, 1] from noise SD in HU: 1 / (1 + (sd / sd50)^2), float32; NaN stays NaN. A staging.SlabMap
+    gives a SlabMap computed slab by slab (out must then be None)."""
+    if isinstance(noise_sd, SlabMap) and out is None:
+
+        def quality(start: int, stop: int) -> np.ndarray:
+            return quality_from_noise(noise_sd[start:stop], sd50)
+
+        return ComputedMap(noise_sd.shape, np.float32, quality)
     quality = np.divide(np.asarray(noise_sd, dtype=np.float32), np.float32(sd50), out=out)
     np.multiply(quality, quality, out=quality)
     quality += np.float32(1.0)
@@ -157,7 +191,8 @@ def _blur_planes(stack: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _fill_variance(variance: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Noise variance on the window grid (z, gy, gx) from kept windows only, filled into the rest (step 3).
+    """Noise variance on the window grid (z, gy, gx) of a slab from kept windows only (step 3), NaN where no kept
+    window lies within reach (``_fill_missing`` fills those from the volume).
 
     Returns (variance map, per-slice median variance of kept windows with NaN where a slice has none).
     """
@@ -169,36 +204,57 @@ def _fill_variance(variance: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, 
         usable = np.isnan(estimate) & (support > 1e-3)
         estimate[usable] = numerator[usable] / support[usable]
     per_slice = np.array([np.median(v[k]) if k.any() else np.nan for v, k in zip(variance, kept)], dtype=np.float32)
+    return estimate, per_slice
+
+
+def _fill_missing(variance: np.ndarray, per_slice: np.ndarray) -> None:
+    """Fill the NaN windows of a volume's variance grid (z, gy, gx) in place: with their slice's median variance,
+    else the median over slices. Left as it is when no slice has noise-only tissue (the map stays undefined)."""
     if np.isnan(per_slice).all():
-        return estimate, per_slice  # no noise-only tissue anywhere: the map stays undefined
+        return
     fallback = np.where(np.isnan(per_slice), np.nanmedian(per_slice), per_slice)
-    return np.where(np.isnan(estimate), fallback[:, None, None], estimate), per_slice
+    for start in range(0, len(variance), SLAB_SLICES):
+        part = variance[start : start + SLAB_SLICES]
+        missing = np.isnan(part)
+        part[missing] = np.broadcast_to(fallback[start : start + SLAB_SLICES, None, None], part.shape)[missing]
 
 
-def _body_cells(cell_mean: np.ndarray, body_hu: float) -> tuple[np.ndarray, np.ndarray]:
-    """Body on the cell grid (z, ny, nx): largest 3D component above body_hu, holes filled per slice.
-
-    Returns (body, interior) where interior is the body eroded in-plane by one cell (lungs and bowel gas stay in).
-    """
-    dense = cell_mean > body_hu
-    labels, count = ndimage.label(dense)
-    if count == 0:
-        return dense, dense
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    body = labels == sizes.argmax()
-    # Holes: background components (in-plane connectivity) that do not touch the slice border.
+def _fill_body_holes(body: np.ndarray) -> np.ndarray:
+    """body (z, ny, nx) with its in-plane holes filled: background components (in-plane connectivity) that do not
+    touch the slice border."""
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = ndimage.generate_binary_structure(2, 1)
     background, _ = ndimage.label(~body, structure=in_plane)
     border = np.concatenate([background[:, [0, -1], :].ravel(), background[:, :, [0, -1]].ravel()])
-    body |= ~np.isin(background, np.unique(border))
-    interior = body.copy()
-    interior[:, 1:] &= body[:, :-1]
-    interior[:, :-1] &= body[:, 1:]
-    interior[:, :, 1:] &= body[:, :, :-1]
-    interior[:, :, :-1] &= body[:, :, 1:]
-    return body, interior
+    return body | ~np.isin(background, np.unique(border))
+
+
+def _body_code(dense: np.ndarray) -> np.ndarray:
+    """uint8 (z, ny, nx) body code of the cell grid from the cells denser than the body threshold (dense): 0 outside,
+    1 body, 2 body interior. The body is the largest 3D component of dense (labelled a slab at a time, as one
+    labelling of the volume would: physics.components), holes filled per slice; the interior is the body eroded
+    in-plane by one cell (lungs and bowel gas stay in)."""
+    slabs = [(start, min(start + BODY_SLAB_SLICES, len(dense))) for start in range(0, len(dense), BODY_SLAB_SLICES)]
+    components = SlabComponents()
+    for start, stop in slabs:
+        components.add(*ndimage.label(dense[start:stop]))
+    component, sizes, _ = components.finish()
+    code = np.zeros(dense.shape, dtype=np.uint8)
+    if len(sizes) <= 1:
+        return code
+    sizes[0] = 0
+    largest = int(sizes.argmax())
+    for (start, stop), offset in zip(slabs, components.offsets):
+        labels, _ = ndimage.label(dense[start:stop])
+        body = (component[np.where(labels > 0, labels + offset, 0)] == largest) & (labels > 0)
+        body = _fill_body_holes(body)
+        interior = body.copy()
+        interior[:, 1:] &= body[:, :-1]
+        interior[:, :-1] &= body[:, 1:]
+        interior[:, :, 1:] &= body[:, :, :-1]
+        interior[:, :, :-1] &= body[:, :, 1:]
+        code[start:stop] = body.astype(np.uint8) + interior
+    return code
 
 
 def _interpolate_columns(grid: np.ndarray, cell: int, width: int, out: np.ndarray) -> None:
@@ -239,31 +295,73 @@ def _outside_body(hu: np.ndarray, body_code: np.ndarray, cell: tuple[int, int], 
     return (codes == 0) | ((codes == 1) & (hu <= body_hu))
 
 
-def _physics_summary(stats_mean: np.ndarray, window_sd: np.ndarray) -> tuple[float, float, float]:
-    """(GNL in HU, soft-tissue mean HU, fat mean HU) from all windows; see module docstring for GNL."""
-    soft = (stats_mean >= SOFT_TISSUE_HU[0]) & (stats_mean <= SOFT_TISSUE_HU[1])
-    fat = (stats_mean >= FAT_HU[0]) & (stats_mean <= FAT_HU[1])
-    soft_sd = window_sd[soft]
-    gnl = histogram_mode(soft_sd) if soft_sd.size >= MIN_MODE_WINDOWS else math.nan
-    soft_mean = float(stats_mean[soft].mean()) if soft.any() else math.nan
-    fat_mean = float(stats_mean[fat].mean()) if fat.any() else math.nan
-    return gnl, soft_mean, fat_mean
+#: Window-grid slices taken at a time by the volume-wide reductions (GNL, soft-tissue and fat means).
+SUMMARY_SLICES = 64
+#: Cell-grid slices labelled at a time when the body is found (_body_code).
+BODY_SLAB_SLICES = 64
+#: Values binned at a time by the histogram modes.
+HISTOGRAM_CHUNK = 1 << 20
 
 
-def histogram_modes(values: np.ndarray, groups: np.ndarray, group_count: int) -> np.ndarray:
-    """Mode of positive values per group (groups: int array like values, 0..group_count-1); NaN for empty groups.
+def _physics_summary(window_mean: np.ndarray, window_var: np.ndarray) -> tuple[float, float, float, float]:
+    """(GNL in HU, histogram top of the soft-tissue window SDs, soft-tissue mean HU, fat mean HU) from all windows
+    of the volume (z, gy, gx), a few slices at a time; see module docstring for GNL. The top (99th percentile, NaN
+    without soft tissue) sets the bins of every slice's GNL (``_slice_gnl``)."""
+    chunks = range(0, len(window_mean), SUMMARY_SLICES)
 
-    Peak of a histogram at 1/1000 of the 99th percentile, smoothed over 1/100 of it.
+    def masks(start: int) -> tuple[np.ndarray, np.ndarray]:
+        mean = window_mean[start : start + SUMMARY_SLICES]
+        return (mean >= SOFT_TISSUE_HU[0]) & (mean <= SOFT_TISSUE_HU[1]), (mean >= FAT_HU[0]) & (mean <= FAT_HU[1])
+
+    counts = np.array([[np.count_nonzero(mask) for mask in masks(start)] for start in chunks], dtype=np.int64)
+    # Filled in place, in the order boolean indexing of the whole grid gives (the means are float32 sums over the
+    # same array in the same order), without the list of parts beside the joined array.
+    soft_sd = np.empty(int(counts[:, 0].sum()), dtype=np.float32)
+    soft_means = np.empty_like(soft_sd)
+    fat_means = np.empty(int(counts[:, 1].sum()), dtype=np.float32)
+    soft_at = fat_at = 0
+    for start, (soft_count, fat_count) in zip(chunks, counts):
+        soft, fat = masks(start)
+        mean = window_mean[start : start + SUMMARY_SLICES]
+        soft_means[soft_at : soft_at + soft_count] = mean[soft]
+        soft_sd[soft_at : soft_at + soft_count] = np.sqrt(window_var[start : start + SUMMARY_SLICES][soft])
+        fat_means[fat_at : fat_at + fat_count] = mean[fat]
+        soft_at, fat_at = soft_at + soft_count, fat_at + fat_count
+    soft_mean = float(soft_means.mean()) if soft_means.size else math.nan
+    fat_mean = float(fat_means.mean()) if fat_means.size else math.nan
+    del soft_means, fat_means
+    # soft_sd is ours: the percentile may partition it in place (the GNL's histogram does not depend on the order)
+    top = float(np.percentile(soft_sd, 99.0, overwrite_input=True)) if soft_sd.size else math.nan
+    gnl = float(histogram_modes(soft_sd, None, 1, top)[0]) if soft_sd.size >= MIN_MODE_WINDOWS else math.nan
+    return gnl, top, soft_mean, fat_mean
+
+
+def histogram_modes(
+    values: np.ndarray, groups: np.ndarray | None, group_count: int, top: float | None = None
+) -> np.ndarray:
+    """Mode of positive values per group (groups: int array like values, 0..group_count-1; None: one group);
+    NaN for empty groups.
+
+    Peak of a histogram at 1/1000 of top (default: the 99th percentile of values), smoothed over 1/100 of it.
     """
     modes = np.full(group_count, np.nan)
     if values.size == 0:
         return modes
-    top = float(np.percentile(values, 99.0))
+    if groups is None:
+        groups = np.zeros(values.shape, dtype=np.int64) if group_count != 1 else None
+    if top is None:
+        top = float(np.percentile(values, 99.0))
     if top <= 0:
+        if groups is None:
+            return np.zeros(1)
         return np.where(np.bincount(groups, minlength=group_count) > 0, 0.0, np.nan)
     bins = 1000
-    index = np.minimum((values * (bins / top)).astype(np.int64), bins - 1)
-    counts = np.bincount(groups * bins + index, minlength=group_count * bins).reshape(group_count, bins)
+    counts = np.zeros((group_count, bins), dtype=np.int64)
+    for start in range(0, values.size, HISTOGRAM_CHUNK):  # a chunk at a time: no int64 copy of all values
+        index = np.minimum((values[start : start + HISTOGRAM_CHUNK] * (bins / top)).astype(np.int64), bins - 1)
+        if groups is not None:
+            index += groups[start : start + HISTOGRAM_CHUNK] * bins
+        counts += np.bincount(index, minlength=group_count * bins).reshape(group_count, bins)
     smoothed = ndimage.gaussian_filter1d(counts.astype(np.float64), sigma=bins / 100, axis=1, mode="constant")
     found = counts.sum(axis=1) > 0
     modes[found] = (smoothed[found].argmax(axis=1) + 0.5) * (top / bins)
@@ -272,14 +370,15 @@ def histogram_modes(values: np.ndarray, groups: np.ndarray, group_count: int) ->
 
 def histogram_mode(values: np.ndarray) -> float:
     """Mode of a sample of positive values (see histogram_modes)."""
-    return float(histogram_modes(values, np.zeros(values.shape, dtype=np.int64), 1)[0])
+    return float(histogram_modes(values, None, 1)[0])
 
 
-def _slice_gnl(window_mean: np.ndarray, window_sd: np.ndarray, volume_gnl: float) -> np.ndarray:
-    """(z,) GNL of each slice from its soft-tissue windows; the volume's where a slice has too few."""
+def _slice_gnl(window_mean: np.ndarray, window_sd: np.ndarray, volume_gnl: float, top: float) -> np.ndarray:
+    """(z,) GNL of each slice of a slab from its soft-tissue windows, on the volume's histogram bins (top); the
+    volume's GNL where a slice has too few."""
     soft = (window_mean >= SOFT_TISSUE_HU[0]) & (window_mean <= SOFT_TISSUE_HU[1])
     slice_index = np.broadcast_to(np.arange(len(window_mean))[:, None, None], window_mean.shape)
-    modes = histogram_modes(window_sd[soft], slice_index[soft], len(window_mean))
+    modes = histogram_modes(window_sd[soft], slice_index[soft], len(window_mean), top)
     enough = soft.sum(axis=(1, 2)) >= MIN_MODE_WINDOWS
     return np.where(enough, modes, volume_gnl)
 
@@ -307,9 +406,12 @@ def cell_size(spacing_xy: tuple[float, float], window_mm: float) -> tuple[int, i
 def analyse_noise(
     volume: CTVolume, window_mm: float = DEFAULT_WINDOW_MM, progress: ProgressCallback | None = None
 ) -> NoiseAnalysis:
-    """Noise SD map, GNL, SNR and CNR of a CT volume (see module docstring); the body is where noise_sd is finite."""
-    hu = volume.hu
-    depth, height, width = hu.shape
+    """Noise SD map, GNL, SNR and CNR of a CT volume (see module docstring); the body is where noise_sd is finite.
+
+    Only the window grid (about 1/16 of the voxels) is held: the volume is read in float32 slabs (its int16 HU
+    converted per slab), and noise_sd is computed slab by slab when read (NoiseAnalysis.staged keeps it in a file).
+    """
+    depth, height, width = volume.shape
     body_hu, tissue_hu = _thresholds(volume)
     cy, cx = cell_size(volume.spacing[:2], window_mm)
     ny, nx = height // cy, width // cx
@@ -318,34 +420,42 @@ def analyse_noise(
             f"{volume.source}: slice of {height}x{width} voxels is smaller than one "
             f"{2 * cy}x{2 * cx}-voxel noise window"
         )
-    cell_mean = np.empty((depth, ny, nx), dtype=np.float32)
+    dense = np.empty((depth, ny, nx), dtype=bool)
     window_mean = np.empty((depth, ny - 1, nx - 1), dtype=np.float32)
     window_var = np.empty_like(window_mean)
 
     def gather_statistics(start: int, stop: int) -> None:
-        sum_hu, sum_sq = _cell_sums(hu[start:stop], (cy, cx))
-        cell_mean[start:stop] = sum_hu / (cy * cx)
+        sum_hu, sum_sq = _cell_sums(volume.hu_slab(start, stop), (cy, cx))
+        dense[start:stop] = (sum_hu / (cy * cx)).astype(np.float32) > body_hu
         found = _window_stats(sum_hu, sum_sq, cy * cx)
         window_mean[start:stop], window_var[start:stop] = found.mean, found.variance
 
-    run_over_slabs(gather_statistics, depth, progress, (0.0, 0.5), "noise statistics")
-    window_sd = np.sqrt(window_var)
-    gnl, soft_mean, fat_mean = _physics_summary(window_mean, window_sd)
-    slice_gnl = _slice_gnl(window_mean, window_sd, gnl)
-    tissue = (window_mean >= tissue_hu[0]) & (window_mean <= tissue_hu[1])
-    noise_only = tissue & (window_sd < NOISE_ONLY_RATIO * slice_gnl[:, None, None])
-    variance_grid, slice_variance = _fill_variance(window_var, _away_from_structure(noise_only))
-    noise_grid = np.sqrt(variance_grid)
-    body, interior = _body_cells(cell_mean, body_hu)
-    body_code = body.astype(np.uint8) + interior
-    noise_sd = np.empty(hu.shape, dtype=np.float32)
+    run_over_slabs(gather_statistics, depth, progress, (0.0, 0.8), "noise statistics")
+    gnl, top, soft_mean, fat_mean = _physics_summary(window_mean, window_var)
+    slice_variance = np.empty(depth, dtype=np.float32)
 
-    def write_maps(start: int, stop: int) -> None:
-        out = noise_sd[start:stop]
+    def estimate_variance(start: int, stop: int) -> None:  # window_var becomes the variance estimate, in place
+        mean, variance = window_mean[start:stop], window_var[start:stop]
+        window_sd = np.sqrt(variance)
+        slice_gnl = _slice_gnl(mean, window_sd, gnl, top)
+        tissue = (mean >= tissue_hu[0]) & (mean <= tissue_hu[1])
+        noise_only = tissue & (window_sd < NOISE_ONLY_RATIO * slice_gnl[:, None, None])
+        variance[:], slice_variance[start:stop] = _fill_variance(variance, _away_from_structure(noise_only))
+
+    run_over_slabs(estimate_variance, depth, progress, (0.8, 1.0), "noise estimate")
+    window_mean = None  # freed before the body is labelled
+    _fill_missing(window_var, slice_variance)
+    noise_grid = np.sqrt(window_var, out=window_var)
+    body_code = _body_code(dense)
+    dense = None
+    hu = volume.hu
+
+    def noise_slab(start: int, stop: int) -> np.ndarray:
+        out = np.empty((stop - start, height, width), dtype=np.float32)
         _interpolate_columns(_interpolate_rows(noise_grid[start:stop], cy, height), cx, width, out)
         out[_outside_body(hu[start:stop], body_code[start:stop], (cy, cx), body_hu)] = np.nan
+        return out
 
-    run_over_slabs(write_maps, depth, progress, (0.5, 1.0), "noise map")
     notes = ()
     if math.isnan(gnl):
         notes = (f"fewer than {MIN_MODE_WINDOWS} soft-tissue windows (0..150 HU): GNL, SNR and CNR not reported",)
@@ -357,4 +467,14 @@ def analyse_noise(
         gnl = math.nan
     snr = (soft_mean + 1000.0) / gnl
     cnr = (soft_mean - fat_mean) / gnl
-    return NoiseAnalysis(noise_sd, np.sqrt(slice_variance), gnl, snr, cnr, soft_mean, fat_mean, (2 * cy, 2 * cx), notes)
+    return NoiseAnalysis(
+        ComputedMap(volume.shape, np.float32, noise_slab),
+        np.sqrt(slice_variance),
+        gnl,
+        snr,
+        cnr,
+        soft_mean,
+        fat_mean,
+        (2 * cy, 2 * cx),
+        notes,
+    )

@@ -55,7 +55,8 @@ class SeriesPhysics:
 
 
 def water_equivalent_diameters(volume: CTVolume, body: np.ndarray) -> np.ndarray:
-    """(z,) D_w in mm per slice (TG-220) over the body mask (bool (z, y, x)); NaN for slices without body."""
+    """(z,) D_w in mm per slice (TG-220) over the body mask (bool (z, y, x), an array or a staging.SlabMap read
+    slice by slice); NaN for slices without body."""
     pixel_mm2 = volume.spacing[0] * volume.spacing[1]
     diameters = np.full(volume.shape[0], np.nan)
     for index, (hu, inside) in enumerate(zip(volume.hu, body)):
@@ -94,12 +95,15 @@ def kernel_index(volume: CTVolume, noise: NoiseAnalysis) -> tuple[float, int]:
     used = 0
     candidate = 0
     for z in range(depth):
+        noise_plane = None  # read when the slice's first patch is used (noise_sd may be a staging.SlabMap)
         for top in range(0, height - size + 1, stride):
             for left in range(0, width - size + 1, stride):
                 candidate += 1
                 if candidate % step:
                     continue
-                local = noise.noise_sd[z, top : top + size, left : left + size]
+                if noise_plane is None:
+                    noise_plane = noise.noise_sd[z]
+                local = noise_plane[top : top + size, left : left + size]
                 patch = volume.hu[z, top : top + size, left : left + size]
                 if not np.isfinite(local).all() or not NPS_TISSUE_HU[0] <= patch.mean() <= NPS_TISSUE_HU[1]:
                     continue
