@@ -41,7 +41,14 @@ from ctqa.volume import CTVolume
 
 from .files import check_output_file
 from .score_data import mean_ssim
-from .validate_real import READER_PIXEL_MM, READER_THICKNESS_MM, READER_WINDOWS_HU, _spearman, reader_ratings
+from .validate_real import (
+    READER_PIXEL_MM,
+    READER_THICKNESS_MM,
+    READER_WINDOWS_HU,
+    _spearman,
+    image_kind,
+    reader_ratings,
+)
 
 #: Smoothings (Gaussian sigma, mm) of both images before the full-reference SSIM.
 FULL_REFERENCE_SMOOTHING_MM = (0.0, 0.6, 1.2)
@@ -81,8 +88,7 @@ def read_images(folder: Path) -> list[ReaderImage]:
     images = []
     for (set_id, file), (rating, _method) in sorted(reader_ratings(folder).items()):
         grey = np.asarray(Image.open(folder / file).convert("L"), np.float32)
-        kind = "low" if file.endswith("ldct.png") else "normal" if file.endswith("ndct.png") else "denoised"
-        images.append(ReaderImage(set_id, file, kind, rating, grey / 255.0 * (high - low) + low))
+        images.append(ReaderImage(set_id, file, image_kind(file), rating, grey / 255.0 * (high - low) + low))
     return images
 
 
@@ -107,7 +113,8 @@ def candidate_measures(hu: np.ndarray) -> dict[str, float]:
     fine = ndimage.gaussian_gradient_magnitude(hu, 0.7)
     edges, flat = tissue & (coarse > EDGE_GRADIENT), tissue & (coarse < FLAT_GRADIENT)
     detail = ndimage.gaussian_laplace(hu, 1.0)
-    residuals, power, radius = _flat_patch_spectrum(hu)
+    spectrum = feature_score.flat_patch_spectrum(hu, READER_PIXEL_MM)
+    residuals, power, radius = spectrum.residuals, spectrum.power, spectrum.radius
     mean_frequency = (radius * power).sum() / power.sum()
     return {
         "edge_sharpness": float(fine[edges].mean() / coarse[edges].mean()),
@@ -116,25 +123,6 @@ def candidate_measures(hu: np.ndarray) -> dict[str, float]:
         "nps_bandwidth": float(np.sqrt(((radius - mean_frequency) ** 2 * power).sum() / power.sum())),
         "nps_high_share": float(power[radius > 0.4].sum() / power.sum()),
     }
-
-
-def _flat_patch_spectrum(hu: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(detrended residuals of the flat soft-tissue patches (n, size^2), their mean NPS (size, size), radial
-    frequency (size, size) in cycles/mm), patches chosen as ``feature_score.nps_frequency`` chooses them."""
-    size = max(8, int(round(feature_score.NPS_PATCH_MM / READER_PIXEL_MM)))
-    windows = np.lib.stride_tricks.sliding_window_view(hu, (size, size))[:: size // 2, :: size // 2]
-    patches = windows.reshape(-1, size * size).astype(np.float64)
-    means = patches.mean(axis=1)
-    keep = (means >= feature_score.NPS_TISSUE_HU[0]) & (means <= feature_score.NPS_TISSUE_HU[1])
-    keep &= np.abs(patches - means[:, None]).max(axis=1) < feature_score.NPS_MAX_SPREAD_HU
-    residuals = patches[keep] - patches[keep] @ feature_score._quadratic_projection(size).T
-    spread = residuals.std(axis=1)
-    residuals = residuals[spread <= feature_score.NPS_FLAT_RATIO * np.median(spread)]
-    taper = np.outer(np.hanning(size), np.hanning(size)).ravel()
-    power = (np.abs(np.fft.fft2((residuals * taper).reshape(-1, size, size))) ** 2).mean(axis=0)
-    power[0, 0] = 0.0
-    frequency = np.fft.fftfreq(size, d=READER_PIXEL_MM)
-    return residuals, power, np.hypot(*np.meshgrid(frequency, frequency, indexing="ij"))
 
 
 def feature_table(images: list[ReaderImage]) -> dict[str, np.ndarray]:

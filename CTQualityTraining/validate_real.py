@@ -213,6 +213,11 @@ def _map_summary(rows: list[dict], prefix: str) -> dict[str, float]:
         return {f"{prefix}{key}": float(np.nanmean([row[key] for row in rows])) for key in keys}
 
 
+def image_kind(file: str) -> str:
+    """"low" (ldct.png), "normal" (ndct.png) or "denoised": the kind of a reader-study image by its file name."""
+    return "low" if file.endswith("ldct.png") else "normal" if file.endswith("ndct.png") else "denoised"
+
+
 def reader_ratings(folder: Path) -> dict[tuple[str, str], tuple[float, str]]:
     """{(set, file): (mean over readers of (contrast + structure) / 2, method)} of a reader-study folder."""
     collected = defaultdict(list)
@@ -232,7 +237,7 @@ def check_reader_study(assessor: Assessor, folder: Path, window: tuple[float, fl
         grey = np.asarray(Image.open(folder / file).convert("L"), np.float32)
         hu = grey / 255.0 * (window[1] - window[0]) + window[0]
         figures = assessor(hu, READER_PIXEL_MM, window, READER_THICKNESS_MM)
-        kind = "low" if file.endswith("ldct.png") else "normal" if file.endswith("ndct.png") else "denoised"
+        kind = image_kind(file)
         images.append({"set": set_id, "file": file, "method": method, "kind": kind, "readers": rating,
                        "out_of_domain": figures.out_of_domain, **_figure_values(figures, names)})
         if index % 14 == 0:

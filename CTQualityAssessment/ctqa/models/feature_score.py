@@ -133,35 +133,54 @@ def _quadratic_projection(size: int) -> np.ndarray:
     return basis @ np.linalg.pinv(basis)
 
 
-def nps_frequency(hu: np.ndarray, pixel_mm: float) -> float:
-    """Mean radial frequency (cycles/mm) of the NPS of the flat soft-tissue patches of one slice (y, x) in HU with
-    square pixels of pixel_mm; NaN with fewer than NPS_MIN_PATCHES flat patches (module docstring)."""
+@dataclass(frozen=True)
+class FlatPatchSpectrum:
+    """The noise power spectrum of a slice's flat soft-tissue patches: their detrended residuals (n, size^2) in HU,
+    the mean power (size, size) of the Hann-tapered residuals (zero frequency removed) and the radial frequency
+    (size, size) in cycles/mm."""
+
+    residuals: np.ndarray
+    power: np.ndarray
+    radius: np.ndarray
+
+
+def flat_patch_spectrum(hu: np.ndarray, pixel_mm: float) -> FlatPatchSpectrum | None:
+    """FlatPatchSpectrum of one slice (y, x) in HU with square pixels of pixel_mm, patches of NPS_PATCH_MM chosen
+    as the module docstring says; None with fewer than NPS_MIN_PATCHES flat patches or no power."""
     size = max(8, int(round(NPS_PATCH_MM / pixel_mm)))
     stride = size // 2
     height, width = hu.shape
     if height < size or width < size:
-        return math.nan
+        return None
     windows = np.lib.stride_tricks.sliding_window_view(hu, (size, size))[::stride, ::stride]
     patches = windows.reshape(-1, size * size).astype(np.float64)
     means = patches.mean(axis=1)
     candidate = (means >= NPS_TISSUE_HU[0]) & (means <= NPS_TISSUE_HU[1])
     candidate &= np.abs(patches - means[:, None]).max(axis=1) < NPS_MAX_SPREAD_HU
     if candidate.sum() < NPS_MIN_PATCHES:
-        return math.nan
+        return None
     patches = patches[candidate]
     residual = patches - patches @ _quadratic_projection(size).T
     spread = residual.std(axis=1)
     flat = spread <= NPS_FLAT_RATIO * np.median(spread)
     if flat.sum() < NPS_MIN_PATCHES:
-        return math.nan
+        return None
     taper = np.outer(np.hanning(size), np.hanning(size)).ravel()
     power = (np.abs(np.fft.fft2((residual[flat] * taper).reshape(-1, size, size))) ** 2).mean(axis=0)
     power[0, 0] = 0.0
     if power.sum() <= 0:
-        return math.nan
+        return None
     frequency = np.fft.fftfreq(size, d=pixel_mm)
-    radius = np.hypot(*np.meshgrid(frequency, frequency, indexing="ij"))
-    return float((radius * power).sum() / power.sum())
+    return FlatPatchSpectrum(residual[flat], power, np.hypot(*np.meshgrid(frequency, frequency, indexing="ij")))
+
+
+def nps_frequency(hu: np.ndarray, pixel_mm: float) -> float:
+    """Mean radial frequency (cycles/mm) of the NPS of the flat soft-tissue patches of one slice (y, x) in HU with
+    square pixels of pixel_mm; NaN with fewer than NPS_MIN_PATCHES flat patches (module docstring)."""
+    spectrum = flat_patch_spectrum(hu, pixel_mm)
+    if spectrum is None:
+        return math.nan
+    return float((spectrum.radius * spectrum.power).sum() / spectrum.power.sum())
 
 
 def slice_features(volume: CTVolume) -> SliceFeatures:
