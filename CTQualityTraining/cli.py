@@ -447,6 +447,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     ceiling.add_argument("--data", default="../shared/data", metavar="DIR", help="shared data folder")
     ceiling.add_argument("--out", required=True, metavar="FILE.md", help="table to write")
+    series_real = commands.add_parser(
+        "series-real",
+        help="the series panel's window and dose calls on every real kernel and dose case of the shared data",
+        description="Window truth from DICOM kernel names, dose truth from the Mayo pairs and CTDIvol; scores the "
+        "card's physics classifier and the window model refitted leaving one patient out; --refit writes that window "
+        "model (fitted on all cases) into the card (CTQualityTraining/series_real.py).",
+    )
+    series_real.add_argument("--data", default="../shared/data", metavar="DIR", help="shared data folder")
+    series_real.add_argument("--card", required=True, metavar="CARD.json", help="series model card")
+    series_real.add_argument("--out", required=True, metavar="FILE.md", help="table to write (.json beside it)")
+    series_real.add_argument("--refit", action="store_true", help="write the refitted window model into the card")
     return parser
 
 
@@ -782,6 +793,13 @@ def _reader_ceiling(args: argparse.Namespace) -> None:
     run_cli(args)
 
 
+def _series_real(args: argparse.Namespace) -> None:
+    from .series_real import run
+
+    run(Path(args.data), Path(args.card), Path(args.out), args.refit)
+    print(f"wrote {args.out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `ctqa-train`; returns the exit status (2 on bad input, with one line on stderr)."""
     args = _parser().parse_args(argv)
@@ -805,6 +823,7 @@ def main(argv: list[str] | None = None) -> int:
         "score-features": _score_features,
         "validate-real": _validate_real,
         "reader-ceiling": _reader_ceiling,
+        "series-real": _series_real,
     }
     return exit_status("ctqa-train", lambda: commands[args.command](args))
 

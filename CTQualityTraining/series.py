@@ -48,7 +48,13 @@ from ctqa.models.series_network import (
 )
 from ctqa.physics.brisque import series_brisque
 from ctqa.physics.noise import analyse_noise
-from ctqa.physics.series import PhysicsClassifier, series_physics, slice_thickness_mm
+from ctqa.physics.series import (
+    LEGACY_FEATURES,
+    PhysicsClassifier,
+    feature_values,
+    series_physics,
+    slice_thickness_mm,
+)
 from ctqa.tasks.series_panel import LOW_DOSE_CTDIVOL_MGY
 from ctqa.volume import Acquisition, CTVolume
 
@@ -353,7 +359,7 @@ def view_probabilities(model: SeriesNet, card: dict, physics: PhysicsClassifier,
             key: (math.nan, math.nan) if p is None else (p.lung_probability, p.low_dose_probability)
             for key, p in read_all(model, card, series).items()
         }
-    return {(item.id, k): physics.probabilities(m, item.pixel_mm) for item, k, m in physics_features(series)}
+    return {(item.id, k): physics.probabilities(m) for item, k, m in physics_features(series)}
 
 
 def _series_views(series: list[Series]):
@@ -381,27 +387,37 @@ def physics_features(series: list[Series]) -> list[tuple[Series, int, object]]:
     return out
 
 
+def fit_logistic(
+    features: np.ndarray, labels: np.ndarray, names: tuple[str, ...], l2: float = 1e-3, balanced: bool = False
+) -> dict:
+    """Logistic regression (scipy BFGS, L2 l2 on standardised features) of labels (1, 0; rows < 0 and rows with a
+    NaN feature are left out) on features (n, len(names)): a PhysicsClassifier model dict. balanced: both classes
+    weigh the same in the loss (a rare class then moves the boundary to the middle of the gap, not to its own side)."""
+    x, y = np.asarray(features, np.float64), np.asarray(labels, np.float64)
+    keep = np.isfinite(x).all(axis=1) & (y >= 0)
+    x, y = x[keep], y[keep]
+    mean, sd = x.mean(axis=0), x.std(axis=0) + 1e-9
+    z = np.column_stack([np.ones(len(x)), (x - mean) / sd])
+    weight = np.where(y == 1, 0.5 / max(y.mean(), 1e-9), 0.5 / max(1 - y.mean(), 1e-9)) if balanced else np.ones(len(y))
+
+    def loss(beta):
+        logits = z @ beta
+        return float(np.mean(weight * (np.logaddexp(0.0, logits) - y * logits)) + l2 * beta[1:] @ beta[1:])
+
+    beta = minimize(loss, np.zeros(z.shape[1]), method="BFGS").x
+    return {"features": list(names), "mean": mean.tolist(), "sd": sd.tolist(), "coefficients": beta.tolist()}
+
+
 def fit_physics_classifier(series: list[Series]) -> PhysicsClassifier:
-    """Logistic regressions (scipy BFGS, L2 1e-3 on standardised features) of the window and of the dose class on
-    the physics features (PhysicsClassifier.features) of every labelled view."""
-    views = physics_features(series)
-    rows = [(item, PhysicsClassifier.features(measured, item.pixel_mm)) for item, _, measured in views]
-
-    def fit(labels):
-        x = np.array([features for _, features in rows], np.float64)
-        keep = np.isfinite(x).all(axis=1) & (np.asarray(labels) >= 0)
-        x, y = x[keep], np.asarray(labels, np.float64)[keep]
-        mean, sd = x.mean(axis=0), x.std(axis=0) + 1e-9
-        z = np.column_stack([np.ones(len(x)), (x - mean) / sd])
-
-        def loss(beta):
-            logits = z @ beta
-            return float(np.mean(np.logaddexp(0.0, logits) - y * logits) + 1e-3 * beta[1:] @ beta[1:])
-
-        beta = minimize(loss, np.zeros(z.shape[1]), method="BFGS").x
-        return {"mean": mean.tolist(), "sd": sd.tolist(), "coefficients": beta.tolist()}
-
-    return PhysicsClassifier(window=fit([item.window for item, _ in rows]), dose=fit([item.dose for item, _ in rows]))
+    """Logistic regressions (``fit_logistic``) of the window and of the dose class on the legacy physics features
+    (kernel index per pixel, ln normalised noise) of every labelled simulated view; ``ctqa-train series-real``
+    refits the window on real slices."""
+    measured = [(item, m) for item, _, m in physics_features(series)]
+    x = np.array([feature_values({"features": LEGACY_FEATURES}, m) for _, m in measured])
+    return PhysicsClassifier(
+        window=fit_logistic(x, np.array([item.window for item, _ in measured]), LEGACY_FEATURES),
+        dose=fit_logistic(x, np.array([item.dose for item, _ in measured]), LEGACY_FEATURES),
+    )
 
 
 def fit_score(series: list[Series], probabilities: dict) -> dict:
@@ -484,7 +500,7 @@ def split_metrics(model: SeriesNet, card: dict, physics: PhysicsClassifier, seri
     window_true = np.array([item.window for item, _, _ in views])
     dose_true = np.array([item.dose for item, _, _ in views])
     learned = [readings[(item.id, k)] for item, k, _ in views]
-    physics_calls = [physics.classify(m, item.pixel_mm) for item, _, m in views]
+    physics_calls = [physics.classify(m) for item, _, m in views]
     snr_true = np.array([finite_mean(item.snr[k]) for item, k, _ in views])
     brisque_true = np.array([finite_mean(item.brisque[k]) for item, k, _ in views])
 
@@ -547,8 +563,9 @@ def _markdown(name: str, card: dict, size_bytes: int, evaluation: dict | None) -
         "## Limits",
         "",
         f"The product shows the calls of the **{calls.get('source', 'learned')}** classifier, chosen on the "
-        f"validation split ({calls.get('reason', 'not recorded')}). Trained on simulated series of a few patients; "
-        "no real lung-kernel or real low-dose-labelled series were available to validate on.",
+        f"validation split ({calls.get('reason', 'not recorded')}). The network was trained and validated on "
+        "simulated series of a few patients; the physics classifier's window model is refitted on real slices "
+        "(`ctqa-train series-real`, section below when it has run).",
     ]
     if evaluation:
         lines += ["", "## Held-out evaluation", "", evaluation_markdown(evaluation)]

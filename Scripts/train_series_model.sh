@@ -28,3 +28,6 @@ ctqa-train export "$WORK/runs/series_default" --name series_default --default \
     --reproduce "Scripts/train_series_model.sh"
 ctqa-train evaluate-series --data "$WORK/series_acquire" --model CTQualityAssessment/Resources/Models/series_default \
     --out docs/series_evaluation.md
+# The window model of the physics classifier: refitted on real slices whose DICOM kernel names the class (issue 22).
+ctqa-train series-real --data "$DATA" --card CTQualityAssessment/Resources/Models/series_default.json \
+    --out docs/series_real.md --refit

@@ -41,9 +41,9 @@ def test_kernel_index_ranks_sharp_above_smooth_noise_and_ignores_the_level():
     white = rng.normal(0, 1, (4, 512, 512))
     smooth = ndimage.gaussian_filter(white, (0, 1.2, 1.2))
     smooth /= smooth.std()
-    sharp_index, patches = kernel_index(*_analysed(cylinder(300.0, 40.0, 12.0 * white)))
-    smooth_index, _ = kernel_index(*_analysed(cylinder(300.0, 40.0, 12.0 * smooth)))
-    louder_index, _ = kernel_index(*_analysed(cylinder(300.0, 40.0, 30.0 * smooth)))
+    sharp_index, patches = kernel_index(cylinder(300.0, 40.0, 12.0 * white))
+    smooth_index, _ = kernel_index(cylinder(300.0, 40.0, 12.0 * smooth))
+    louder_index, _ = kernel_index(cylinder(300.0, 40.0, 30.0 * smooth))
     assert patches > 50
     assert sharp_index > 1.5 * smooth_index
     assert louder_index == pytest.approx(smooth_index, rel=0.03)  # a property of the kernel, not the dose
@@ -57,10 +57,6 @@ def test_noise_normalised_for_size_and_thickness():
     expected = analyse_noise(volume).gnl * math.exp(-0.0194 * (wed - 300.0) / 2) * math.sqrt(2.5 / 3.0)
     assert measured.slice_thickness_mm == 2.5
     assert measured.noise_normalised_hu == pytest.approx(expected, rel=0.05)
-
-
-def _analysed(volume: CTVolume):
-    return volume, analyse_noise(volume)
 
 
 def test_real_sharp_kernel_ranks_above_every_soft_kernel_slice(shared_data):

@@ -103,7 +103,7 @@ REFERENCE = {
     "score": 3.908751039382858,
     "score_worst_decile": 3.9024833444437164,
     "wed_mm": 147.2284878088533,
-    "kernel_index": 0.33322675609835484,
+    "kernel_index": 0.3402848857467348,  # pooled 12 mm flat-patch NPS (issue 22)
     "brisque": 52.40659946432435,
     "relative_noise": 1.2851219530990896,
     "quality_sum": 1435567.5135979056,

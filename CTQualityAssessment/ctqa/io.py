@@ -255,7 +255,8 @@ def read_volume(
         if pixel_mm is None:
             notes.append(f"no pixel spacing stored in {Path(source).name}; assumed {size:g} mm (set --pixel-mm)")
         geometry = ((size, size, size), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-        return _to_volume(stored, geometry, source, chosen, scaling is not None, notes, None, compact)
+        volume = _to_volume(stored, geometry, source, chosen, scaling is not None, notes, None, compact)
+        return dataclasses.replace(volume, pixel_size_assumed=pixel_mm is None)
     if os.path.isdir(source):
         if dicom_files:
             found = dicom.read_dicom_files(list(dicom_files), source, regularize)

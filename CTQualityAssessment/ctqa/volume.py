@@ -60,6 +60,7 @@ class CTVolume:
         None for full-range CT.
     acquisition: DICOM acquisition tags (kernel, thickness, CTDIvol, mAs...), None for other formats.
     notes: one-line remarks about the input a user should see (e.g. a tag that was missing), in reading order.
+    pixel_size_assumed: spacing is a placeholder, not read from the file (TIFF/.npy without --pixel-mm).
     """
 
     hu: np.ndarray
@@ -71,6 +72,7 @@ class CTVolume:
     clipped_hu: tuple[float, float] | None = None
     notes: tuple[str, ...] = ()
     acquisition: Acquisition | None = None
+    pixel_size_assumed: bool = False
 
     def __post_init__(self):
         if self.hu.ndim != 3:

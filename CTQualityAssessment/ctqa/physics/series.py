@@ -3,17 +3,23 @@ noise normalised for patient size and slice thickness.
 
 - Water-equivalent diameter (AAPM TG-220), per slice from the image itself:
   D_w = 2 sqrt((mean_HU / 1000 + 1) A / pi) over the patient region (the body mask, inner air included), A in mm^2.
-- Kernel index: the mean spatial frequency (cycles/mm) of the noise power spectrum (NPS) measured in flat
-  soft-tissue patches (plane-detrended, 2D FFT, radially weighted). Sharp (lung, bone) kernels keep noise power at high
-  frequencies and score higher than smooth (soft-tissue) kernels; it is independent of the noise level.
+- Kernel index: the mean spatial frequency (cycles/mm) of the noise power spectrum (NPS) of flat soft-tissue patches
+  of 12 mm (``feature_score.flat_patch_spectrum``: quadratic detrend, Hann taper, flat = detrended SD at most 1.3x
+  the slice's median, so that a smooth kernel's correlated noise finds its patches as a sharp one's does), pooled over
+  up to KERNEL_INDEX_SLICES slices spread over the volume. Sharp (lung, bone) kernels keep noise power at high
+  frequencies and score higher than smooth (soft-tissue) kernels; it hardly moves with the noise level.
 - Size-normalised noise: the GNL a 300 mm water-equivalent patient at 3 mm slices would show at the same exposure:
   GNL * exp(-mu_w (D_w - 300 mm) / 2) * sqrt(thickness / 3 mm), with mu_w = 0.0194 /mm (water at ~70 keV): noise
   grows with the attenuation of the path through the patient, and falls as 1/sqrt of the slice thickness.
   Approximate (one effective energy, no bow-tie or tube-current modulation), for comparing series, not for dosimetry.
-- Physics classifier (``PhysicsClassifier``): two logistic regressions fitted on simulated series (ctqa-train
-  series), of the window and of the dose class, each on the kernel index in cycles per pixel and ln(normalised
-  noise): both move with either class (a lung kernel has ~3x the noise of a soft one at the same exposure). Its
-  coefficients are stored in the series model's card.
+- Unknown pixel size (a file without geometry, ``CTVolume.pixel_size_assumed``): D_w and the kernel index need mm.
+  The pixel size is then estimated as the one that gives the body a water-equivalent diameter of TYPICAL_WED_MM (an
+  adult trunk), instead of trusting the reader's placeholder, and the panel says so.
+- Physics classifier (``PhysicsClassifier``): a logistic regression per class on named features (FEATURES). The
+  window is read from the kernel index in cycles/mm alone, fitted on real slices whose DICOM kernel names the class
+  (``ctqa-train series-real``): the noise level is not a property of the kernel, and a thin or low-dose soft-kernel
+  slice is as noisy as a lung-kernel one. The dose is read from the kernel index in cycles per pixel and ln(normalised
+  noise), fitted on simulated series (``ctqa-train series``). Coefficients are stored in the series model's card.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ctqa.models.feature_score import flat_patch_spectrum
 from ctqa.physics.noise import NoiseAnalysis
 from ctqa.results import ClassCall, SeriesClasses
 from ctqa.volume import CTVolume
@@ -30,10 +37,8 @@ from ctqa.volume import CTVolume
 WATER_MU_PER_MM = 0.0194  # linear attenuation of water at about 70 keV effective energy
 REFERENCE_WED_MM = 300.0
 REFERENCE_THICKNESS_MM = 3.0
-NPS_PATCH = 32  # voxels, side of the square patches the NPS is measured in
-NPS_TISSUE_HU = (-100.0, 150.0)  # patch means that count as flat soft tissue
-NPS_FLAT_RATIO = 1.3  # a patch is flat when its detrended SD is at most this times the local noise map
-NPS_MAX_PATCHES = 400
+KERNEL_INDEX_SLICES = 48  # slices (evenly spread) the kernel index pools its patches over
+TYPICAL_WED_MM = 280.0  # water-equivalent diameter of an adult trunk, for files without a pixel size
 WINDOW_LABELS = ("soft_tissue", "lung")  # class 0, class 1 (the series network's order too)
 DOSE_LABELS = ("standard", "low")
 
@@ -44,7 +49,9 @@ class SeriesPhysics:
 
     wed_mm: mean water-equivalent diameter over slices showing the body; kernel_index_per_mm: NPS mean frequency
     (cycles/mm); nps_patches: flat patches it was measured in; noise_normalised_hu: size- and thickness-normalised
-    GNL (HU); slice_thickness_mm: the thickness used, None when unknown (then 3 mm is assumed).
+    GNL (HU); slice_thickness_mm: the thickness used, None when unknown (then 3 mm is assumed); pixel_mm: the in-plane
+    pixel size the measures used; pixel_mm_estimated: True when the file had none and pixel_mm was estimated from the
+    body (module docstring).
     """
 
     wed_mm: float
@@ -52,6 +59,8 @@ class SeriesPhysics:
     nps_patches: int
     noise_normalised_hu: float
     slice_thickness_mm: float | None
+    pixel_mm: float
+    pixel_mm_estimated: bool = False
 
 
 def water_equivalent_diameters(volume: CTVolume, body: np.ndarray) -> np.ndarray:
@@ -67,55 +76,22 @@ def water_equivalent_diameters(volume: CTVolume, body: np.ndarray) -> np.ndarray
     return diameters
 
 
-def _detrended(patch: np.ndarray) -> np.ndarray:
-    """A patch minus its least-squares plane (removes slow anatomy that would add low-frequency power)."""
-    size = patch.shape[0]
-    y, x = np.mgrid[:size, :size]
-    design = np.stack([np.ones(size * size), y.ravel(), x.ravel()], axis=1)
-    coefficients, *_ = np.linalg.lstsq(design, patch.ravel().astype(np.float64), rcond=None)
-    return patch - (design @ coefficients).reshape(size, size)
-
-
-def kernel_index(volume: CTVolume, noise: NoiseAnalysis) -> tuple[float, int]:
-    """(NPS mean frequency in cycles/mm, number of patches) from flat soft-tissue patches; (NaN, 0) without any.
-
-    Patches overlap by half on a regular grid of every slice (at most NPS_MAX_PATCHES candidates used, evenly
-    spread over the volume).
-    """
-    size = NPS_PATCH
-    depth, height, width = volume.shape
-    if height < size or width < size:
+def kernel_index(volume: CTVolume, pixel_mm: float | None = None) -> tuple[float, int]:
+    """(NPS mean frequency in cycles/mm, number of flat patches) pooled over up to KERNEL_INDEX_SLICES slices of
+    volume (module docstring), with pixels of pixel_mm (default: the volume's); (NaN, 0) without flat patches."""
+    pixel_mm = volume.spacing[0] if pixel_mm is None else pixel_mm
+    depth = volume.shape[0]
+    power, radius, patches = None, None, 0
+    for z in np.unique(np.linspace(0, depth - 1, min(depth, KERNEL_INDEX_SLICES)).round().astype(int)):
+        spectrum = flat_patch_spectrum(volume.hu_slab(z, z + 1)[0], pixel_mm)
+        if spectrum is None:
+            continue
+        count = len(spectrum.residuals)
+        power = spectrum.power * count if power is None else power + spectrum.power * count
+        radius, patches = spectrum.radius, patches + count
+    if power is None:
         return math.nan, 0
-    stride = size // 2  # overlapping patches: more of the few flat regions a slice has
-    step = max(1, depth * (height // stride) * (width // stride) // NPS_MAX_PATCHES)
-    frequency_y = np.fft.fftfreq(size, d=volume.spacing[1])
-    frequency_x = np.fft.fftfreq(size, d=volume.spacing[0])
-    radius = np.hypot(*np.meshgrid(frequency_y, frequency_x, indexing="ij"))
-    power = np.zeros((size, size))
-    used = 0
-    candidate = 0
-    for z in range(depth):
-        noise_plane = None  # read when the slice's first patch is used (noise_sd may be a staging.SlabMap)
-        for top in range(0, height - size + 1, stride):
-            for left in range(0, width - size + 1, stride):
-                candidate += 1
-                if candidate % step:
-                    continue
-                if noise_plane is None:
-                    noise_plane = noise.noise_sd[z]
-                local = noise_plane[top : top + size, left : left + size]
-                patch = volume.hu[z, top : top + size, left : left + size]
-                if not np.isfinite(local).all() or not NPS_TISSUE_HU[0] <= patch.mean() <= NPS_TISSUE_HU[1]:
-                    continue
-                residual = _detrended(patch)
-                if residual.std() > NPS_FLAT_RATIO * float(np.median(local)):
-                    continue  # an edge or texture, not noise
-                power += np.abs(np.fft.fft2(residual)) ** 2
-                used += 1
-    if used == 0 or power.sum() == 0:
-        return math.nan, 0
-    power[0, 0] = 0.0
-    return float((radius * power).sum() / power.sum()), used
+    return float((radius * power).sum() / power.sum()), patches
 
 
 def slice_thickness_mm(volume: CTVolume) -> float | None:
@@ -131,11 +107,16 @@ def series_physics(volume: CTVolume, noise: NoiseAnalysis) -> SeriesPhysics:
     """All per-series physics measures of a volume from its noise analysis."""
     diameters = water_equivalent_diameters(volume, noise.body_mask)
     wed = float(np.nanmean(diameters)) if np.isfinite(diameters).any() else math.nan
-    index, patches = kernel_index(volume, noise)
+    pixel_mm = volume.spacing[0]
+    estimated = volume.pixel_size_assumed and math.isfinite(wed)
+    if estimated:  # D_w scales with the pixel size: choose the one that makes it TYPICAL_WED_MM
+        pixel_mm *= TYPICAL_WED_MM / wed
+        wed = TYPICAL_WED_MM
+    index, patches = kernel_index(volume, pixel_mm)
     thickness = slice_thickness_mm(volume)
     normalised = noise.gnl * math.exp(-WATER_MU_PER_MM * (wed - REFERENCE_WED_MM) / 2.0)
     normalised *= math.sqrt((thickness or REFERENCE_THICKNESS_MM) / REFERENCE_THICKNESS_MM)
-    return SeriesPhysics(wed, index, patches, normalised, thickness)
+    return SeriesPhysics(wed, index, patches, normalised, thickness, pixel_mm, estimated)
 
 
 def _logistic(model: dict, features: list[float]) -> float:
@@ -154,9 +135,28 @@ def class_call(labels: tuple[str, str], probability_second: float) -> ClassCall:
     return ClassCall(labels[int(second)], probability_second if second else 1.0 - probability_second)
 
 
+#: The classifier's features by name: a function of the series measures.
+FEATURES = {
+    "kernel_index_per_mm": lambda measured: measured.kernel_index_per_mm,
+    "kernel_index_per_pixel": lambda measured: measured.kernel_index_per_mm * measured.pixel_mm,
+    "ln_noise_normalised": lambda measured: (
+        math.log(measured.noise_normalised_hu) if measured.noise_normalised_hu > 0 else math.nan
+    ),
+}
+#: Features of a card's model that names none (cards before the window was read from the kernel index alone).
+LEGACY_FEATURES = ("kernel_index_per_pixel", "ln_noise_normalised")
+
+
+def feature_values(model: dict, measured: SeriesPhysics) -> list[float]:
+    """The values of model's features ({"features": [names]}, else LEGACY_FEATURES) for measured; NaN where
+    unmeasured."""
+    return [float(FEATURES[name](measured)) for name in model.get("features", LEGACY_FEATURES)]
+
+
 @dataclass(frozen=True)
 class PhysicsClassifier:
-    """Window and dose logistic regressions on physics measures (module docstring); dicts as in the model card."""
+    """Window and dose logistic regressions on physics measures (module docstring); dicts as in the model card:
+    {"features": [names of FEATURES], "mean", "sd", "coefficients"}."""
 
     window: dict
     dose: dict
@@ -168,20 +168,16 @@ class PhysicsClassifier:
     def from_dict(cls, data: dict) -> PhysicsClassifier:
         return cls(data["window"], data["dose"])
 
-    @staticmethod
-    def features(measured: SeriesPhysics, pixel_mm: float) -> list[float]:
-        """[kernel index in cycles per pixel, ln(size/thickness-normalised noise in HU)]; NaN where unmeasured."""
-        noise = math.log(measured.noise_normalised_hu) if measured.noise_normalised_hu > 0 else math.nan
-        return [measured.kernel_index_per_mm * pixel_mm, noise]
-
-    def probabilities(self, measured: SeriesPhysics, pixel_mm: float) -> tuple[float, float]:
+    def probabilities(self, measured: SeriesPhysics) -> tuple[float, float]:
         """(P(lung window), P(low dose)); NaN where a measure is missing."""
-        features = self.features(measured, pixel_mm)
-        return _logistic(self.window, features), _logistic(self.dose, features)
+        return (
+            _logistic(self.window, feature_values(self.window, measured)),
+            _logistic(self.dose, feature_values(self.dose, measured)),
+        )
 
-    def classify(self, measured: SeriesPhysics, pixel_mm: float) -> SeriesClasses | None:
+    def classify(self, measured: SeriesPhysics) -> SeriesClasses | None:
         """Window ("soft_tissue"/"lung") and dose ("standard"/"low") calls; None when a measure is missing."""
-        p_lung, p_low = self.probabilities(measured, pixel_mm)
+        p_lung, p_low = self.probabilities(measured)
         if not (math.isfinite(p_lung) and math.isfinite(p_low)):
             return None
         return SeriesClasses(class_call(WINDOW_LABELS, p_lung), class_call(DOSE_LABELS, p_low), "physics")

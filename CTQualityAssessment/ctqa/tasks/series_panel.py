@@ -21,6 +21,7 @@ from ctqa.physics.brisque import series_brisque
 from ctqa.physics.noise import NoiseAnalysis
 from ctqa.physics.series import (
     DOSE_LABELS,
+    TYPICAL_WED_MM,
     WINDOW_LABELS,
     PhysicsClassifier,
     SeriesPhysics,
@@ -134,17 +135,22 @@ def run(volume: CTVolume, noise: NoiseAnalysis, spec: ModelSpec, device: str = "
         return replace(panel, applies=False, note=reason)
     card = calls_card(spec)
     physics = PhysicsClassifier.from_dict(card["physics_classifier"]) if "physics_classifier" in card else None
-    physics_calls = physics.classify(measured, volume.spacing[0]) if physics is not None else None
-    p_lung, p_low = physics.probabilities(measured, volume.spacing[0]) if physics_calls else (math.nan, math.nan)
+    physics_calls = physics.classify(measured) if physics is not None else None
+    p_lung, p_low = physics.probabilities(measured) if physics_calls else (math.nan, math.nan)
     window, dose = (physics_calls.window, physics_calls.dose) if physics_calls else (None, None)
     notes, learned = [], False
+    if measured.pixel_mm_estimated:
+        notes.append(
+            f"no pixel size in the file: {measured.pixel_mm:.2f} mm estimated from the body (an adult trunk of "
+            f"{TYPICAL_WED_MM:g} mm water-equivalent diameter); the calls depend on it"
+        )
     if spec.is_learned and card.get("calls", {}).get("source", "learned") == "learned":
         from ctqa.models import series_network
         from ctqa.models.inference import resolve_device
 
         model, _ = series_network.load(spec.card_path, resolve_device(device)[0])
         reading = series_network.predict_series(
-            model, card, volume.hu, volume.spacing[0], measured.slice_thickness_mm, measured.wed_mm
+            model, card, volume.hu, measured.pixel_mm, measured.slice_thickness_mm, measured.wed_mm
         )
         if reading is None:
             notes.append("no 64-pixel crop of body fits the series network: physics calls shown")
