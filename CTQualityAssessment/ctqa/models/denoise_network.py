@@ -39,7 +39,7 @@ from torch import nn
 
 from ctqa.errors import InputError
 from ctqa.models.checkpoints import load_verified_weights, read_task_card, write_checkpoint
-from ctqa.models.inference import BatchRun, autocast_dtype, pad_to_multiple, resolve_device, run_batches
+from ctqa.models.inference import BatchRun, autocast, default_batch_size, pad_to_multiple, resolve_device, run_batches
 from ctqa.models.networks import RedCNNBody, config_from_dict
 from ctqa.slabs import ProgressCallback
 
@@ -153,31 +153,33 @@ def denoise_input(hu: torch.Tensor) -> torch.Tensor:
     return hu.clamp(*INPUT_CLIP_HU) / HU_SCALE
 
 
-def denoise_slices(net: DenoiseNet, hu: torch.Tensor, self_ensemble: bool = False) -> torch.Tensor:
+def denoise_slices(
+    net: DenoiseNet, hu: torch.Tensor, self_ensemble: bool = False, precision: str = "auto"
+) -> torch.Tensor:
     """Denoised HU of hu (B, H, W) HU on net's device: padded (reflect) to the required multiple, cropped back;
-    the HU outside INPUT_CLIP_HU added back unchanged. Autocast on CUDA; the result is float32.
+    the HU outside INPUT_CLIP_HU added back unchanged. The network runs under ``inference.autocast(device,
+    precision)`` (autocast on CUDA for "auto"); the result is float32.
 
     self_ensemble: the mean of the eight rotations and flips of the slice, each denoised and turned back (geometric
     self-ensemble, Lim et al. 2017): 8 x the time for a small gain (docs/denoise_evaluation.md)."""
     if not self_ensemble:
-        return _denoised(net, hu)
+        return _denoised(net, hu, precision)
     total = torch.zeros_like(hu, dtype=torch.float32)
     for quarter_turns in range(4):
         for flip in (False, True):
             turned = torch.rot90(hu, quarter_turns, dims=(-2, -1))
             turned = turned.flip(-1) if flip else turned
-            out = _denoised(net, turned)
+            out = _denoised(net, turned, precision)
             out = out.flip(-1) if flip else out
             total += torch.rot90(out, -quarter_turns, dims=(-2, -1))
     return total / 8.0
 
 
-def _denoised(net: DenoiseNet, hu: torch.Tensor) -> torch.Tensor:
+def _denoised(net: DenoiseNet, hu: torch.Tensor, precision: str) -> torch.Tensor:
     height, width = hu.shape[-2:]
     scaled = denoise_input(hu)
     x = pad_to_multiple(scaled[:, None], net.config.required_multiple)
-    dtype = autocast_dtype(hu.device)
-    with torch.autocast(hu.device.type, dtype=dtype, enabled=dtype is not None):
+    with autocast(hu.device, precision):
         out = net(x)
     return out[:, 0, :height, :width].float() * HU_SCALE + (hu - scaled * HU_SCALE)
 
@@ -194,22 +196,25 @@ class DenoisedVolume:
 def denoise_volume(
     model: DenoiseNet,
     hu: np.ndarray,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device: str | torch.device = "auto",
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     self_ensemble: bool = False,
+    precision: str = "auto",
 ) -> DenoisedVolume:
-    """Denoise every slice of hu (float32 (z, y, x), HU) in batches of batch_size slices; hu is not changed.
+    """Denoise every slice of hu (float32 (z, y, x), HU) in batches of batch_size slices (None:
+    ``inference.default_batch_size`` for the device); hu is not changed.
 
     Only one batch is on the device at a time; the result is a new float32 array. NaN (padding outside the scan)
     stays NaN and is read as air by the network. progress(fraction, message) after each batch; cancel is checked
     before each (raises ``inference.Cancelled``). device: "auto", "cpu", "cuda" or "cuda:N" (a copy of the model
-    runs there; CUDA out-of-memory halves the batch, then continues on the CPU). self_ensemble: see
+    runs there; CUDA out-of-memory halves the batch, then continues on the CPU). self_ensemble, precision: see
     ``denoise_slices``.
     """
     if hu.ndim != 3:
         raise ValueError(f"hu must be (z, y, x), got shape {hu.shape}")
+    batch_size = default_batch_size(device) if batch_size is None else batch_size
     resolved, _ = resolve_device(device)
     net = copy.deepcopy(model).to(resolved).eval()
     out = np.empty(hu.shape, dtype=np.float32)
@@ -218,10 +223,10 @@ def denoise_volume(
         block = np.asarray(hu[start:stop], dtype=np.float32)
         missing = ~np.isfinite(block)
         slices = torch.from_numpy(np.where(missing, INPUT_CLIP_HU[0], block)).to(device)
-        denoised = denoise_slices(net, slices, self_ensemble).cpu().numpy()
+        denoised = denoise_slices(net, slices, self_ensemble, precision).cpu().numpy()
         out[start:stop] = np.where(missing, block, denoised)
 
-    run = run_batches(net, hu.shape[0], batch_size, device, step, "denoising", progress, cancel)
+    run = run_batches(net, hu.shape[0], batch_size, device, step, "denoising", progress, cancel, precision)
     return DenoisedVolume(out, run)
 
 

@@ -1,8 +1,12 @@
-"""Learned quality maps over whole volumes: batched slices, CUDA when available, progress and cancel.
+"""Learned quality maps over whole volumes: batched slices, CUDA when available, progress and cancel; and the one way
+every model family (quality map, 0-4 score, denoiser, series network) picks its device, batch and precision.
 
-On CUDA the network runs under autocast (bfloat16 where supported, else float16); the map's sigmoid and all
-results are float32. When CUDA runs out of memory the batch is halved and retried; at batch 1 the rest of the
-volume runs on the CPU, with the reason kept in ``Prediction.fallback`` (the caller reports it once).
+Precision (``autocast``): on CUDA the networks run under autocast (bfloat16 where supported, else float16); their
+inputs are prepared and their results returned in float32 (the map's sigmoid too). ``precision`` asks for float32
+or an autocast type on any device (benchmarks/bench_gpu.py, Testing/test_mixed_precision.py, which states the
+tolerances against float32). Batches (``run_batches``): when CUDA runs out of memory the batch is halved and
+retried; at batch 1 the rest of the volume runs on the CPU, with the reason kept in ``Prediction.fallback`` (the
+caller reports it once).
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import dataclasses
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +49,7 @@ class Prediction:
     log_dose: float32 (z,) per-slice estimate of ln(dose fraction), or None without dose head.
     body_slices: bool (z,) slices showing the body (see BODY_HU), used by ``learned_noise_level``.
     device_used: torch device that computed the last batch ("cpu", "cuda" or "cuda:N", as requested).
-    precision: of the last batch: "float32", "bfloat16" or "float16" (autocast on CUDA).
+    precision: of the last batch: "float32", "bfloat16" or "float16" (``precision_name``).
     fallback: why inference fell back from CUDA to the CPU, or None.
     """
 
@@ -73,10 +78,44 @@ def resolve_device(device: str | torch.device = "auto") -> tuple[torch.device, s
     return resolved, None
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+#: What a model can be asked to run at: "auto" = autocast on CUDA (bfloat16 where supported, else float16) and
+#: float32 elsewhere; "float32" = no autocast; "bfloat16" / "float16" = autocast to that type on any device.
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The type a network runs in under autocast on device at precision (PRECISIONS); None: float32, no autocast."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None if precision == "float32" else getattr(torch, precision)
+
+
+@contextmanager
+def autocast(device: torch.device, precision: str = "auto") -> Iterator[None]:
+    """The context every model family runs its network in: autocast to ``autocast_dtype(device, precision)``,
+    disabled for float32. Preprocessing stays outside it (float32), results are cast back to float32.
+
+    Autocast on the CPU turns oneDNN off while it lasts: its bfloat16 convolutions give wrong results for some
+    shapes (kernel 8 or 16 at stride 8 or 16, MD-IQA's patch embedding, on an AMX Xeon with torch 2.13; pytorch
+    issues 163347, 169688); torch's own kernels, slower, are right."""
+    dtype = autocast_dtype(device, precision)
+    onednn = torch.backends.mkldnn.enabled
+    if dtype is not None and device.type == "cpu":
+        torch.backends.mkldnn.enabled = False
+    try:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            yield
+    finally:
+        torch.backends.mkldnn.enabled = onednn
+
+
+def precision_name(device: torch.device, precision: str = "auto") -> str:
+    """What a network computes in on device at precision: "float32", "bfloat16" or "float16"."""
+    return str(autocast_dtype(device, precision) or torch.float32).removeprefix("torch.")
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -89,13 +128,12 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
-def _run_batch(net: QualityNet, hu: np.ndarray, device: torch.device) -> tuple[np.ndarray, ...]:
+def _run_batch(net: QualityNet, hu: np.ndarray, device: torch.device, precision: str) -> tuple[np.ndarray, ...]:
     """(quality (b, windows, y, x), dose probabilities (b, 6) or None, ln dose (b,) or None) of b slices in HU."""
     height, width = hu.shape[-2:]
     x = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[:, None].to(device)
     x = pad_to_multiple(network_input(x, net.config.inputs, net.config.windows), net.config.required_multiple)
-    dtype = autocast_dtype(device)
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+    with autocast(device, precision):
         out = net(x.contiguous(memory_format=torch.channels_last))
     quality = out.quality[:, :, :height, :width].float().cpu().numpy()
     if out.dose_logits is None:
@@ -122,17 +160,19 @@ def run_batches(
     what: str,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    precision: str = "auto",
 ) -> BatchRun:
     """Call step(net, start, stop, device) on consecutive batches of slices [start, stop) of depth slices.
 
-    net (already on device) is what step runs; step stores its results itself. On CUDA out-of-memory the batch is
-    halved and retried; at batch 1 net moves to the CPU for the rest. cancel is checked before each batch (raises
-    Cancelled); progress(fraction, "what: i/depth slices") after each. device as resolved by ``resolve_device``.
+    net (already on device) is what step runs, its network call under ``autocast(device, precision)``; step stores
+    its results itself. On CUDA out-of-memory the batch is halved and retried; at batch 1 net moves to the CPU for
+    the rest. cancel is checked before each batch (raises Cancelled); progress(fraction, "what: i/depth slices")
+    after each. device as resolved by ``resolve_device``; BatchRun.precision is ``precision_name`` of the last batch.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device, fallback = resolve_device(device)
-    precision = str(autocast_dtype(device) or torch.float32).removeprefix("torch.")
+    computed = precision_name(device, precision)
     start = 0
     while start < depth:
         if cancel is not None and cancel.is_set():
@@ -151,25 +191,28 @@ def run_batches(
             fallback = f"CUDA out of memory on {device} at batch size 1; continued on the CPU from slice {start}"
             device = torch.device("cpu")
             net.to(device)
-            precision = "float32"
+            computed = precision_name(device, precision)
             continue
         start = stop
         if progress is not None:
             progress(stop / depth, f"{what}: {stop}/{depth} slices")
-    return BatchRun(str(device), precision, fallback)
+    return BatchRun(str(device), computed, fallback)
 
 
 #: A sink of streamed predictions: sink(start, stop, {window: float32 (stop - start, y, x)}) stores one batch.
 PredictionSink = Callable[[int, int, dict[str, np.ndarray]], None]
-#: Slices per batch when none is given: on a CPU 4 run as fast per slice as 8 (measured on 2 cores, 512 x 512, with
-#: staging.tune_allocator: about 74 slices/s either way, 16 no faster) with 140 MiB less of activations at the
-#: peak; a GPU is fed larger batches.
-DEFAULT_BATCH = {"cpu": 4, "cuda": 8}
+#: Slices per batch when none is given. CPU: for the quality map 4 run as fast per slice as 8 (measured on 2 cores,
+#: 512 x 512, with staging.tune_allocator: about 74 slices/s either way, 16 no faster) with 140 MiB less of
+#: activations at the peak; a family may keep its own measured CPU figure (``default_batch_size``). CUDA: one
+#: figure for every family (not yet measured on a GPU: benchmarks/bench_gpu.py sweeps 1-32 to check it); CUDA
+#: out-of-memory halves it (``run_batches``).
+DEFAULT_BATCH = {"cpu": 4, "cuda": 32}
 
 
-def default_batch_size(device: str | torch.device = "auto") -> int:
-    """DEFAULT_BATCH for the device that "auto", "cpu", "cuda" or "cuda:N" resolves to."""
-    return DEFAULT_BATCH.get(resolve_device(device)[0].type, 8)
+def default_batch_size(device: str | torch.device = "auto", cpu: int = DEFAULT_BATCH["cpu"]) -> int:
+    """Slices per batch on the device that "auto", "cpu", "cuda" or "cuda:N" resolves to: DEFAULT_BATCH["cuda"] on
+    CUDA, cpu (a model family's CPU figure) otherwise."""
+    return DEFAULT_BATCH["cuda"] if resolve_device(device)[0].type == "cuda" else cpu
 
 
 @torch.inference_mode()
@@ -182,6 +225,7 @@ def stream_predictions(
     device: str | torch.device = "auto",
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    precision: str = "auto",
 ) -> Prediction:
     """Run model over slices 0..depth, read(start, stop) giving each batch's slices (HU, (n, y, x), any real
     dtype), and hand each batch's maps to sink instead of keeping them: the returned Prediction has no maps ({})
@@ -199,7 +243,7 @@ def stream_predictions(
 
     def step(net: QualityNet, start: int, stop: int, device: torch.device) -> None:
         hu = read(start, stop)
-        batch = _run_batch(net, hu, device)
+        batch = _run_batch(net, hu, device, precision)
         sink(start, stop, {window: batch[0][:, channel] for channel, window in enumerate(net.config.windows)})
         if has_dose:
             probabilities[start:stop] = batch[1]
@@ -207,7 +251,7 @@ def stream_predictions(
         body_pixels = BODY_MIN_FRACTION * math.prod(hu.shape[1:])
         body[start:stop] = np.count_nonzero(hu.reshape(stop - start, -1) > BODY_HU, axis=1) >= body_pixels
 
-    run = run_batches(net, depth, batch_size, device, step, "learned quality map", progress, cancel)
+    run = run_batches(net, depth, batch_size, device, step, "learned quality map", progress, cancel, precision)
     return Prediction({}, probabilities, log_dose, body, run.device_used, run.precision, run.fallback)
 
 
@@ -218,14 +262,16 @@ def predict_volume(
     device: str | torch.device = "auto",
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    precision: str = "auto",
 ) -> Prediction:
     """Run model over every slice of hu (float32 (z, y, x), HU) in batches of batch_size slices (None:
     DEFAULT_BATCH for the device).
 
     Slices are padded (reflect) to the network's required multiple and cropped back. The model itself is not
     changed: a copy with BatchNorm folded runs on the device. progress(fraction, message) after each batch;
-    cancel is checked before each batch (raises Cancelled). device: "auto", "cpu", "cuda" or "cuda:N".
-    ``stream_predictions`` does the same without holding the maps.
+    cancel is checked before each batch (raises Cancelled). device: "auto", "cpu", "cuda" or "cuda:N";
+    precision: PRECISIONS ("auto": autocast on CUDA only). ``stream_predictions`` does the same without holding
+    the maps.
     """
     if hu.ndim != 3:
         raise ValueError(f"hu must be (z, y, x), got shape {hu.shape}")
@@ -236,7 +282,7 @@ def predict_volume(
             maps[window][start:stop] = values
 
     streamed = stream_predictions(
-        model, lambda start, stop: hu[start:stop], hu.shape[0], keep, batch_size, device, progress, cancel
+        model, lambda start, stop: hu[start:stop], hu.shape[0], keep, batch_size, device, progress, cancel, precision
     )
     return dataclasses.replace(streamed, maps=maps)
 

@@ -72,7 +72,7 @@ from torch import nn
 
 from ctqa.errors import InputError
 from ctqa.models.checkpoints import FORMAT_VERSION, load_verified_weights, read_task_card, write_checkpoint
-from ctqa.models.inference import BODY_HU, Cancelled, resolve_device
+from ctqa.models.inference import BODY_HU, autocast, default_batch_size, resolve_device, run_batches
 from ctqa.models.networks import HPF_SCALE, HPF_SIGMA_PX, config_from_dict, gaussian_blur
 from ctqa.models.timm_import import import_timm
 from ctqa.physics.ssim import SSIM_WINDOW_HU
@@ -90,6 +90,8 @@ SCORE_WINDOW_HU = (-135.0, 215.0)
 #: Side (px) of the square image the networks score (the challenge's image size).
 INPUT_SIZE = 512
 SCORE_SCALE = "0-4 LDCTIQAC2023"
+#: Slices per batch on the CPU (``predict_scores``; the speed table's figures are at batch 8).
+CPU_BATCH = 8
 BACKBONES = ("cnn", "tfkt", "mdiqa")
 HEADS = ("distribution", "regression")
 #: Channels per attention head in every transformer (ViT, Swin, fusion blocks): widths must be multiples of it.
@@ -758,41 +760,46 @@ def predict_scores(
     card: dict,
     hu: np.ndarray,
     device: str | torch.device = "auto",
-    batch: int = 8,
+    batch: int | None = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     pixel_yx_mm: tuple[float, float] | None = None,
+    precision: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(score (z,), sd (z,)) float64 of every slice of hu (z, y, x) in HU, calibrated by the card (SD times the
     calibration's slope; NaN SD for a regression head). A grid model (``grid_of(card)``) scores each batch on its
     ``score_canvas``; pixel_yx_mm (the slices' pixel size) is then required.
 
-    Batches of batch slices in float32 on device ("auto", "cpu", "cuda" or "cuda:N"; a copy of the model runs
-    there, the model itself is not changed). progress(fraction, message) after each batch; cancel is checked
+    Batches of batch slices (None: CPU_BATCH on the CPU, ``inference.default_batch_size`` on CUDA) on device
+    ("auto", "cpu", "cuda" or "cuda:N"; a copy of the model runs there, the model itself is not changed; CUDA
+    out-of-memory halves the batch, then continues on the CPU), the network under ``inference.autocast(device,
+    precision)`` (autocast on CUDA for "auto"). progress(fraction, message) after each batch; cancel is checked
     before each batch (raises ``inference.Cancelled``).
     """
     if hu.ndim != 3:
         raise ValueError(f"hu must be (z, y, x), got shape {hu.shape}")
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
-    device, fallback = resolve_device(device)
+    batch = default_batch_size(device, cpu=CPU_BATCH) if batch is None else batch
+    resolved, fallback = resolve_device(device)
     if fallback is not None:
         logger.warning(fallback)
-    net = copy.deepcopy(model).to(device).eval()
+    net = copy.deepcopy(model).to(resolved).eval()
     grid_mm = grid_of(card)
     if grid_mm is not None and pixel_yx_mm is None:
         raise ValueError("a grid score model needs the slices' pixel size (pixel_yx_mm)")
     depth = hu.shape[0]
     scores, sds = np.empty(depth), np.empty(depth)
-    for start in range(0, depth, batch):
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("global score cancelled")
-        stop = min(start + batch, depth)
+
+    def step(net: ScoreNet, start: int, stop: int, device: torch.device) -> None:
         part = hu[start:stop]
         if grid_mm is not None:
             part = score_canvas(part, pixel_yx_mm, grid_mm)
         slices = torch.from_numpy(np.ascontiguousarray(part, dtype=np.float32)).to(device)
-        scores[start:stop], sds[start:stop] = decode_output(net(score_input(slices, net.config.space_to_depth)))
-        if progress is not None:
-            progress(stop / depth, f"global score: {stop}/{depth} slices")
+        x = score_input(slices, net.config.space_to_depth)
+        with autocast(device, precision):
+            output = net(x)
+        scores[start:stop], sds[start:stop] = decode_output(output)
+
+    run = run_batches(net, depth, batch, resolved, step, "global score", progress, cancel, precision)
+    if run.fallback is not None:
+        logger.warning(run.fallback)
     return calibrate(scores, card), sds * np.abs(calibration_slope(scores, card))

@@ -35,6 +35,7 @@ from torch import nn
 
 from ctqa.errors import InputError
 from ctqa.models.checkpoints import FORMAT_VERSION, load_verified_weights
+from ctqa.models.inference import autocast
 from ctqa.models.networks import config_from_dict, gaussian_blur
 from ctqa.models.registry import checkpoint_files, read_json
 from ctqa.physics.lung import LUNG_WINDOW_HU
@@ -204,9 +205,14 @@ def predict_series(
     wed_mm: float,
     crops: int = 48,
     seed: int = 0,
+    precision: str = "auto",
 ) -> SeriesPrediction | None:
     """The model's reading of a series hu (z, y, x) HU: crops of config.depth (or fewer) slices from evenly spaced
-    slabs, crop centres drawn with a fixed seed (the same series always reads the same); None when no crop fits."""
+    slabs, crop centres drawn with a fixed seed (the same series always reads the same); None when no crop fits.
+
+    The crops run as one batch (about crops stacks of config.depth x crop x crop pixels: a few 512 x 512 slices'
+    worth) on the model's device, the network under ``inference.autocast(device, precision)`` (autocast on CUDA for
+    "auto")."""
     config = model.config
     depth = min(config.depth, hu.shape[0])
     starts = np.unique(np.linspace(0, hu.shape[0] - depth, min(8, hu.shape[0] - depth + 1)).round().astype(int))
@@ -223,7 +229,9 @@ def predict_series(
     side = torch.as_tensor(side_features(thickness_mm, pixel_mm, wed_mm)).expand(len(stacks), -1)
     device = next(model.parameters()).device
     with torch.no_grad():
-        out = model(network_input(torch.as_tensor(np.stack(stacks), device=device)), side.to(device))
+        x = network_input(torch.as_tensor(np.stack(stacks), device=device))
+        with autocast(device, precision):
+            out = {name: value.float() for name, value in model(x, side.to(device)).items()}
     targets = card["targets"]
     window = torch.softmax(out["window_logits"].mean(dim=0), dim=0)
     dose = torch.softmax(out["dose_logits"].mean(dim=0), dim=0)
