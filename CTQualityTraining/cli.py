@@ -447,6 +447,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     ceiling.add_argument("--data", default="../shared/data", metavar="DIR", help="shared data folder")
     ceiling.add_argument("--out", required=True, metavar="FILE.md", help="table to write")
+    calibrate_map = commands.add_parser(
+        "calibrate-map",
+        help="fit the per-window calibration of the median-SSIM or denoised-SSIM quality map on real dose pairs",
+        description="Least squares of the true SSIM map (against the real full dose) on the raw map, per window, over "
+        "the real pairs of L096, L143 and L192; prints the (intercept, slope) pairs as JSON "
+        "(CTQualityTraining/map_calibration.py).",
+    )
+    calibrate_map.add_argument("--data", default="../shared/data", metavar="DIR", help="shared data folder")
+    calibrate_map.add_argument("--method", choices=("median", "denoised"), default="median", help="map to calibrate")
     series_real = commands.add_parser(
         "series-real",
         help="the series panel's window and dose calls on every real kernel and dose case of the shared data",
@@ -793,6 +802,12 @@ def _reader_ceiling(args: argparse.Namespace) -> None:
     run_cli(args)
 
 
+def _calibrate_map(args: argparse.Namespace) -> None:
+    from .map_calibration import run_cli
+
+    run_cli(args)
+
+
 def _series_real(args: argparse.Namespace) -> None:
     from .series_real import run
 
@@ -824,6 +839,7 @@ def main(argv: list[str] | None = None) -> int:
         "validate-real": _validate_real,
         "reader-ceiling": _reader_ceiling,
         "series-real": _series_real,
+        "calibrate-map": _calibrate_map,
     }
     return exit_status("ctqa-train", lambda: commands[args.command](args))
 

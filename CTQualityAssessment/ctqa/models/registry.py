@@ -29,6 +29,8 @@ PHYSICS_MODEL = "physics"
 #: The quality map made with the default denoiser: the SSIM of the input against the denoiser's estimate of its
 #: noise-free self, plus a routine-dose reference noise (tasks/quality_map.py). Its weights are the denoiser's.
 DENOISED_SSIM_MODEL = "denoised_ssim"
+#: The quality map of the SSIM against the input's own median filter, calibrated on real pairs (tasks/quality_map.py).
+MEDIAN_SSIM_MODEL = "median_ssim"
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,14 @@ class ModelSpec:
         return self.kind in ("learned", "composite")
 
 
-#: The physics (no training) quality map of physics/noise.py, and the physics series classifier of physics/series.py
-#: (whose coefficients come from the default series model's card).
+#: The physics (no training) quality map of physics/noise.py, the physics series classifier of physics/series.py
+#: (whose coefficients come from the default series model's card), and the median-SSIM quality map.
 BUILTIN_MODELS = {
-    (PHYSICS_MODEL, task): ModelSpec(PHYSICS_MODEL, TASKS[task], "builtin") for task in ("quality_map", "series_class")
+    **{
+        (PHYSICS_MODEL, task): ModelSpec(PHYSICS_MODEL, TASKS[task], "builtin")
+        for task in ("quality_map", "series_class")
+    },
+    (MEDIAN_SSIM_MODEL, "quality_map"): ModelSpec(MEDIAN_SSIM_MODEL, TASKS["quality_map"], "builtin"),
 }
 
 

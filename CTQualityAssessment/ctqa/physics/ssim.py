@@ -76,6 +76,14 @@ def _ssim_slab(test: np.ndarray, reference: np.ndarray, weights: np.ndarray) -> 
     return np.divide(numerator, yy, out=numerator).astype(np.float32)
 
 
+def ssim_slab(
+    test_hu: np.ndarray, reference_hu: np.ndarray, window: tuple[float, float] = SSIM_WINDOW_HU
+) -> np.ndarray:
+    """SSIM map (float32 (z, y, x)) of a slab of test against reference, both (z, y, x) in HU, in the calling
+    thread (``ssim_map`` runs slabs in threads)."""
+    return _ssim_slab(scale_to_unit(test_hu, window), scale_to_unit(reference_hu, window), _gaussian_weights())
+
+
 def ssim_map(
     test_hu: np.ndarray,
     reference_hu: np.ndarray,
@@ -85,13 +93,10 @@ def ssim_map(
     """Per-voxel SSIM of test against reference, both (z, y, x) in HU; float32 map (z, y, x), 1 = identical."""
     if test_hu.shape != reference_hu.shape:
         raise ValueError(f"test shape {test_hu.shape} differs from reference shape {reference_hu.shape}")
-    weights = _gaussian_weights()
     out = np.empty(test_hu.shape, dtype=np.float32)
 
     def compare(start: int, stop: int) -> None:
-        test = scale_to_unit(test_hu[start:stop], window)
-        reference = scale_to_unit(reference_hu[start:stop], window)
-        out[start:stop] = _ssim_slab(test, reference, weights)
+        out[start:stop] = ssim_slab(test_hu[start:stop], reference_hu[start:stop], window)
 
     run_over_slabs(compare, test_hu.shape[0], progress, message="reference SSIM map")
     return out
