@@ -68,7 +68,7 @@ def _models() -> list[str]:
     try:
         from ctqa.models.registry import available_models
     except ImportError:  # dependencies not installed yet: the selector still shows the built-in choices
-        return ["default", "physics", CHECKPOINT_CHOICE]
+        return ["default", "physics", "median_ssim", CHECKPOINT_CHOICE]
     return [*available_models("quality_map"), CHECKPOINT_CHOICE]
 
 
@@ -116,7 +116,8 @@ class CTQualityAssessment(ScriptedLoadableModule):
             "Per-voxel CT image quality map (1 = best) shown as a colour overlay, quality per slice (plot) and per "
             "segment (table), global quality, the 0-4 quality score (LDCTIQAC2023 scale, when a score model is "
             "installed) and global noise level (GNL, HU). "
-            "The physics model estimates local noise SD in HU from the image itself; no reference is needed. "
+            "The default map (median_ssim) is the SSIM of the CT against its own median filter, calibrated on real "
+            "dose pairs to read as the SSIM against a full dose; no reference is needed. "
             "With a reference (full-dose) CT of the same anatomy an SSIM map is added. "
             "Denoise and compare denoises the CT with a learned denoiser into a new volume (the input is never "
             "changed) and assesses it the same way: its quality map, and before / after lines in the per-slice plot."
@@ -182,7 +183,7 @@ class CTQualityAssessmentParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     referenceVolume: vtkMRMLScalarVolumeNode
     segmentation: vtkMRMLSegmentationNode
-    model: Annotated[str, Choice(CHOICES["model"])] = "physics"
+    model: Annotated[str, Choice(CHOICES["model"])] = "median_ssim"
     checkpointPath: str = ""
     scoreModel: Annotated[str, Choice(CHOICES["scoreModel"])] = "default"
     denoiseModel: Annotated[str, Choice(CHOICES["denoiseModel"])] = "default"
@@ -1003,11 +1004,12 @@ class CTQualityAssessmentTest(ScriptedLoadableModuleTest):
 
     def test_widget_parameter_node_and_sample(self):
         """With Slicer's bundled packages alone: the module's widget is set up, its parameter node holds valid choices
-        (the model's default is the physics model), and the sample loads and becomes the input."""
+        (the model's default is the median-SSIM map, which needs no PyTorch), and the sample loads and becomes the
+        input."""
         self.delayDisplay("Widget, parameter node and sample (nothing installed)")
         widget = slicer.modules.ctqualityassessment.widgetRepresentation().self()
         parameters = CTQualityAssessmentLogic().getParameterNode()  # a singleton: a user's choices may be kept
-        self.assertEqual(parameters.default("model").value, "physics")
+        self.assertEqual(parameters.default("model").value, "median_ssim")
         for name, choices in CHOICES.items():
             self.assertIn(getattr(parameters, name), choices)
         ct = loadSample()
