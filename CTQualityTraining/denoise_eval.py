@@ -73,7 +73,7 @@ OVERCLAIM_TOLERANCE = 0.02
 ACCEPT_GAIN_DB = 3.0
 ACCEPT_MTF_TOLERANCE = 0.10
 #: The learned quality map compared with the true SSIM map (registry name, channel).
-QUALITY_MODEL = "default"
+QUALITY_MODEL = "n2q_default"
 QUALITY_WINDOW = "soft_tissue"
 
 Log = Callable[[str], None]

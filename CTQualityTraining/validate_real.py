@@ -183,6 +183,15 @@ def check_pairs(assessor: Assessor, pairs, log) -> dict:
             window_figures[f"{maps_key}_ssim_lung"] = agreement["ssim_lung"]
             bias = predicted[region].mean() - true[region].mean() if region.sum() >= MIN_LUNG_PIXELS else math.nan
             window_figures[f"{maps_key}_bias"] = float(bias)
+        if "lung" in low.window_maps:  # the single-window alternative: the soft-tissue map shown inside the lung
+            true = ssim_map(quarter[None], full[None], QUALITY_WINDOWS_HU["lung"])[0]
+            single = low.window_maps["soft_tissue"]
+            window_figures["map_single_ssim_lung"] = map_metrics(np.nan_to_num(single, nan=1.0), true, body, lung)[
+                "ssim_lung"
+            ]
+            region = lung & np.isfinite(single)
+            bias = single[region].mean() - true[region].mean() if region.sum() >= MIN_LUNG_PIXELS else math.nan
+            window_figures["map_single_bias"] = float(bias)
         rows.append(
             {
                 "case": case,
@@ -507,6 +516,8 @@ def map_markdown(map_models: dict) -> list[str]:
         row(f"{title}: soft tissue, bias in the body", "±0.05", figure("map_bias"))
         row(f"{title}: lung window, inside the lung", "", figure("map_lung_ssim_lung"))
         row(f"{title}: lung window, bias in the lung", "", figure("map_lung_bias"))
+        row(f"{title}: single window (soft tissue) inside the lung", "< lung window", figure("map_single_ssim_lung"))
+        row(f"{title}: single window (soft tissue), bias in the lung", "", figure("map_single_bias"))
     row("quarter < full (map mean)", f"{count}/{count}",
         [f"{map_models[n]['pairs']['map_quarter_below_full']}/{count}" for n in names])
     for variant in VARIANTS:

@@ -155,7 +155,8 @@ def test_cuda_fallback_is_reported_once(sample_files, tmp_path, capfd):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: no fallback to report")
-    argv = ["assess", str(sample_files / "sample_ct.nrrd"), "--device", "cuda", "--quiet", "--out", str(tmp_path / "o")]
+    argv = ["assess", str(sample_files / "sample_ct.nrrd"), "--model", "n2q_default", "--device", "cuda", "--quiet"]
+    argv += ["--out", str(tmp_path / "o")]
     assert main(argv) == 0
     err = capfd.readouterr().err
     reported = [line for line in err.splitlines() if "CUDA is not available" in line]

@@ -42,14 +42,14 @@ def _phantom(pixel_mm: float, size: int = 96) -> CTVolume:
 def test_quality_map_outside_the_grid_is_resampled_and_mapped_back():
     from ctqa.pipeline import assess
 
-    inside = assess(_phantom(0.8), series_model="physics", score_model=None, device="cpu")
+    inside = assess(_phantom(0.8), model="n2q_default", series_model="physics", score_model=None, device="cpu")
     assert not any("resampled" in note for note in inside.summary.notes)
-    outside = assess(_phantom(0.4), series_model="physics", score_model=None, device="cpu")
+    outside = assess(_phantom(0.4), model="n2q_default", series_model="physics", score_model=None, device="cpu")
     assert outside.quality.shape == (2, 96, 96)
     assert any("resampled to 0.60 mm" in note for note in outside.summary.notes)
     non_square = _phantom(0.8)
     non_square = CTVolume(non_square.hu, (0.8, 0.4, 3.0))  # x 0.8 mm, y 0.4 mm
-    one_axis = assess(non_square, series_model="physics", score_model=None, device="cpu")
+    one_axis = assess(non_square, model="n2q_default", series_model="physics", score_model=None, device="cpu")
     assert any("0.40 x 0.80 mm pixels were resampled to 0.80 mm" in note for note in one_axis.summary.notes)
 
 

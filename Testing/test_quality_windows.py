@@ -46,10 +46,12 @@ def test_physics_map_uses_the_lung_window_inside_the_lung(chest):
     assert quality_map.LUNG_NOISE_SD50_HU == pytest.approx(45.0)
 
 
-def test_lung_roi_quality_falls_with_dose_on_a_real_chest_slice(chest, torch_single_thread):
+@pytest.mark.parametrize("name", ["default", "n2q_default"])
+def test_lung_roi_quality_falls_with_dose_on_a_real_chest_slice(chest, torch_single_thread, name):
     """Acceptance: one held-out chest slice at doses 1, 0.5, 0.25, 0.1 (projection-domain noise, native kernel),
-    the bundled model, the lung mask as the ROI: its quality falls strictly with dose, read in the lung window."""
-    model = resolve("quality_map", "default")
+    the default (median-SSIM) and the learned map, the lung mask as the ROI: its quality falls strictly with dose,
+    read in the lung window; in the soft-tissue window the clipped lung hardly moves."""
+    model = resolve("quality_map", name)
     doses = (1.0, 0.5, 0.25, 0.1)
     images = simulate(chest.hu, chest.spacing[0], doses, views=360, seed=0)["native"].hu  # (dose, 1, y, x)
     roi = roi_from_mask(lung_mask(chest.hu, chest.spacing[0]), 1, "lungs")
@@ -64,4 +66,5 @@ def test_lung_roi_quality_falls_with_dose_on_a_real_chest_slice(chest, torch_sin
         assert summary["lung_voxels"] > 10_000 and summary["lung_quality_mean"] is not None
     assert np.all(np.diff(lung_means) < 0), lung_means
     assert lung_means[0] - lung_means[-1] > 0.05, lung_means
-    assert min(soft_means) > 0.97, "in the soft-tissue window the lung reads ~1 at every dose"
+    assert min(soft_means) > 0.94, "in the soft-tissue window the lung reads ~1 at every dose"
+    assert max(soft_means) - min(soft_means) < (lung_means[0] - lung_means[-1]) / 3

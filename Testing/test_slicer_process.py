@@ -16,7 +16,6 @@ import slicer  # noqa: E402
 from slicer_scene import make_headless_scene  # noqa: E402
 
 from ctqa.errors import InputError  # noqa: E402
-from ctqa.models.registry import default_model  # noqa: E402
 from ctqa.sample import make_sample  # noqa: E402
 from ctqa.volume import CTVolume  # noqa: E402
 from CTQualityAssessmentLib import mrml, process  # noqa: E402
@@ -126,10 +125,10 @@ def test_opacity_changes_only_the_modules_overlay(scene):
     assert other.GetForegroundOpacity() == pytest.approx(0.9)  # the user's overlay is left alone
 
 
-def test_default_learned_model_runs_out_of_process(scene):
+def test_learned_model_runs_out_of_process(scene):
     ct = volume_node(scene, make_sample().low_dose)
-    outputs = process.run(ct, model="default", device="cpu", show=False)
-    assert outputs.summary["settings"]["model"] == default_model("quality_map")
+    outputs = process.run(ct, model="n2q_default", device="cpu", show=False)
+    assert outputs.summary["settings"]["model"] == "n2q_default"
     assert outputs.summary["settings"]["model_kind"] == "learned"
     quality = slicer.util.arrayFromVolume(outputs.quality_map)
     assert 0.0 < np.nanmean(quality) < 1.0

@@ -178,6 +178,35 @@ def test_staging_files_go_to_the_staging_dir(tmp_path, monkeypatch):
     assert np.asarray(staged).sum() == 8
 
 
+def test_large_writes_go_to_the_kernel_in_pieces_and_read_back_exactly(tmp_path):
+    """Slabs above WRITE_PIECE_BYTES (staging files and compressed NRRD slabs) are written in pieces: the same bytes."""
+    from ctqa.io import write_map
+
+    values = np.random.default_rng(4).random((21, 160, 192)).astype(np.float32)  # 16 slices: 1.7 MiB compressed
+    assert values[:16].nbytes > 1.5 * staging.WRITE_PIECE_BYTES
+    pieces = list(staging.write_pieces(values[:16]))
+    assert max(len(piece) for piece in pieces) == staging.WRITE_PIECE_BYTES
+    assert b"".join(pieces) == values[:16].tobytes()
+    staged = StagedMap(values.shape)
+    staged.write(3, values[3:19])
+    np.testing.assert_array_equal(staged[3:19], values[3:19])
+    volume = CTVolume(values, (0.7, 0.7, 1.0))
+    write_map(values, volume, tmp_path / "map.nrrd")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "map.nrrd"))), values)
+
+
+def test_the_packed_body_is_the_body_of_the_noise_map():
+    hu, spacing = chest_volume(depth=20, size=128)
+    computed = analyse_noise(CTVolume(hu, spacing))
+    packed = computed.with_packed_body()
+    assert isinstance(packed.body_mask, PackedMask) and not isinstance(computed.body_mask, PackedMask)
+    body = np.isfinite(np.asarray(computed.noise_sd))
+    np.testing.assert_array_equal(np.asarray(packed.body_mask), body)
+    np.testing.assert_array_equal(packed.body_voxels(), body.sum(axis=(1, 2)))
+    np.testing.assert_array_equal(computed.body_voxels(), body.sum(axis=(1, 2)))
+    assert packed.noise_sd is computed.noise_sd and packed.with_packed_body() is packed
+
+
 # --- slab-wise labelling ----------------------------------------------------------------------------------------
 
 
@@ -205,8 +234,11 @@ def test_lung_mask_and_body_do_not_depend_on_the_slab_size(monkeypatch):
     volume = CTVolume(hu, spacing)
     whole_noise = analyse_noise(volume)
     body = np.asarray(whole_noise.body_mask)
+    monkeypatch.setattr(lung_module, "LUNG_SLAB_SLICES", len(hu))  # one slab: one labelling of the whole volume
     whole_lung = lung_mask(hu, spacing[0], body)
     assert whole_lung.any()
+    monkeypatch.undo()
+    np.testing.assert_array_equal(lung_mask(hu, spacing[0], body), whole_lung)  # slabs of the default size
     monkeypatch.setattr(lung_module, "LUNG_SLAB_SLICES", 5)
     monkeypatch.setattr(noise_module, "BODY_SLAB_SLICES", 3)
     np.testing.assert_array_equal(lung_mask(hu, spacing[0], body), whole_lung)
@@ -217,7 +249,7 @@ def test_slab_placement_equals_the_whole_volume_placement():
     from ctqa.models.grid import place, place_slabs
     from ctqa.models.registry import resolve
 
-    spec = resolve("quality_map", "default")
+    spec = resolve("quality_map", "n2q_default")
     hu, _ = chest_volume(depth=10, size=128)
     volume = CTVolume(hu, (0.45, 0.45, 1.0))  # finer than the model's grid: resampled
     whole, slabs = place(volume, spec.card, spec.name), place_slabs(volume, spec.card, spec.name)
@@ -273,7 +305,7 @@ def streamed(tmp_path_factory):
 
     hu, spacing = chest_volume()
     path = _write(hu, tmp_path_factory.mktemp("chest") / "chest.nrrd")
-    return assess(read_volume(path, compact=True), device="cpu")
+    return assess(read_volume(path, compact=True), model="n2q_default", device="cpu")  # the learned map streamed
 
 
 @pytest.mark.skipif(not REFERENCE, reason="no reference figures recorded")

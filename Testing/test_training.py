@@ -213,7 +213,7 @@ def test_map_metrics_definitions():
 
 def test_bundled_model_map_falls_with_dose_on_held_out_real_slices(shared_data, torch_single_thread):
     """Mayo L506 full-dose slices (never trained on) with projection-domain noise at falling doses."""
-    model, _ = checkpoints.load(registry.resolve("quality_map", "default").card_path)
+    model, _ = checkpoints.load(registry.resolve("quality_map", "n2q_default").card_path)
     targets = [shared_data / "mayo_pairs" / f"L506_{case}_target.npy" for case in (18, 86)]
     full = np.concatenate([read_volume(path, scaling=MAYO_NPY_SCALING).hu for path in targets])
     doses = (1.0, 0.5, 0.25, 0.1, 0.05)

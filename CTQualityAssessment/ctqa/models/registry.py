@@ -133,8 +133,10 @@ def read_manifest() -> dict:
     needed = {"task", "weights", "card", "sha256"}
     if not isinstance(entries, dict) or not all(isinstance(e, dict) and needed <= set(e) for e in entries.values()):
         raise InputError(f'{path}: model manifest needs "models": {{name: {{task, weights, card, sha256}}}}')
-    if not isinstance(defaults, dict) or any(name not in entries for name in defaults.values()):
-        raise InputError(f'{path}: "defaults" must map tasks to names listed in "models"')
+    if not isinstance(defaults, dict) or any(
+        name not in entries and (name, task) not in BUILTIN_MODELS for task, name in defaults.items()
+    ):
+        raise InputError(f'{path}: "defaults" must map tasks to names listed in "models" or built in')
     return {"defaults": defaults, "models": entries}
 
 
