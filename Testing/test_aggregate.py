@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ctqa.aggregate import body_statistics, lung_quality, region_statistics, roi_table, slice_table
+from ctqa.aggregate import lung_quality, region_statistics, roi_table, tabulate
 from ctqa.io import read_volume
 from ctqa.models.registry import resolve
 from ctqa.physics.noise import analyse_noise
@@ -30,7 +30,7 @@ def _volume_and_maps():
 
 def test_slice_table_rows_follow_geometry_and_match_numpy():
     volume, quality, noise = _volume_and_maps()
-    rows = [table_row(row) for row in slice_table(volume, quality, noise)]
+    rows = [table_row(row) for row in tabulate(volume, quality, noise).slices]
     assert [row["slice"] for row in rows] == [0, 1, 2]
     assert [row["z_mm"] for row in rows] == [100.0, 97.5, 95.0]  # z axis points down: direction[8] = -1
     assert set(rows[0]) == set(SLICE_COLUMNS)
@@ -88,7 +88,7 @@ def test_body_statistics_stream_slices_and_match_numpy():
     quality = rng.uniform(0.0, 1.0, volume.shape).astype(np.float32)
     noise = rng.uniform(5.0, 30.0, volume.shape).astype(np.float32)
     quality[:, :20] = noise[:, :20] = np.nan  # outside the body
-    streamed = body_statistics(volume, quality, noise)
+    streamed = tabulate(volume, quality, noise).body
     inside = np.isfinite(quality)
     direct = region_statistics(quality[inside], noise[inside], volume.hu[inside])
     assert streamed.quality_mean == pytest.approx(direct.quality_mean, rel=1e-9)
@@ -96,7 +96,42 @@ def test_body_statistics_stream_slices_and_match_numpy():
     for name in ("quality_median", "quality_p10"):  # histogram of 1e-4 bins
         assert getattr(streamed, name) == pytest.approx(getattr(direct, name), abs=2e-4)
     assert streamed.noise_sd_hu == pytest.approx(direct.noise_sd_hu, abs=0.02)
-    assert math.isnan(body_statistics(volume, np.full_like(quality, np.nan), noise).quality_mean)
+    assert math.isnan(tabulate(volume, np.full_like(quality, np.nan), noise).body.quality_mean)
+
+
+def test_threaded_aggregation_equals_one_pass_over_the_slices():
+    """tabulate (slice rows and the body's statistics) and lung_quality run slab by slab in threads (several slabs
+    here, the last one short); their figures equal those of one pass over the slices in order, to the last bit."""
+    rng = np.random.default_rng(2)
+    volume = CTVolume(rng.normal(40.0, 10.0, (37, 40, 48)), (0.5, 0.5, 2.5))
+    quality = rng.uniform(0.0, 1.0, volume.shape).astype(np.float32)
+    noise = rng.uniform(5.0, 30.0, volume.shape).astype(np.float32)
+    quality[:, :9] = noise[:, :9] = np.nan  # outside the body
+    quality[5] = noise[5] = np.nan  # a slice without body
+    lung_map = np.where(np.isnan(quality), np.nan, 0.5 * quality).astype(np.float32)
+    lung = np.zeros(volume.shape, bool)
+    lung[:, 20:30, 10:20] = True
+
+    tables = tabulate(volume, quality, noise)
+    rows = tables.slices
+    for z, row in enumerate(rows):
+        assert row.stats == region_statistics(quality[z].ravel(), noise[z].ravel(), volume.hu[z].ravel())
+    assert [row.voxels for row in rows] == [int(np.isfinite(plane).sum()) for plane in quality]
+
+    quality_sum = hu_sum = lung_sum = rest_sum = 0.0
+    for z in range(volume.shape[0]):  # one pass, as the sums were made before the threads
+        inside = np.isfinite(quality[z])
+        quality_sum += float(quality[z][inside].sum(dtype=np.float64))
+        hu_sum += float(volume.hu[z][inside].sum(dtype=np.float64))
+        lung_sum += float(lung_map[z][lung[z] & inside].sum(dtype=np.float64))
+        rest_sum += float(quality[z][inside & ~lung[z]].sum(dtype=np.float64))
+    inside = np.isfinite(quality)
+    body = tables.body
+    assert body.quality_mean == quality_sum / inside.sum() and body.hu_mean == hu_sum / inside.sum()
+    split = lung_quality({"soft_tissue": quality, "lung": lung_map}, lung)
+    assert split.lung_voxels == (lung & inside).sum()
+    assert split.lung_quality_mean == lung_sum / (lung & inside).sum()
+    assert split.soft_tissue_quality_mean == rest_sum / (inside & ~lung).sum()
 
 
 def test_labelmap_on_a_coarser_grid_is_resampled(tmp_path):

@@ -10,16 +10,24 @@ from ctqa.models import registry
 from ctqa.models.feature_score import (
     FEATURES,
     GRID_MM,
+    NPS_FLAT_RATIO,
+    NPS_MAX_SPREAD_HU,
+    NPS_MIN_PATCHES,
+    NPS_PATCH_MM,
+    NPS_TISSUE_HU,
     FeatureScoreModel,
     SliceFeatures,
     design,
     domain_notes,
+    flat_patch_spectrum,
     load_feature_model,
+    nps_frequency,
     read_safetensors,
     slice_features,
     to_grid,
     write_safetensors,
 )
+from ctqa.physics.noise import analyse_noise
 from ctqa.sample import make_sample
 from ctqa.tasks import global_score
 from ctqa.volume import CTVolume
@@ -153,6 +161,60 @@ def test_a_brain_window_export_says_why_it_has_no_score(shared_data):
     assert result.summary.global_score is None
     assert any("the 0-4 quality score is not reported" in note for note in result.summary.notes)
     assert any("display window (0..80 HU)" in note for note in result.summary.notes)
+
+
+def _first_flat_patch_spectrum(hu: np.ndarray, pixel_mm: float):
+    """(residuals, power, radius) of flat_patch_spectrum as it was first written, the definition the faster code must
+    reproduce: every patch in float64, the full (size^2, size^2) quadratic projection, the complex FFT."""
+    size = max(8, int(round(NPS_PATCH_MM / pixel_mm)))
+    windows = np.lib.stride_tricks.sliding_window_view(hu, (size, size))[:: size // 2, :: size // 2]
+    patches = windows.reshape(-1, size * size).astype(np.float64)
+    means = patches.mean(axis=1)
+    candidate = (means >= NPS_TISSUE_HU[0]) & (means <= NPS_TISSUE_HU[1])
+    candidate &= np.abs(patches - means[:, None]).max(axis=1) < NPS_MAX_SPREAD_HU
+    y, x = np.mgrid[:size, :size].reshape(2, -1).astype(np.float64)
+    basis = np.stack([np.ones_like(y), y, x, y * y, x * x, y * x], axis=1)
+    residual = patches[candidate] - patches[candidate] @ (basis @ np.linalg.pinv(basis)).T
+    spread = residual.std(axis=1)
+    flat = spread <= NPS_FLAT_RATIO * np.median(spread)
+    assert flat.sum() >= NPS_MIN_PATCHES
+    taper = np.outer(np.hanning(size), np.hanning(size)).ravel()
+    power = (np.abs(np.fft.fft2((residual[flat] * taper).reshape(-1, size, size))) ** 2).mean(axis=0)
+    power[0, 0] = 0.0
+    frequency = np.fft.fftfreq(size, d=pixel_mm)
+    return residual[flat], power, np.hypot(*np.meshgrid(frequency, frequency, indexing="ij"))
+
+
+#: Relative tolerance of the NPS against its first implementation: float64 rounding of another summation order
+#: (quadratic fit through its 6 coefficients, half-spectrum FFT); measured at most 1e-15 on the slices below.
+NPS_RTOL = 1e-12
+
+
+def test_nps_equals_its_first_implementation_on_real_slices(mayo):
+    """The faster NPS (candidates chosen in the slice's own dtype, the detrend through the 6 surface coefficients,
+    rfft2) equals the first implementation on real slices, float32 and whole-HU int16, to NPS_RTOL."""
+    quarter, full = mayo["L506_18"]
+    for hu in (quarter, full, np.round(quarter).astype(np.int16)):
+        residuals, power, radius = _first_flat_patch_spectrum(hu, 0.74)
+        found = flat_patch_spectrum(hu, 0.74)
+        assert found.residuals.shape == residuals.shape  # the same flat patches
+        np.testing.assert_allclose(found.residuals, residuals, rtol=0, atol=NPS_RTOL * np.abs(residuals).max())
+        np.testing.assert_allclose(found.power, power, rtol=0, atol=NPS_RTOL * power.max())
+        np.testing.assert_array_equal(found.radius, radius)
+        expected = (radius * power).sum() / power.sum()
+        assert nps_frequency(hu, 0.74) == pytest.approx(expected, rel=NPS_RTOL)
+
+
+def test_the_features_reuse_the_physics_pass_only_when_it_is_theirs():
+    """The pipeline's physics pass (on the grid, default window) gives the features the figures of their own pass;
+    a pass with another window is not used."""
+    volume = CTVolume(np.round(make_sample().low_dose.hu[:8]).astype(np.int16), (GRID_MM, GRID_MM, 2.5))
+    own = slice_features(volume).values
+    assert np.isfinite(own).all()
+    np.testing.assert_array_equal(slice_features(volume, analyse_noise(volume)).values, own)
+    other = analyse_noise(volume, window_mm=12.0)
+    assert not np.allclose(np.log(other.slice_noise_sd), own[:, 0])
+    np.testing.assert_array_equal(slice_features(volume, other).values, own)
 
 
 def test_bad_feature_cards_are_refused_in_one_line(tmp_path):

@@ -178,6 +178,35 @@ def test_staging_files_go_to_the_staging_dir(tmp_path, monkeypatch):
     assert np.asarray(staged).sum() == 8
 
 
+def test_large_writes_go_to_the_kernel_in_pieces_and_read_back_exactly(tmp_path):
+    """Slabs above WRITE_PIECE_BYTES (staging files and compressed NRRD slabs) are written in pieces: the same bytes."""
+    from ctqa.io import write_map
+
+    values = np.random.default_rng(4).random((21, 160, 192)).astype(np.float32)  # 16 slices: 1.7 MiB compressed
+    assert values[:16].nbytes > 1.5 * staging.WRITE_PIECE_BYTES
+    pieces = list(staging.write_pieces(values[:16]))
+    assert max(len(piece) for piece in pieces) == staging.WRITE_PIECE_BYTES
+    assert b"".join(pieces) == values[:16].tobytes()
+    staged = StagedMap(values.shape)
+    staged.write(3, values[3:19])
+    np.testing.assert_array_equal(staged[3:19], values[3:19])
+    volume = CTVolume(values, (0.7, 0.7, 1.0))
+    write_map(values, volume, tmp_path / "map.nrrd")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "map.nrrd"))), values)
+
+
+def test_the_packed_body_is_the_body_of_the_noise_map():
+    hu, spacing = chest_volume(depth=20, size=128)
+    computed = analyse_noise(CTVolume(hu, spacing))
+    packed = computed.with_packed_body()
+    assert isinstance(packed.body_mask, PackedMask) and not isinstance(computed.body_mask, PackedMask)
+    body = np.isfinite(np.asarray(computed.noise_sd))
+    np.testing.assert_array_equal(np.asarray(packed.body_mask), body)
+    np.testing.assert_array_equal(packed.body_voxels(), body.sum(axis=(1, 2)))
+    np.testing.assert_array_equal(computed.body_voxels(), body.sum(axis=(1, 2)))
+    assert packed.noise_sd is computed.noise_sd and packed.with_packed_body() is packed
+
+
 # --- slab-wise labelling ----------------------------------------------------------------------------------------
 
 
@@ -205,12 +234,34 @@ def test_lung_mask_and_body_do_not_depend_on_the_slab_size(monkeypatch):
     volume = CTVolume(hu, spacing)
     whole_noise = analyse_noise(volume)
     body = np.asarray(whole_noise.body_mask)
+    monkeypatch.setattr(lung_module, "LUNG_SLAB_SLICES", len(hu))  # one slab: one labelling of the whole volume
     whole_lung = lung_mask(hu, spacing[0], body)
     assert whole_lung.any()
+    monkeypatch.undo()
+    np.testing.assert_array_equal(lung_mask(hu, spacing[0], body), whole_lung)  # slabs of the default size
     monkeypatch.setattr(lung_module, "LUNG_SLAB_SLICES", 5)
     monkeypatch.setattr(noise_module, "BODY_SLAB_SLICES", 3)
     np.testing.assert_array_equal(lung_mask(hu, spacing[0], body), whole_lung)
     np.testing.assert_array_equal(np.asarray(analyse_noise(volume).noise_sd), np.asarray(whole_noise.noise_sd))
+
+
+def test_median_ssim_on_the_body_box_equals_the_whole_slice():
+    """The median-SSIM map, computed on each slice's body box (quality_map.MEDIAN_SSIM_MARGIN), equals the map of the
+    whole slices inside the body, to the last bit."""
+    from ctqa.models.registry import resolve
+    from ctqa.tasks import quality_map
+
+    hu, spacing = chest_volume(depth=6, size=128)
+    volume = CTVolume(hu, spacing)
+    noise = analyse_noise(volume).with_packed_body()
+    body = np.asarray(noise.body_mask)
+    assert not body[:, :8].any()  # the box leaves rows of the slice out
+    result = quality_map.run(volume, resolve("quality_map", "median_ssim"), noise)
+    whole = volume.hu_slab(0, len(hu))
+    expected = quality_map.calibrated_ssim(whole, quality_map.median_reference(whole), quality_map.MEDIAN_CALIBRATION)
+    for name, values in expected.items():
+        values[~body] = np.nan
+        np.testing.assert_array_equal(np.asarray(result.windows[name]), values)
 
 
 def test_slab_placement_equals_the_whole_volume_placement():

@@ -1,8 +1,9 @@
 """Aggregation of per-voxel maps into typed rows: per slice, per ROI, and over the whole body.
 
 Voxels whose quality is not finite (outside the body) are left out everywhere. The maps may be staging.SlabMaps
-(the pipeline's): they are read a slab or an ROI's box at a time. The whole-body statistics are
-accumulated slice by slice (histograms for the percentiles), so they need no copy of the body's voxels.
+(the pipeline's): they are read a slab or an ROI's box at a time, the slabs in the slab threads. The whole-body
+statistics are accumulated slice by slice (histograms for the percentiles), so they need no copy of the body's
+voxels; their sums are added in slice order, as one pass over the slices would add them.
 
 Windows: slices and the whole body use the composed quality map (each voxel in the window of its tissue). An ROI is
 read in one window, that of its tissue: the lung window when most of its assessed voxels lie in the lung mask (and
@@ -12,13 +13,15 @@ the model has a lung window), else the soft-tissue window; its row says which.
 from __future__ import annotations
 
 import math
+import threading
+from dataclasses import dataclass
 
 import numpy as np
 
 from ctqa.physics.lung import QUALITY_WINDOWS_HU
 from ctqa.results import LungQuality, RegionStats, RoiRow, SliceRow
 from ctqa.rois import Roi
-from ctqa.slabs import SLAB_SLICES
+from ctqa.slabs import run_over_slabs
 from ctqa.volume import CTVolume
 
 #: Histogram resolution of the whole-body percentiles: quality in [0, 1], noise SD in HU.
@@ -43,39 +46,6 @@ def region_statistics(quality: np.ndarray, noise_sd: np.ndarray, hu: np.ndarray)
         noise_sd_hu=float(np.median(noise)) if noise.size else math.nan,
         hu_mean=float(hu[assessed].mean(dtype=np.float64)),
     )
-
-
-def slice_table(
-    volume: CTVolume,
-    quality: np.ndarray,
-    noise_sd: np.ndarray,
-    score: np.ndarray | None = None,
-    score_sd: np.ndarray | None = None,
-) -> list[SliceRow]:
-    """One row per slice: statistics over the slice's assessed (finite-quality) voxels, and the slice's 0-4 score
-    and its SD when given (float (z,), NaN where not scored)."""
-    positions = volume.slice_positions_mm()
-    missing = np.full(volume.shape[0], np.nan)
-    score = missing if score is None else score
-    score_sd = missing if score_sd is None else score_sd
-    rows = []
-    for start in range(0, volume.shape[0], SLAB_SLICES):  # maps may be staging.SlabMaps: read a slab at a time
-        stop = min(start + SLAB_SLICES, volume.shape[0])
-        slab_quality, slab_noise, slab_hu = quality[start:stop], noise_sd[start:stop], volume.hu[start:stop]
-        for offset, index in enumerate(range(start, stop)):
-            rows.append(
-                SliceRow(
-                    index,
-                    float(positions[index]),
-                    int(np.isfinite(slab_quality[offset]).sum()),
-                    region_statistics(
-                        slab_quality[offset].ravel(), slab_noise[offset].ravel(), slab_hu[offset].ravel()
-                    ),
-                    float(score[index]),
-                    float(score_sd[index]),
-                )
-            )
-    return rows
 
 
 def roi_window(windows: dict[str, np.ndarray], lung: np.ndarray, roi: Roi) -> str:
@@ -109,28 +79,40 @@ def roi_table(
     return rows
 
 
+def _sum_in_order(values: np.ndarray) -> float:
+    """The sum of values (float64) added one by one in their order: per-slice sums made in threads add up exactly as
+    one pass over the slices would add them."""
+    total = 0.0
+    for value in values.tolist():
+        total += value
+    return total
+
+
 def lung_quality(windows: dict[str, np.ndarray], lung: np.ndarray) -> LungQuality:
     """Mean quality of the lung (lung mask) in the lung window and of the rest of the body in the soft-tissue
-    window, one slice at a time; the lung mean is NaN without lung or without a lung-window map."""
+    window, slab by slab in the slab threads; the lung mean is NaN without lung or without a lung-window map."""
     soft, lung_map = windows["soft_tissue"], windows.get("lung")
-    lung_sum = rest_sum = 0.0
-    lung_voxels = rest_voxels = 0
-    for start in range(0, soft.shape[0], SLAB_SLICES):  # maps may be staging.SlabMaps: read a slab at a time
-        soft_slab, lung_slab = soft[start : start + SLAB_SLICES], lung[start : start + SLAB_SLICES]
-        lung_window = lung_map[start : start + SLAB_SLICES] if lung_map is not None else None
-        for offset in range(len(soft_slab)):
+    sums = np.zeros((soft.shape[0], 2))  # per slice: lung, rest
+    counts = np.zeros((soft.shape[0], 2), dtype=np.int64)
+
+    def add(start: int, stop: int) -> None:  # maps may be staging.SlabMaps: read a slab at a time
+        soft_slab, lung_slab = soft[start:stop], lung[start:stop]
+        lung_window = lung_map[start:stop] if lung_map is not None else None
+        for offset, index in enumerate(range(start, stop)):
             assessed = np.isfinite(soft_slab[offset])
             inside = lung_slab[offset] & assessed
             rest = assessed & ~lung_slab[offset]
-            lung_voxels += int(np.count_nonzero(inside))
-            rest_voxels += int(np.count_nonzero(rest))
-            rest_sum += float(soft_slab[offset][rest].sum(dtype=np.float64))
+            counts[index] = np.count_nonzero(inside), np.count_nonzero(rest)
+            sums[index, 1] = soft_slab[offset][rest].sum(dtype=np.float64)
             if lung_window is not None:
-                lung_sum += float(lung_window[offset][inside].sum(dtype=np.float64))
+                sums[index, 0] = lung_window[offset][inside].sum(dtype=np.float64)
+
+    run_over_slabs(add, soft.shape[0])
+    lung_voxels, rest_voxels = (int(n) for n in counts.sum(axis=0))
     return LungQuality(
         lung_voxels=lung_voxels,
-        lung_quality_mean=lung_sum / lung_voxels if lung_voxels and lung_map is not None else math.nan,
-        soft_tissue_quality_mean=rest_sum / rest_voxels if rest_voxels else math.nan,
+        lung_quality_mean=_sum_in_order(sums[:, 0]) / lung_voxels if lung_voxels and lung_map is not None else math.nan,
+        soft_tissue_quality_mean=_sum_in_order(sums[:, 1]) / rest_voxels if rest_voxels else math.nan,
         lung_window_hu=QUALITY_WINDOWS_HU["lung"],
         soft_tissue_window_hu=QUALITY_WINDOWS_HU["soft_tissue"],
     )
@@ -143,36 +125,73 @@ def _histogram_quantile(counts: np.ndarray, edges_step: float, fraction: float) 
     return (index + 0.5) * edges_step
 
 
-def body_statistics(volume: CTVolume, quality: np.ndarray, noise_sd: np.ndarray) -> RegionStats:
-    """Statistics over every assessed voxel of the volume, one slice at a time (no body-sized copies).
+@dataclass(frozen=True)
+class Tables:
+    """The slice table of a volume's maps (one SliceRow per slice) and the statistics over its whole body."""
 
-    Means are exact; the quality percentiles are exact to 1/QUALITY_BINS and the noise median to NOISE_BIN_HU.
+    slices: list[SliceRow]
+    body: RegionStats
+
+
+def tabulate(
+    volume: CTVolume,
+    quality: np.ndarray,
+    noise_sd: np.ndarray,
+    score: np.ndarray | None = None,
+    score_sd: np.ndarray | None = None,
+) -> Tables:
+    """One pass over the maps, slab by slab in the slab threads, one slice at a time (no body-sized copies):
+
+    - slices: per slice, statistics over its assessed (finite-quality) voxels, and its 0-4 score and that score's
+      SD when given (float (z,), NaN where not scored);
+    - body: statistics over every assessed voxel of the volume. Means are exact; the quality percentiles are exact
+      to 1/QUALITY_BINS and the noise median to NOISE_BIN_HU (histograms).
     """
+    depth = volume.shape[0]
+    positions = volume.slice_positions_mm()
+    missing = np.full(depth, np.nan)
+    score = missing if score is None else score
+    score_sd = missing if score_sd is None else score_sd
+    rows: list[SliceRow | None] = [None] * depth
     quality_counts = np.zeros(QUALITY_BINS, dtype=np.int64)
     noise_counts = np.zeros(int(NOISE_MAX_HU / NOISE_BIN_HU) + 1, dtype=np.int64)
-    quality_sum = hu_sum = 0.0
-    voxels = 0
-    for q, sd, hu in zip(quality, noise_sd, volume.hu):
-        assessed = np.isfinite(q)
-        if not assessed.any():
-            continue
-        values = q[assessed]
-        voxels += values.size
-        quality_sum += float(values.sum(dtype=np.float64))
-        hu_sum += float(hu[assessed].sum(dtype=np.float64))
-        bins = np.clip((values * QUALITY_BINS).astype(np.int64), 0, QUALITY_BINS - 1)
-        quality_counts += np.bincount(bins, minlength=QUALITY_BINS)
-        noise = sd[assessed]
-        noise = noise[np.isfinite(noise)]
-        noise_bins = np.clip((noise / NOISE_BIN_HU).astype(np.int64), 0, noise_counts.size - 1)
-        noise_counts += np.bincount(noise_bins, minlength=noise_counts.size)
+    sums = np.zeros((depth, 2))  # per slice: quality, HU
+    lock = threading.Lock()
+
+    def add(start: int, stop: int) -> None:  # maps may be staging.SlabMaps: read a slab at a time
+        slab_quality, slab_noise, slab_hu = quality[start:stop], noise_sd[start:stop], volume.hu[start:stop]
+        for offset, index in enumerate(range(start, stop)):
+            assessed = np.isfinite(slab_quality[offset])
+            values, noise, hu = slab_quality[offset][assessed], slab_noise[offset][assessed], slab_hu[offset][assessed]
+            rows[index] = SliceRow(
+                index,
+                float(positions[index]),
+                values.size,
+                region_statistics(values, noise, hu),
+                float(score[index]),
+                float(score_sd[index]),
+            )
+            if not values.size:
+                continue
+            sums[index] = values.sum(dtype=np.float64), hu.sum(dtype=np.float64)
+            bins = np.clip((values * QUALITY_BINS).astype(np.int64), 0, QUALITY_BINS - 1)
+            noise = noise[np.isfinite(noise)]
+            noise_bins = np.clip((noise / NOISE_BIN_HU).astype(np.int64), 0, noise_counts.size - 1)
+            found = np.bincount(bins, minlength=QUALITY_BINS), np.bincount(noise_bins, minlength=noise_counts.size)
+            with lock:
+                quality_counts[:] += found[0]
+                noise_counts[:] += found[1]
+
+    run_over_slabs(add, depth)
+    voxels = sum(row.voxels for row in rows)
     if voxels == 0:
-        return RegionStats()
+        return Tables(rows, RegionStats())
     step = 1.0 / QUALITY_BINS
-    return RegionStats(
-        quality_mean=quality_sum / voxels,
+    body = RegionStats(
+        quality_mean=_sum_in_order(sums[:, 0]) / voxels,
         quality_median=_histogram_quantile(quality_counts, step, 0.5),
         quality_p10=_histogram_quantile(quality_counts, step, 0.1),
         noise_sd_hu=_histogram_quantile(noise_counts, NOISE_BIN_HU, 0.5) if noise_counts.any() else math.nan,
-        hu_mean=hu_sum / voxels,
+        hu_mean=_sum_in_order(sums[:, 1]) / voxels,
     )
+    return Tables(rows, body)

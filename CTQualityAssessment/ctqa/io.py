@@ -11,8 +11,6 @@ import dataclasses
 import gzip
 import os
 import struct
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +26,8 @@ from ctqa.errors import InputError, first_line
 from ctqa.geometry import image_on_grid
 from ctqa.scaling import Scaling, check_plausible_hu, check_stored_type, rendering_scaling
 from ctqa.scaling import parse as parse_scaling
-from ctqa.slabs import WORKER_THREADS
+from ctqa.slabs import map_slabs_in_order
+from ctqa.staging import write_pieces
 from ctqa.volume import AIR_HU, PADDING_BELOW_HU, CTVolume, Grid
 
 #: Extensions SimpleITK reads as whole volumes (not DICOM).
@@ -343,16 +342,16 @@ def _nrrd_header(array: np.ndarray, like: CTVolume | Grid, encoding: str) -> byt
     return ("\n".join(lines) + "\n\n").encode("ascii")
 
 
-def _deflate_slab(data: bytes, last: bool) -> bytes:
+def _deflate_slab(data: np.ndarray, last: bool) -> bytes:
     """Raw deflate (level 1) of one slab, ended by a sync flush so that the slabs concatenate into one stream."""
     compressor = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
     return compressor.compress(data) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
 
-def _slab_bytes(array: np.ndarray, start: int) -> bytes:
-    """Little-endian bytes of the slab of NRRD_SLAB_SLICES slices from start (the NRRD data order)."""
-    slab = array[start : start + NRRD_SLAB_SLICES]
-    return np.ascontiguousarray(slab, dtype=array.dtype.newbyteorder("<")).tobytes()
+def _slab_data(array: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Slices start..stop of array as a C-contiguous little-endian array (the NRRD data order; the slab itself when
+    it is one already)."""
+    return np.ascontiguousarray(array[start:stop], dtype=array.dtype.newbyteorder("<"))
 
 
 def _write_raw_nrrd(array: np.ndarray, like: CTVolume | Grid, path: Path) -> None:
@@ -360,33 +359,31 @@ def _write_raw_nrrd(array: np.ndarray, like: CTVolume | Grid, path: Path) -> Non
     with open(path, "wb") as handle:
         handle.write(_nrrd_header(array, like, "raw"))
         for start in range(0, array.shape[0], NRRD_SLAB_SLICES):
-            handle.write(_slab_bytes(array, start))
+            for piece in write_pieces(_slab_data(array, start, start + NRRD_SLAB_SLICES)):
+                handle.write(piece)
 
 
 def _write_nrrd(array: np.ndarray, like: CTVolume | Grid, path: Path) -> None:
-    """Write a gzip-encoded NRRD slab by slab, the slabs compressed in parallel threads (zlib releases the GIL).
+    """Write a gzip-encoded NRRD slab by slab, the slabs compressed in the slab threads (zlib releases the GIL).
 
     The slabs' raw deflate streams, each ended by a sync flush, form one valid deflate stream (as pigz does), so
-    the file is a single ordinary gzip member. At most 2 slabs per thread are in flight, so memory stays small;
-    SimpleITK would first copy the whole map into an image.
+    the file is a single ordinary gzip member. Only a few slabs are in flight (slabs.map_slabs_in_order), so memory
+    stays small; SimpleITK would first copy the whole map into an image. Written in pieces (staging.write_pieces).
     """
-    starts = list(range(0, array.shape[0], NRRD_SLAB_SLICES))
+    depth = array.shape[0]
 
-    def compress(start: int) -> tuple[bytes, bytes]:
-        data = _slab_bytes(array, start)
-        return data, _deflate_slab(data, last=start == starts[-1])
+    def compress(start: int, stop: int) -> tuple[np.ndarray, bytes]:
+        data = _slab_data(array, start, stop)
+        return data, _deflate_slab(data, last=stop == depth)
 
     crc, size = 0, 0
-    with open(path, "wb") as handle, ThreadPoolExecutor(max_workers=WORKER_THREADS) as pool:
+    with open(path, "wb") as handle:
         handle.write(_nrrd_header(array, like, "gzip"))
         handle.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")  # gzip member header: deflate, mtime 0
-        pending: deque = deque()
-        for start in starts:
-            pending.append(pool.submit(compress, start))
-            while len(pending) >= 2 * WORKER_THREADS or (pending and start == starts[-1]):
-                data, compressed = pending.popleft().result()
-                handle.write(compressed)
-                crc, size = zlib.crc32(data, crc), size + len(data)
+        for _, (data, compressed) in map_slabs_in_order(compress, depth, NRRD_SLAB_SLICES):
+            for piece in write_pieces(compressed):
+                handle.write(piece)
+            crc, size = zlib.crc32(data, crc), size + data.nbytes
         handle.write(struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF))
 
 

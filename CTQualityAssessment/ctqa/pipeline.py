@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ctqa import __version__
-from ctqa.aggregate import body_statistics, lung_quality, roi_table, slice_table
+from ctqa.aggregate import lung_quality, roi_table, tabulate
 from ctqa.errors import InputError
 from ctqa.geometry import reference_on_grid
 from ctqa.io import write_map
@@ -27,6 +27,7 @@ from ctqa.results import (
     ROI_COLUMNS,
     SLICE_COLUMNS,
     DenoisedSummary,
+    RegionStats,
     RoiRow,
     RunSettings,
     SeriesMeasures,
@@ -66,7 +67,8 @@ DEFINITIONS = {
 
 @dataclass
 class VolumePasses:
-    """The per-volume passes of an assessment: physics noise, quality map, 0-4 score, reference SSIM, slice rows.
+    """The per-volume passes of an assessment: physics noise, quality map, 0-4 score, reference SSIM, slice rows and
+    the statistics over the whole body (one pass over the maps: aggregate.tabulate).
 
     reference_ssim: float32 (z, y, x) SSIM against the reference on the volume's grid (a staging.StagedMap), None
     without one; scores: None when no score model ran (or no slice shows the body). The maps here and in
@@ -78,6 +80,7 @@ class VolumePasses:
     scores: global_score.SliceScores | None
     reference_ssim: np.ndarray | None
     slices: list[SliceRow]
+    body: RegionStats
 
 
 @dataclass
@@ -218,26 +221,26 @@ def _volume_passes(
         return _stage(progress, low / end, high / end)
 
     noise = analyse_noise(volume, window_mm, progress=part(0.0, 0.7 * physics_end))
-    noise = noise.staged(progress=part(0.7 * physics_end, physics_end))  # the noise map, once, into a staging file
+    noise = noise.with_packed_body(progress=part(0.7 * physics_end, physics_end))  # the body mask, once
     result = quality_map.run(volume, spec, noise, device, part(physics_end, map_end), cancel)
     release_free_memory()  # the network's freed activations, before the next stage's peak
     scores = None
     if score_spec is not None:
         if progress is not None:
             progress(map_end / end, "quality score")
-        scores = global_score.run(volume, score_spec, noise.body_voxels(), device, part(map_end, 0.8), cancel)
+        scores = global_score.run(volume, score_spec, noise.body_voxels(), device, part(map_end, 0.8), cancel, noise)
         release_free_memory()
     reference_ssim = None
     if reference_hu is not None:
         reference_ssim = _staged_ssim_map(volume, reference_hu, part(0.8, end))
-    slices = slice_table(
+    tables = tabulate(
         volume,
         result.quality,
         noise.noise_sd,
         scores.score if scores is not None else None,
         scores.sd if scores is not None else None,
     )
-    return VolumePasses(noise, result, scores, reference_ssim, slices)
+    return VolumePasses(noise, result, scores, reference_ssim, tables.slices, tables.body)
 
 
 def _with_denoised_columns(rows: list[SliceRow], denoised: list[SliceRow]) -> list[SliceRow]:
@@ -255,7 +258,7 @@ def _with_denoised_columns(rows: list[SliceRow], denoised: list[SliceRow]) -> li
 
 
 def _denoised_summary(denoiser: denoise.Denoised, passes: VolumePasses, gnl_before: float) -> DenoisedSummary:
-    body = body_statistics(denoiser.volume, passes.quality_map.quality, passes.noise.noise_sd)
+    body = passes.body
     reference_body = None
     if passes.reference_ssim is not None:
         reference_body = _reference_means(passes.reference_ssim, passes.quality_map.quality)[0]
@@ -284,8 +287,7 @@ def _summary(
     score_notes: tuple[str, ...],
     denoised: DenoisedAssessment | None,
 ) -> Summary:
-    noise, result, scores = passes.noise, passes.quality_map, passes.scores
-    body = body_statistics(volume, result.quality, noise.noise_sd)
+    noise, result, scores, body = passes.noise, passes.quality_map, passes.scores, passes.body
     reference_body = reference_all = None
     notes = volume.notes + noise.notes + result.notes + score_notes
     if passes.reference_ssim is not None:
@@ -435,6 +437,7 @@ def write_outputs(
     (a batch run's "batch" block: batch.py).
     """
     volume = assessment.volume
+    release_free_memory()  # the tables' freed temporaries, before the peak of writing (slabs in flight)
     with OutputFolder(folder) as out, _writing_into(out.folder):
         write_map(assessment.quality, volume, out.stage("quality_map"), compress)
         write_map(assessment.noise.noise_sd, volume, out.stage("noise_map"), compress)

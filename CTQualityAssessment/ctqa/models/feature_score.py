@@ -28,6 +28,7 @@ numpy and scipy only: this score needs neither torch nor the safetensors package
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -36,11 +37,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import scipy.fft
 
 from ctqa.errors import InputError
 from ctqa.models.grid import on_model_grid
 from ctqa.models.registry import bundled_sha256, checkpoint_files, manifest_path, read_json
-from ctqa.physics.noise import analyse_noise
+from ctqa.physics.noise import DEFAULT_WINDOW_MM, NoiseAnalysis, analyse_noise, cell_size
+from ctqa.slabs import ProgressCallback, run_over_slabs
 from ctqa.volume import CTVolume
 
 #: Backbone name of feature-score model cards (card["architecture"]["backbone"]).
@@ -126,11 +129,22 @@ def to_grid(volume: CTVolume, grid_mm: float = GRID_MM) -> CTVolume:
     return replace(volume, hu=hu, spacing=(*spacing, volume.spacing[2]))
 
 
-def _quadratic_projection(size: int) -> np.ndarray:
-    """(size^2, size^2) projection onto the quadratic surfaces of a size x size patch (what detrending removes)."""
+@functools.cache
+def _quadratic_basis(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(surfaces, inverse), both (6, size^2): the quadratic surfaces of a size x size patch (what detrending
+    removes) and their pseudo-inverse; a patch p's fit is (inverse @ p) @ surfaces."""
     y, x = np.mgrid[:size, :size].reshape(2, -1).astype(np.float64)
-    basis = np.stack([np.ones_like(y), y, x, y * y, x * x, y * x], axis=1)
-    return basis @ np.linalg.pinv(basis)
+    surfaces = np.stack([np.ones_like(y), y, x, y * y, x * x, y * x])
+    return surfaces, np.ascontiguousarray(np.linalg.pinv(surfaces.T))
+
+
+def _full_spectrum(half: np.ndarray, size: int) -> np.ndarray:
+    """(size, size) spectrum of a real signal from its rfft2 half (size, size // 2 + 1): |X(-k)| = |X(k)|."""
+    columns = half.shape[1]
+    full = np.empty((size, size), dtype=half.dtype)
+    full[:, :columns] = half
+    full[:, columns:] = half[-np.arange(size) % size][:, size - np.arange(columns, size)]
+    return full
 
 
 @dataclass(frozen=True)
@@ -153,20 +167,26 @@ def flat_patch_spectrum(hu: np.ndarray, pixel_mm: float) -> FlatPatchSpectrum | 
     if height < size or width < size:
         return None
     windows = np.lib.stride_tricks.sliding_window_view(hu, (size, size))[::stride, ::stride]
-    patches = windows.reshape(-1, size * size).astype(np.float64)
-    means = patches.mean(axis=1)
+    patches = windows.reshape(-1, size * size)  # in hu's own dtype: the float64 copy is made of candidates only
+    means = patches.mean(axis=1, dtype=np.float64)
     candidate = (means >= NPS_TISSUE_HU[0]) & (means <= NPS_TISSUE_HU[1])
-    candidate &= np.abs(patches - means[:, None]).max(axis=1) < NPS_MAX_SPREAD_HU
+    # the largest |HU - mean| of a patch, from its extremes (rounding is monotone: the same as voxel by voxel)
+    candidate &= np.maximum(patches.max(axis=1) - means, means - patches.min(axis=1)) < NPS_MAX_SPREAD_HU
     if candidate.sum() < NPS_MIN_PATCHES:
         return None
-    patches = patches[candidate]
-    residual = patches - patches @ _quadratic_projection(size).T
+    patches = patches[candidate].astype(np.float64)
+    surfaces, inverse = _quadratic_basis(size)
+    # einsum, not BLAS (@): OpenBLAS's own threads would keep spinning on the cores the slab threads need
+    residual = patches - np.einsum("pc,ck->pk", np.einsum("pk,ck->pc", patches, inverse), surfaces)
     spread = residual.std(axis=1)
     flat = spread <= NPS_FLAT_RATIO * np.median(spread)
     if flat.sum() < NPS_MIN_PATCHES:
         return None
     taper = np.outer(np.hanning(size), np.hanning(size)).ravel()
-    power = (np.abs(np.fft.fft2((residual[flat] * taper).reshape(-1, size, size))) ** 2).mean(axis=0)
+    half = scipy.fft.rfft2((residual[flat] * taper).reshape(-1, size, size))  # a real signal: half the spectrum
+    parts = half.view(np.float64).reshape(len(half), -1)  # each patch's real and imaginary parts, interleaved
+    power = np.einsum("pk,pk->k", parts, parts).reshape(*half.shape[1:], 2).sum(axis=-1) / len(half)
+    power = _full_spectrum(power, size)
     power[0, 0] = 0.0
     if power.sum() <= 0:
         return None
@@ -183,20 +203,33 @@ def nps_frequency(hu: np.ndarray, pixel_mm: float) -> float:
     return float((spectrum.radius * spectrum.power).sum() / spectrum.power.sum())
 
 
-def slice_features(volume: CTVolume) -> SliceFeatures:
-    """The FEATURES of every axial slice of volume, measured on its GRID_MM resampling (module docstring)."""
+def slice_features(
+    volume: CTVolume, noise: NoiseAnalysis | None = None, progress: ProgressCallback | None = None
+) -> SliceFeatures:
+    """The FEATURES of every axial slice of volume, measured on its GRID_MM resampling (module docstring).
+
+    noise: the physics pass of volume (``analyse_noise``), reused when it is the pass the features need (volume
+    already on the grid, windows of DEFAULT_WINDOW_MM); else that pass is made here. The NPS of the slices is
+    measured a slab at a time in threads (ctqa.slabs), progress(fraction, message) as slabs finish.
+    """
     gridded = to_grid(volume)
-    try:
-        noise = analyse_noise(gridded)
-    except InputError:  # a slice too small for one noise window on the grid: nothing to measure
-        return SliceFeatures(np.full((volume.shape[0], len(FEATURES)), np.nan))
+    default_window = tuple(2 * cells for cells in cell_size(gridded.spacing[:2], DEFAULT_WINDOW_MM))
+    if noise is None or gridded is not volume or noise.window_voxels != default_window:
+        try:
+            noise = analyse_noise(gridded)
+        except InputError:  # a slice too small for one noise window on the grid: nothing to measure
+            return SliceFeatures(np.full((volume.shape[0], len(FEATURES)), np.nan))
     pixel_mm = float(gridded.spacing[0])
     values = np.full((volume.shape[0], len(FEATURES)), np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         values[:, 0] = np.log(np.where(noise.slice_noise_sd > 0, noise.slice_noise_sd, np.nan))
-    for z, plane in enumerate(gridded.hu):
-        if np.isfinite(values[z, 0]):
-            values[z, 1] = nps_frequency(plane, pixel_mm)
+
+    def measure(start: int, stop: int) -> None:
+        for z in range(start, stop):
+            if np.isfinite(values[z, 0]):
+                values[z, 1] = nps_frequency(gridded.hu[z], pixel_mm)
+
+    run_over_slabs(measure, volume.shape[0], progress, message="noise texture")
     return SliceFeatures(values)
 
 

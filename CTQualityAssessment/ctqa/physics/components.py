@@ -25,9 +25,7 @@ class SlabComponents:
         """The slab labels (z, y, x) of the next slab (ndimage.label of it, count labels)."""
         offset = self.total
         self.offsets.append(offset)
-        plane_index = np.arange(len(labels))[:, None, None]
-        per_plane = np.bincount((labels + (count + 1) * plane_index).ravel(), minlength=len(labels) * (count + 1))
-        per_plane = per_plane.reshape(len(labels), count + 1)
+        per_plane = np.stack([np.bincount(plane.ravel(), minlength=count + 1) for plane in labels])
         self.sizes.append(per_plane.sum(axis=0))
         planes, ids = np.nonzero(per_plane[:, 1:])
         self.plane_counts.append((planes + self.planes, ids + 1 + offset, per_plane[planes, ids + 1]))

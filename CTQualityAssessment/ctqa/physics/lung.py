@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from ctqa.physics.components import SlabComponents
 from ctqa.physics.ssim import SSIM_WINDOW_HU
+from ctqa.slabs import map_slabs_in_order
 
 #: HU window of lung-window quality: the lung display window, width 1500, level -600 (DESIGN.md).
 LUNG_WINDOW_HU = (-1350.0, 150.0)
@@ -84,17 +85,19 @@ def body_mask(hu: np.ndarray) -> np.ndarray:
     return _fill_holes_in_plane(labels == sizes.argmax()).reshape(np.shape(hu))
 
 
-#: Slices of a slab in the lung mask's passes.
-LUNG_SLAB_SLICES = 32
+#: Slices of a slab in the lung mask's passes (two slabs are computed at once, in the slab threads).
+LUNG_SLAB_SLICES = 16
 
 
 def _candidates(hu: np.ndarray, inside: np.ndarray) -> np.ndarray:
     """Step 2 on a slab (z, y, x): air-like voxels inside the body not connected, within their slice, to the air
     around the patient."""
     air = hu < AIR_LIKE_HU
-    air_labels, _ = ndimage.label(air, structure=_IN_PLANE)
-    touching = np.unique(air_labels[air & ~inside])
-    return air & inside & ~np.isin(air_labels, touching[touching > 0])
+    air_labels, count = ndimage.label(air, structure=_IN_PLANE)
+    excluded = np.zeros(count + 1, dtype=bool)  # by air label: touches the air around the patient (0: not air)
+    excluded[air_labels[air & ~inside]] = True
+    excluded[0] = True
+    return inside & ~excluded[air_labels]
 
 
 def _median_of_members(hu: np.ndarray, slab_labels, labels: list[int], component: np.ndarray) -> dict[int, float]:
@@ -133,26 +136,32 @@ def _median_of_members(hu: np.ndarray, slab_labels, labels: list[int], component
 
 def _lung_slabs(hu, pixel_mm: float, inside, write) -> None:
     """The lung mask (module docstring) of hu (z, y, x) HU with the body mask inside (z, y, x), both indexable by
-    slab (arrays or staging.SlabMap), passed to write(start, lung slab) slab by slab: three passes over the slabs,
-    holding only bit-packed candidates and per-component counts besides a slab (the result equals one 3D
-    labelling of the whole volume)."""
+    slab (arrays or staging.SlabMap), passed to write(start, lung slab) slab by slab: three passes over the slabs
+    (the first and the last computed in the slab threads), holding only bit-packed candidates and per-component
+    counts besides a few slabs (the result equals one 3D labelling of the whole volume)."""
     from ctqa.staging import PackedMask
 
     depth = hu.shape[0]
-    slabs = [(start, min(start + LUNG_SLAB_SLICES, depth)) for start in range(0, depth, LUNG_SLAB_SLICES)]
     candidates = PackedMask(hu.shape)
     components = SlabComponents()
-    for start, stop in slabs:
-        found = _candidates(np.asarray(hu[start:stop]), np.asarray(inside[start:stop], dtype=bool))
+
+    def find(start: int, stop: int) -> np.ndarray:
+        return _candidates(np.asarray(hu[start:stop]), np.asarray(inside[start:stop], dtype=bool))
+
+    for start, found in map_slabs_in_order(find, depth, LUNG_SLAB_SLICES):  # labelled here: one label array at a time
         candidates.write(start, found)
         components.add(*ndimage.label(found))
     component, sizes, areas = components.finish()
 
+    def slab_ids(start: int, stop: int) -> np.ndarray:
+        """Provisional ids (z, y, x) of the slab from start, labelled again as in the first pass."""
+        labels, _ = ndimage.label(candidates.read(start, stop))
+        return np.where(labels > 0, labels + components.offsets[start // LUNG_SLAB_SLICES], 0)
+
     def slab_labels():
-        """(start, provisional ids (z, y, x)) of each slab, labelled again as in the first pass."""
-        for (start, stop), offset in zip(slabs, components.offsets):
-            labels, _ = ndimage.label(candidates.read(start, stop))
-            yield start, np.where(labels > 0, labels + offset, 0)
+        """(start, provisional ids) of each slab, in slab order, one slab at a time."""
+        for start in range(0, depth, LUNG_SLAB_SLICES):
+            yield start, slab_ids(start, min(start + LUNG_SLAB_SLICES, depth))
 
     count = len(sizes) - 1
     kept = []
@@ -171,20 +180,30 @@ def _lung_slabs(hu, pixel_mm: float, inside, write) -> None:
             if medians[label] > LUNG_MEDIAN_MIN_HU:
                 kept.append(label)
     if not kept:
-        for start, stop in slabs:
-            write(start, np.zeros((stop - start, *hu.shape[1:]), dtype=bool))
+        for start in range(0, depth, LUNG_SLAB_SLICES):
+            write(start, np.zeros((min(start + LUNG_SLAB_SLICES, depth) - start, *hu.shape[1:]), dtype=bool))
         return
     is_kept = np.zeros(count + 1, dtype=bool)
     is_kept[kept] = True
+    kept_ids = is_kept[component]  # by provisional id
     radius = max(1, int(round(CLOSING_MM / pixel_mm)))
     disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    for start, ids in slab_labels():
-        lung = is_kept[component[ids]].view(np.uint8)
+
+    def lung_slab(start: int, stop: int) -> np.ndarray:
+        """The lung mask (bool (z, y, x)) of slices start..stop: kept components, closed and filled in-plane."""
+        labels, slab_count = ndimage.label(candidates.read(start, stop))  # as in the first pass
+        offset = components.offsets[start // LUNG_SLAB_SLICES]
+        kept_labels = kept_ids[offset : offset + slab_count + 1].copy()  # by slab label: ids are offset + label
+        kept_labels[0] = False
+        lung = kept_labels[labels].view(np.uint8)
         for plane in lung:  # in-plane closing, slice by slice (OpenCV: several times faster than scipy.ndimage)
             if plane.any():
                 cv2.morphologyEx(plane, cv2.MORPH_CLOSE, disk, dst=plane)
-        body = np.asarray(inside[start : start + len(ids)], dtype=bool)
-        write(start, _fill_holes_in_plane(lung.view(bool) & body, MAX_HOLE_MM2 / (float(pixel_mm) ** 2)))
+        body = np.asarray(inside[start:stop], dtype=bool)
+        return _fill_holes_in_plane(lung.view(bool) & body, MAX_HOLE_MM2 / (float(pixel_mm) ** 2))
+
+    for start, lung in map_slabs_in_order(lung_slab, depth, LUNG_SLAB_SLICES):
+        write(start, lung)
 
 
 def lung_mask(hu: np.ndarray, pixel_mm: float, body: np.ndarray | None = None) -> np.ndarray:

@@ -16,7 +16,9 @@ from ctqa.slabs import ProgressCallback, run_over_slabs
 #: HU window the SSIM is computed on: the abdominal soft-tissue window (level 40, width 400).
 SSIM_WINDOW_HU = (-160.0, 240.0)
 SSIM_SIGMA = 1.5
-SSIM_TRUNCATE = 3.5  # radius int(3.5 * 1.5 + 0.5) = 5 voxels: the 11x11 window
+SSIM_TRUNCATE = 3.5
+#: Radius (voxels) of the Gaussian window: int(3.5 * 1.5 + 0.5) = 5, the 11x11 window.
+SSIM_RADIUS = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 
@@ -30,8 +32,7 @@ def scale_to_unit(hu: np.ndarray, window: tuple[float, float] = SSIM_WINDOW_HU) 
 
 def _gaussian_weights() -> np.ndarray:
     """The 11-tap Gaussian (sigma 1.5, truncated at 3.5 sigma, sum 1) as scipy.ndimage builds it."""
-    radius = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
-    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    offsets = np.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=np.float64)
     weights = np.exp(-0.5 * (offsets / SSIM_SIGMA) ** 2)
     return weights / weights.sum()
 

@@ -31,6 +31,7 @@ from ctqa.errors import InputError
 from ctqa.models import registry
 from ctqa.models.feature_score import domain_notes, is_feature_card, load_feature_model, slice_features
 from ctqa.models.registry import DEFAULT_MODEL, ModelSpec
+from ctqa.physics.noise import NoiseAnalysis
 from ctqa.results import SCORE_SCALE, GlobalScore
 from ctqa.slabs import ProgressCallback
 from ctqa.volume import CTVolume
@@ -192,10 +193,17 @@ def unscored_notes(volume: CTVolume, spec: ModelSpec, body_slices: int) -> tuple
     return (f"{reason}: the 0-4 quality score is not reported", *domain_notes(volume, 0.0))
 
 
-def _feature_scores(volume: CTVolume, spec: ModelSpec, body: np.ndarray) -> SliceScores | None:
-    """SliceScores of a physics-feature model (no SD: a regression) over the body slices, with its domain notes."""
+def _feature_scores(
+    volume: CTVolume,
+    spec: ModelSpec,
+    body: np.ndarray,
+    noise: NoiseAnalysis | None,
+    progress: ProgressCallback | None,
+) -> SliceScores | None:
+    """SliceScores of a physics-feature model (no SD: a regression) over the body slices, with its domain notes;
+    noise: the volume's physics pass, reused where it fits (feature_score.slice_features)."""
     model, card = load_feature_model(spec.card_path)
-    score, out_of_range = model.predict(slice_features(volume))
+    score, out_of_range = model.predict(slice_features(volume, noise, progress))
     score[~body] = np.nan
     sd = np.full_like(score, np.nan)
     scored = np.isfinite(score)
@@ -211,17 +219,20 @@ def run(
     device: str = "auto",
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    noise: NoiseAnalysis | None = None,
 ) -> SliceScores | None:
     """Score the slices of volume that show the body (body_voxels_per_slice (z,) > 0) with the score model spec.
 
     None when spec is None or no slice shows the body. device: "auto", "cpu" or "cuda" (a missing CUDA falls back
     to the CPU, reported in device_fallback); cancel stops between batches (ctqa.models.inference.Cancelled).
+    noise: the volume's physics pass (physics.noise.analyse_noise), which a physics-feature model reuses instead of
+    its own when it was made on the model's grid and window.
     """
     body = np.asarray(body_voxels_per_slice) > 0
     if spec is None or not body.any():
         return None
     if is_feature_card(spec.card):
-        return _feature_scores(volume, spec, body)
+        return _feature_scores(volume, spec, body, noise, progress)
     from ctqa.models.inference import resolve_device
     from ctqa.models.score_network import load_score_model, predict_scores
 
