@@ -3,8 +3,8 @@
 The median-SSIM and denoised-SSIM maps (``ctqa.tasks.quality_map``) compare the input with an estimate of its
 noise-free self. The truth they stand for is the SSIM against a real full dose, which has noise of its own, so each
 window is mapped by an affine fit (least squares) of the true map on the raw one: the soft-tissue window over the body
-voxels, the lung window over the lung voxels, of the real pairs of CALIBRATION_PATIENTS (the validation table holds
-out the others, ``validate_real.HELD_OUT_PATIENTS``). The fitted (intercept, slope) pairs are printed as JSON; the
+voxels, the lung window over the lung voxels, of the real pairs of every patient but ``validate_real.HELD_OUT_PATIENTS``
+(L096, L143, L192), which the validation table holds out. The fitted (intercept, slope) pairs are printed as JSON; the
 product's constants (MEDIAN_CALIBRATION, DENOISED_CALIBRATION) are copied from them.
 """
 
@@ -21,9 +21,8 @@ from ctqa.tasks.quality_map import calibrated_ssim, median_reference
 from ctqa.volume import CTVolume
 
 from .evaluate import region_masks
-from .validate_real import real_pairs
+from .validate_real import HELD_OUT_PATIENTS, real_pairs
 
-CALIBRATION_PATIENTS = ("L096", "L143", "L192")
 METHODS = ("median", "denoised")
 
 
@@ -41,7 +40,7 @@ def fit(data: Path, method: str, log=print) -> dict[str, list[float]]:
     """{window: [intercept, slope]} of the method's map on the calibration patients' real pairs (module docstring)."""
     raw: dict[str, list[np.ndarray]] = {name: [] for name in QUALITY_WINDOWS_HU}
     true: dict[str, list[np.ndarray]] = {name: [] for name in QUALITY_WINDOWS_HU}
-    pairs = [pair for pair in real_pairs(data) if pair[0].split()[0] in CALIBRATION_PATIENTS]
+    pairs = [pair for pair in real_pairs(data) if pair[0].split("_")[0].split()[0] not in HELD_OUT_PATIENTS]
     for index, (case, quarter, full, pixel_mm) in enumerate(pairs, 1):
         found = calibrated_ssim(quarter[None], _reference(method, quarter, pixel_mm), {})
         regions = dict(zip(("soft_tissue", "lung"), region_masks(full, pixel_mm)))
@@ -60,4 +59,4 @@ def fit(data: Path, method: str, log=print) -> dict[str, list[float]]:
 
 def run_cli(args) -> None:
     calibration = fit(Path(args.data), args.method)
-    print(json.dumps({"method": args.method, "patients": CALIBRATION_PATIENTS, "calibration": calibration}))
+    print(json.dumps({"method": args.method, "held_out": HELD_OUT_PATIENTS, "calibration": calibration}))

@@ -27,11 +27,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+import torch
 
 from ctqa.models import registry, series_network
 from ctqa.models.checkpoints import load
 from ctqa.models.denoise_network import denoise_volume, load_denoise_model
-from ctqa.models.inference import predict_volume
+from ctqa.models.inference import autocast, predict_volume
 from ctqa.models.score_network import load_score_model, predict_scores
 from ctqa.sample import make_sample
 
@@ -106,3 +107,17 @@ def test_series_network(slices):
     assert abs(half.low_dose_probability - full.low_dose_probability) <= 0.02
     assert half.snr == pytest.approx(full.snr, rel=0.01)
     assert abs(half.brisque - full.brisque) <= 0.5
+
+
+def test_overlapping_cpu_autocast_runs_restore_onednn_once_the_last_ends():
+    """The first CPU bf16 run turns oneDNN off (its bf16 convolutions are wrong for some shapes), the last restores
+    it, whatever order overlapping runs end in."""
+    cpu = torch.device("cpu")
+    first, second = autocast(cpu, "bfloat16"), autocast(cpu, "bfloat16")
+    before = torch.backends.mkldnn.enabled
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert not torch.backends.mkldnn.enabled
+    second.__exit__(None, None, None)
+    assert torch.backends.mkldnn.enabled == before

@@ -108,3 +108,11 @@ def test_window_refit_on_real_cases_scores_held_out_patients(shared_data):
     assert max(soft) < threshold < min(lung)
     scores = score_calls(measured, held_out_window(measured), "window", ("soft_tissue", "lung"))
     assert scores["all"] == {"right": len(cases), "called": len(cases), "labelled": len(cases)}
+
+
+def test_a_stack_without_geometry_has_no_slice_thickness(shared_data, tmp_path):
+    """A multi-slice .npy's 1 mm spacing is a placeholder: it is no thickness (2D and 3D files read alike)."""
+    stored = np.load(shared_data / "mayo_pairs" / "L506_18_input.npy")
+    np.save(tmp_path / "stack.npy", np.stack([stored] * 3))
+    volume = read_volume(tmp_path / "stack.npy", scaling="mayo-npy")
+    assert series_physics(volume, analyse_noise(volume)).slice_thickness_mm is None

@@ -376,3 +376,7 @@ def test_peak_memory_grows_little_more_than_the_int16_volume(tmp_path):
         peaks.append(_peak_rss(ct, tmp_path / f"out_{depth}"))
     growth = (peaks[1] - peaks[0]) / (depths[1] - depths[0]) / (size * size * 2)
     assert growth <= MAX_GROWTH_PER_INT16_SLICE, f"peak RSS grows {growth:.1f} int16 slices per slice"
+
+
+def test_write_pieces_of_an_empty_array_is_nothing():
+    assert b"".join(staging.write_pieces(np.empty((0, 5), np.float32))) == b""

@@ -105,7 +105,7 @@ WRITE_PIECE_BYTES = 1 << 20
 def write_pieces(data) -> Iterator[memoryview]:
     """The bytes of data (a contiguous ndarray or any bytes-like object) as consecutive memoryviews of at most
     WRITE_PIECE_BYTES: write them one write call each (no copy)."""
-    view = memoryview(data).cast("B")
+    view = memoryview(data.reshape(-1) if isinstance(data, np.ndarray) else data).cast("B")  # (0, n) arrays too
     for start in range(0, len(view), WRITE_PIECE_BYTES):
         yield view[start : start + WRITE_PIECE_BYTES]
 

@@ -94,6 +94,11 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     return None if precision == "float32" else getattr(torch, precision)
 
 
+#: [CPU autocast runs in progress, oneDNN's setting before the first of them], under _ONEDNN_LOCK.
+_ONEDNN_USERS: list = [0, True]
+_ONEDNN_LOCK = threading.Lock()
+
+
 @contextmanager
 def autocast(device: torch.device, precision: str = "auto") -> Iterator[None]:
     """The context every model family runs its network in: autocast to ``autocast_dtype(device, precision)``,
@@ -103,14 +108,23 @@ def autocast(device: torch.device, precision: str = "auto") -> Iterator[None]:
     shapes (kernel 8 or 16 at stride 8 or 16, MD-IQA's patch embedding, on an AMX Xeon with torch 2.13; pytorch
     issues 163347, 169688); torch's own kernels, slower, are right."""
     dtype = autocast_dtype(device, precision)
-    onednn = torch.backends.mkldnn.enabled
-    if dtype is not None and device.type == "cpu":
-        torch.backends.mkldnn.enabled = False
-    try:
+    if dtype is None or device.type != "cpu":
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             yield
+        return
+    with _ONEDNN_LOCK:  # the first of overlapping CPU autocast runs turns oneDNN off, the last restores it
+        if _ONEDNN_USERS[0] == 0:
+            _ONEDNN_USERS[1] = torch.backends.mkldnn.enabled
+            torch.backends.mkldnn.enabled = False
+        _ONEDNN_USERS[0] += 1
+    try:
+        with torch.autocast(device.type, dtype=dtype):
+            yield
     finally:
-        torch.backends.mkldnn.enabled = onednn
+        with _ONEDNN_LOCK:
+            _ONEDNN_USERS[0] -= 1
+            if _ONEDNN_USERS[0] == 0:
+                torch.backends.mkldnn.enabled = _ONEDNN_USERS[1]
 
 
 def precision_name(device: torch.device, precision: str = "auto") -> str:

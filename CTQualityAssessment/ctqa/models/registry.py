@@ -77,12 +77,12 @@ class ModelSpec:
 
 #: The physics (no training) quality map of physics/noise.py, the physics series classifier of physics/series.py
 #: (whose coefficients come from the default series model's card), and the median-SSIM quality map.
-BUILTIN_MODELS = {
+BUILTIN_MODELS = {  # the first of a task is its default when the manifest names none
+    (MEDIAN_SSIM_MODEL, "quality_map"): ModelSpec(MEDIAN_SSIM_MODEL, TASKS["quality_map"], "builtin"),
     **{
         (PHYSICS_MODEL, task): ModelSpec(PHYSICS_MODEL, TASKS[task], "builtin")
         for task in ("quality_map", "series_class")
     },
-    (MEDIAN_SSIM_MODEL, "quality_map"): ModelSpec(MEDIAN_SSIM_MODEL, TASKS["quality_map"], "builtin"),
 }
 
 

@@ -95,12 +95,12 @@ def kernel_index(volume: CTVolume, pixel_mm: float | None = None) -> tuple[float
 
 
 def slice_thickness_mm(volume: CTVolume) -> float | None:
-    """DICOM SliceThickness, else the slice spacing of a 3D volume, else None (a single slice from a file without
-    geometry has no known thickness)."""
+    """DICOM SliceThickness, else the slice spacing of a 3D volume, else None (a single slice, or a file without
+    geometry, whose spacing is a placeholder, has no known thickness)."""
     tagged = volume.acquisition.slice_thickness_mm if volume.acquisition is not None else None
     if tagged:
         return float(tagged)
-    return float(volume.spacing[2]) if volume.shape[0] > 1 else None
+    return float(volume.spacing[2]) if volume.shape[0] > 1 and not volume.pixel_size_assumed else None
 
 
 def series_physics(volume: CTVolume, noise: NoiseAnalysis) -> SeriesPhysics:

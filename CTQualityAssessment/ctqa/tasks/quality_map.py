@@ -15,8 +15,10 @@ in the body. In the soft-tissue window lung parenchyma is clipped to 0 and would
   ``removed_noise_share``).
 - Median SSIM (``median_ssim``): the SSIM of the input against its own 5 x 5 median filter, a cheap estimate of its
   noise-free self, in each window, calibrated per window (MEDIAN_CALIBRATION) to read as the SSIM against a real
-  full dose. Like the denoised SSIM it follows the noise realisation voxel by voxel; on the real dose pairs it agrees
-  with the true map as well (docs/real_validation.md) at a hundredth of the cost, slab by slab.
+  full dose. Like the denoised SSIM it follows the noise realisation voxel by voxel; on the real quarter-dose pairs it
+  agrees with the true soft-tissue map as well (docs/real_validation.md; the lung less well) at a hundredth of the
+  cost, slab by slab. Calibrated at quarter dose only: with 2-3x that noise it reads 0.15-0.2 too high, with half of
+  it 0.16 too low (README, "Quality maps").
 - Physics: the SSIM that flat tissue with the measured local noise SD has against its noise-free self,
   1 / (1 + (sd / sd50)^2) with sd50 = K2 x window width: 12 HU in the soft-tissue window, 45 HU in the lung window
   (the same noise weighs 3.75x less in a window 3.75x wider).
