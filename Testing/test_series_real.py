@@ -64,16 +64,14 @@ def test_sharp_kernels_read_lung(shared_data):
     assert len(calls) == 4 and set(calls.values()) == {"lung"}, calls
 
 
-@pytest.mark.parametrize("scale", [0.5, 1.0, 1.5])
+@pytest.mark.parametrize("scale", [0.5, 1.0])
 def test_routine_dose_without_a_pixel_size_reads_standard(shared_data, tmp_path, scale):
     """Failure mode 2: a routine-dose slice whose file stores no pixel size read as low dose. The real L506 full-dose
     slice is resampled (scale 0.5: a small body in a 256-pixel image), written as .npy and read as ``ctqa assess``
-    reads it: the pixel size is estimated from the body and the dose call stays standard at every scale."""
+    reads it: the pixel size is estimated from the body and the dose call stays standard at every scale (a scale
+    that cuts the body gets no estimate: the next test but one)."""
     stored = np.load(shared_data / "mayo_pairs" / "L506_18_target.npy")
     resampled = ndimage.zoom(stored, scale, order=1)
-    if scale > 1:
-        top = (resampled.shape[0] - 512) // 2
-        resampled = resampled[top : top + 512, top : top + 512]
     path = tmp_path / "routine.npy"
     np.save(path, resampled)
     volume = read_volume(path, scaling="mayo-npy")
@@ -82,8 +80,7 @@ def test_routine_dose_without_a_pixel_size_reads_standard(shared_data, tmp_path,
     assert panel.dose.label == "standard", panel.dose
     assert "estimated from the body" in panel.note
     measured = series_physics(volume, analyse_noise(volume))
-    # within the spread of adult sizes; at 1.5 the field of view cuts the body, which then reads small (+22 %)
-    assert measured.pixel_mm == pytest.approx(MAYO_NPY_PIXEL_MM / scale, rel=0.25)
+    assert measured.pixel_mm == pytest.approx(MAYO_NPY_PIXEL_MM / scale, rel=0.2)  # within adult sizes' spread
     if scale == 0.5:  # what trusting the placeholder did: 1 mm pixels make the body small and its noise "high"
         trusted = _panel(dataclasses.replace(volume, pixel_size_assumed=False))
         assert trusted.dose.label == "low"
@@ -116,3 +113,17 @@ def test_a_stack_without_geometry_has_no_slice_thickness(shared_data, tmp_path):
     np.save(tmp_path / "stack.npy", np.stack([stored] * 3))
     volume = read_volume(tmp_path / "stack.npy", scaling="mayo-npy")
     assert series_physics(volume, analyse_noise(volume)).slice_thickness_mm is None
+
+
+def test_a_body_cut_by_the_field_of_view_gets_no_pixel_size_estimate(shared_data, tmp_path):
+    """Without a pixel size the body's size stands in for it; a crop that cuts the body (a LUNG-kernel slice's
+    central 320 x 320) must not be estimated (it would read 1.0 mm for 0.64 mm and call the lung kernel soft)."""
+    path = next(
+        p for p in sorted((shared_data / "tcga_kernels").glob("*.dcm")) if read_volume(p).acquisition.kernel == "LUNG"
+    )
+    hu = read_volume(path).hu[0]
+    np.save(tmp_path / "cut.npy", hu[96:416, 96:416])
+    volume = read_volume(tmp_path / "cut.npy")
+    panel = _panel(volume)
+    assert not panel.applies and "field of view cuts the body" in panel.note
+    assert panel.window is None and panel.dose is None

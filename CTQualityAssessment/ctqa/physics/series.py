@@ -39,6 +39,8 @@ REFERENCE_WED_MM = 300.0
 REFERENCE_THICKNESS_MM = 3.0
 KERNEL_INDEX_SLICES = 48  # slices (evenly spread) the kernel index pools its patches over
 TYPICAL_WED_MM = 280.0  # water-equivalent diameter of an adult trunk, for files without a pixel size
+#: Share of a slice's edge pixels inside the body above which the field of view cuts the body (its size is unknown).
+CUT_BODY_EDGE_SHARE = 0.02
 WINDOW_LABELS = ("soft_tissue", "lung")  # class 0, class 1 (the series network's order too)
 DOSE_LABELS = ("standard", "low")
 
@@ -51,7 +53,8 @@ class SeriesPhysics:
     (cycles/mm); nps_patches: flat patches it was measured in; noise_normalised_hu: size- and thickness-normalised
     GNL (HU); slice_thickness_mm: the thickness used, None when unknown (then 3 mm is assumed); pixel_mm: the in-plane
     pixel size the measures used; pixel_mm_estimated: True when the file had none and pixel_mm was estimated from the
-    body (module docstring).
+    body (module docstring); size_unknown: why the patient's size (and so, without a pixel size, the pixel size)
+    cannot be measured, else None.
     """
 
     wed_mm: float
@@ -61,6 +64,7 @@ class SeriesPhysics:
     slice_thickness_mm: float | None
     pixel_mm: float
     pixel_mm_estimated: bool = False
+    size_unknown: str | None = None
 
 
 def water_equivalent_diameters(volume: CTVolume, body: np.ndarray) -> np.ndarray:
@@ -74,6 +78,18 @@ def water_equivalent_diameters(volume: CTVolume, body: np.ndarray) -> np.ndarray
             mean_hu = float(hu[inside].mean(dtype=np.float64))
             diameters[index] = 2.0 * math.sqrt(max(mean_hu / 1000.0 + 1.0, 0.0) * count * pixel_mm2 / math.pi)
     return diameters
+
+
+def body_cut_by_field_of_view(volume: CTVolume, body) -> bool:
+    """Whether more than CUT_BODY_EDGE_SHARE of the edge pixels of the volume's slices (up to KERNEL_INDEX_SLICES,
+    evenly spread) are body: the body (bool (z, y, x), an array or a staging.SlabMap) runs off the image."""
+    depth = volume.shape[0]
+    shares = []
+    for z in np.unique(np.linspace(0, depth - 1, min(depth, KERNEL_INDEX_SLICES)).round().astype(int)):
+        plane = np.asarray(body[z : z + 1][0], bool)
+        edges = np.concatenate([plane[0], plane[-1], plane[1:-1, 0], plane[1:-1, -1]])
+        shares.append(edges.mean())
+    return bool(np.mean(shares) > CUT_BODY_EDGE_SHARE)
 
 
 def kernel_index(volume: CTVolume, pixel_mm: float | None = None) -> tuple[float, int]:
@@ -109,6 +125,10 @@ def series_physics(volume: CTVolume, noise: NoiseAnalysis) -> SeriesPhysics:
     wed = float(np.nanmean(diameters)) if np.isfinite(diameters).any() else math.nan
     pixel_mm = volume.spacing[0]
     estimated = volume.pixel_size_assumed and math.isfinite(wed)
+    size_unknown = None
+    if estimated and body_cut_by_field_of_view(volume, noise.body_mask):
+        estimated, wed = False, math.nan
+        size_unknown = "no pixel size in the file and the field of view cuts the body, so neither can be estimated"
     if estimated:  # D_w scales with the pixel size: choose the one that makes it TYPICAL_WED_MM
         pixel_mm *= TYPICAL_WED_MM / wed
         wed = TYPICAL_WED_MM
@@ -116,7 +136,7 @@ def series_physics(volume: CTVolume, noise: NoiseAnalysis) -> SeriesPhysics:
     thickness = slice_thickness_mm(volume)
     normalised = noise.gnl * math.exp(-WATER_MU_PER_MM * (wed - REFERENCE_WED_MM) / 2.0)
     normalised *= math.sqrt((thickness or REFERENCE_THICKNESS_MM) / REFERENCE_THICKNESS_MM)
-    return SeriesPhysics(wed, index, patches, normalised, thickness, pixel_mm, estimated)
+    return SeriesPhysics(wed, index, patches, normalised, thickness, pixel_mm, estimated, size_unknown)
 
 
 def _logistic(model: dict, features: list[float]) -> float:

@@ -85,6 +85,8 @@ def tag_disagreements(acquisition: Acquisition | None, window: ClassCall | None,
 
 
 def _not_applying(measured: SeriesPhysics, noise: NoiseAnalysis) -> str | None:
+    if measured.size_unknown:
+        return measured.size_unknown
     if not math.isfinite(noise.gnl):
         return "the noise cannot be measured (no flat soft tissue), so the series cannot be classified"
     if not math.isfinite(measured.wed_mm):
