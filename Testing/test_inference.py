@@ -246,7 +246,7 @@ def test_bundled_models_and_manifest_sha256(model, tmp_path, monkeypatch, no_pic
     models_dir = tmp_path / "Models"
     monkeypatch.setattr(registry, "MODELS_DIR", models_dir)
     assert registry.bundled_models("quality_map") == {}
-    assert registry.resolve("quality_map", "default").name == "physics"  # nothing bundled: the built-in model
+    assert registry.resolve("quality_map", "default").name == "median_ssim"  # nothing bundled: the first built-in
     with pytest.raises(InputError, match="no global_score model is installed"):
         registry.resolve("global_score", "default")
     card_path = checkpoints.save(model, SMALL, {}, models_dir / "n2q-small")

@@ -23,6 +23,7 @@ where bfloat16 is supported.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,13 +112,28 @@ def test_series_network(slices):
 
 def test_overlapping_cpu_autocast_runs_restore_onednn_once_the_last_ends():
     """The first CPU bf16 run turns oneDNN off (its bf16 convolutions are wrong for some shapes), the last restores
-    it, whatever order overlapping runs end in."""
+    it, whatever order overlapping runs (threads: autocast state is per thread) end in."""
     cpu = torch.device("cpu")
-    first, second = autocast(cpu, "bfloat16"), autocast(cpu, "bfloat16")
     before = torch.backends.mkldnn.enabled
-    first.__enter__()
-    second.__enter__()
-    first.__exit__(None, None, None)
-    assert not torch.backends.mkldnn.enabled
-    second.__exit__(None, None, None)
+    entered, first_done, second_done = threading.Barrier(2), threading.Event(), threading.Event()
+    seen = {}
+
+    def run(name: str, wait_for: threading.Event | None, done: threading.Event) -> None:
+        with autocast(cpu, "bfloat16"):
+            entered.wait()
+            if wait_for is not None:
+                wait_for.wait()
+            seen[name] = torch.backends.mkldnn.enabled
+        done.set()
+
+    threads = [
+        threading.Thread(target=run, args=("first", None, first_done)),
+        threading.Thread(target=run, args=("second", first_done, second_done)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == {"first": False, "second": False}  # the second still ran without oneDNN after the first ended
     assert torch.backends.mkldnn.enabled == before
+    assert not torch.is_autocast_enabled("cpu")
