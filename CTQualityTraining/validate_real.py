@@ -163,35 +163,34 @@ def real_pairs(data: Path) -> list[tuple[str, np.ndarray, np.ndarray, float]]:
     return pairs
 
 
+def _agreement(predicted: np.ndarray, true: np.ndarray, body: np.ndarray, lung: np.ndarray, in_lung: bool):
+    """(map_metrics of a predicted map (y, x) against a true SSIM map, the predicted mean minus the true mean in the
+    body, or in the lung when in_lung; NaN when that region is too small)."""
+    # outside the body the product's map is NaN; the true map is a trivial 1 there (air in both images)
+    agreement = map_metrics(np.nan_to_num(predicted, nan=1.0), true, body, lung)
+    region = (lung if in_lung else body) & np.isfinite(predicted)
+    bias = predicted[region].mean() - true[region].mean() if region.sum() >= MIN_LUNG_PIXELS else math.nan
+    return agreement, float(bias)
+
+
 def check_pairs(assessor: Assessor, pairs, log) -> dict:
     names = assessor.names
     rows = []
     for index, (case, quarter, full, pixel_mm) in enumerate(pairs, 1):
         low, high = assessor(quarter, pixel_mm), assessor(full, pixel_mm)
         body, lung = region_masks(full, pixel_mm)
+        truths = {w: ssim_map(quarter[None], full[None], QUALITY_WINDOWS_HU[w])[0] for w in low.window_maps}
         window_figures = {}
         for window, maps_key in (("soft_tissue", "map"), ("lung", "map_lung")):
             if window not in low.window_maps:
                 continue
-            true = ssim_map(quarter[None], full[None], QUALITY_WINDOWS_HU[window])[0]
-            predicted = low.window_maps[window]
-            # outside the body the product's map is NaN; the true map is a trivial 1 there (air in both images)
-            agreement = map_metrics(np.nan_to_num(predicted, nan=1.0), true, body, lung)
-            region = (body if window == "soft_tissue" else lung) & np.isfinite(predicted)
-            window_figures[f"{maps_key}_ssim"] = agreement["ssim"]
-            window_figures[f"{maps_key}_ssim_body"] = agreement["ssim_body"]
-            window_figures[f"{maps_key}_ssim_lung"] = agreement["ssim_lung"]
-            bias = predicted[region].mean() - true[region].mean() if region.sum() >= MIN_LUNG_PIXELS else math.nan
-            window_figures[f"{maps_key}_bias"] = float(bias)
+            agreement, bias = _agreement(low.window_maps[window], truths[window], body, lung, window == "lung")
+            for name in ("ssim", "ssim_body", "ssim_lung"):
+                window_figures[f"{maps_key}_{name}"] = agreement[name]
+            window_figures[f"{maps_key}_bias"] = bias
         if "lung" in low.window_maps:  # the single-window alternative: the soft-tissue map shown inside the lung
-            true = ssim_map(quarter[None], full[None], QUALITY_WINDOWS_HU["lung"])[0]
-            single = low.window_maps["soft_tissue"]
-            window_figures["map_single_ssim_lung"] = map_metrics(np.nan_to_num(single, nan=1.0), true, body, lung)[
-                "ssim_lung"
-            ]
-            region = lung & np.isfinite(single)
-            bias = single[region].mean() - true[region].mean() if region.sum() >= MIN_LUNG_PIXELS else math.nan
-            window_figures["map_single_bias"] = float(bias)
+            agreement, bias = _agreement(low.window_maps["soft_tissue"], truths["lung"], body, lung, True)
+            window_figures["map_single_ssim_lung"], window_figures["map_single_bias"] = agreement["ssim_lung"], bias
         rows.append(
             {
                 "case": case,

@@ -80,12 +80,16 @@ def water_equivalent_diameters(volume: CTVolume, body: np.ndarray) -> np.ndarray
     return diameters
 
 
+def sampled_slices(depth: int) -> np.ndarray:
+    """Indices of up to KERNEL_INDEX_SLICES slices evenly spread over depth slices."""
+    return np.unique(np.linspace(0, depth - 1, min(depth, KERNEL_INDEX_SLICES)).round().astype(int))
+
+
 def body_cut_by_field_of_view(volume: CTVolume, body) -> bool:
     """Whether more than CUT_BODY_EDGE_SHARE of the edge pixels of the volume's slices (up to KERNEL_INDEX_SLICES,
     evenly spread) are body: the body (bool (z, y, x), an array or a staging.SlabMap) runs off the image."""
-    depth = volume.shape[0]
     shares = []
-    for z in np.unique(np.linspace(0, depth - 1, min(depth, KERNEL_INDEX_SLICES)).round().astype(int)):
+    for z in sampled_slices(volume.shape[0]):
         plane = np.asarray(body[z : z + 1][0], bool)
         edges = np.concatenate([plane[0], plane[-1], plane[1:-1, 0], plane[1:-1, -1]])
         shares.append(edges.mean())
@@ -96,9 +100,8 @@ def kernel_index(volume: CTVolume, pixel_mm: float | None = None) -> tuple[float
     """(NPS mean frequency in cycles/mm, number of flat patches) pooled over up to KERNEL_INDEX_SLICES slices of
     volume (module docstring), with pixels of pixel_mm (default: the volume's); (NaN, 0) without flat patches."""
     pixel_mm = volume.spacing[0] if pixel_mm is None else pixel_mm
-    depth = volume.shape[0]
     power, radius, patches = None, None, 0
-    for z in np.unique(np.linspace(0, depth - 1, min(depth, KERNEL_INDEX_SLICES)).round().astype(int)):
+    for z in sampled_slices(volume.shape[0]):
         spectrum = flat_patch_spectrum(volume.hu_slab(z, z + 1)[0], pixel_mm)
         if spectrum is None:
             continue

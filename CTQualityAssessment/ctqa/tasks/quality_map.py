@@ -159,9 +159,10 @@ def median_reference(hu: np.ndarray) -> np.ndarray:
     return np.stack([cv2.medianBlur(np.ascontiguousarray(plane, np.float32), MEDIAN_KERNEL) for plane in hu])
 
 
-def _write_inside(windows: dict[str, StagedMap], found: dict[str, np.ndarray], start: int, body: SlabMap) -> None:
-    """Write each window's map of slices start.. into its staging file, NaN outside body."""
-    outside = ~np.asarray(body[start : start + len(next(iter(found.values())))], bool)
+def _write_inside(windows: dict[str, StagedMap], found: dict[str, np.ndarray], start: int, inside: np.ndarray) -> None:
+    """Write each window's map of slices start.. into its staging file, NaN outside inside (their body, bool
+    (z, y, x))."""
+    outside = ~inside
     for name, values in found.items():
         values[outside] = np.nan
         windows[name].write(start, values)
@@ -199,7 +200,7 @@ def _median_ssim(
                 hu = volume.hu_slab(z, z + 1)[:, rows, columns]
                 for name, values in calibrated_ssim(hu, median_reference(hu), MEDIAN_CALIBRATION).items():
                     found[name][:, rows, columns] = values
-            _write_inside(windows, found, z, body)
+            _write_inside(windows, found, z, inside[None])
 
     run_over_slabs(compute, volume.shape[0], progress, message="median-SSIM quality map")
     return QualityMap(_composed(windows, lung), model, MEDIAN_DEFINITION, windows, lung)
@@ -230,7 +231,7 @@ def _denoised_ssim(
     windows = {name: StagedMap(volume.shape, np.float32) for name in QUALITY_WINDOWS_HU}
     for z in range(volume.shape[0]):
         found = calibrated_ssim(volume.hu_slab(z, z + 1), estimate[z : z + 1], DENOISED_CALIBRATION)
-        _write_inside(windows, found, z, body)
+        _write_inside(windows, found, z, np.asarray(body[z : z + 1], dtype=bool))
     return QualityMap(
         _composed(windows, lung),
         model,
