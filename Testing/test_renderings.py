@@ -29,6 +29,20 @@ def test_an_8_bit_window_rendering_reads_as_hu_with_a_note(tmp_path):
     assert any("grey steps of 1.57 HU" in note for note in volume.notes)
 
 
+def test_a_picture_takes_its_pixel_size_from_pixel_mm_or_says_it_is_assumed(tmp_path):
+    """A PNG's stored spacing (a print resolution, 1 by default) is no pixel size: --pixel-mm sets it; without it the
+    size is a flagged placeholder, as for TIFF/.npy (review of issue 22, finding 5)."""
+    path = tmp_path / "slice.png"
+    image = sitk.GetImageFromArray(_rendering())
+    image.SetSpacing((0.3, 0.3))
+    sitk.WriteImage(image, str(path))
+    given = read_volume(path, scaling="window:-160,240", pixel_mm=0.7)
+    assert given.spacing == (0.7, 0.7, 0.7) and not given.pixel_size_assumed
+    assumed = read_volume(path, scaling="window:-160,240")
+    assert assumed.spacing == (1.0, 1.0, 1.0) and assumed.pixel_size_assumed
+    assert any("no pixel spacing stored in slice.png" in note for note in assumed.notes)
+
+
 def test_grey_stored_as_rgba_reads_like_grey(tmp_path):
     grey = _rendering()
     grey_path, rgba_path = tmp_path / "grey.png", tmp_path / "rgba.png"

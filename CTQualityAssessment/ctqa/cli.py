@@ -288,7 +288,10 @@ def _add_reading_options(command: argparse.ArgumentParser, pixel_mm: bool = True
     )
     if pixel_mm:
         command.add_argument(
-            "--pixel-mm", type=float, metavar="MM", help="pixel size of TIFF/.npy inputs, which store none (default 1)"
+            "--pixel-mm",
+            type=float,
+            metavar="MM",
+            help="pixel size of TIFF/.npy and PNG/JPEG/BMP inputs, which store none in mm (default 1)",
         )
 
 

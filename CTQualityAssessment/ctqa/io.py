@@ -34,6 +34,9 @@ from ctqa.volume import AIR_HU, PADDING_BELOW_HU, CTVolume, Grid
 VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Extensions read without geometry (pixel size from --pixel-mm, else DEFAULT_PIXEL_MM).
 GEOMETRY_FREE_EXTENSIONS = (".tif", ".tiff", ".npy")
+#: Picture formats SimpleITK reads: whatever spacing they carry (a print resolution) is no pixel size in mm, so they
+#: take their pixel size as the GEOMETRY_FREE_EXTENSIONS do.
+PICTURE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 #: Extensions we write maps to.
 WRITABLE_EXTENSIONS = (".nrrd", ".nii", ".nii.gz", ".mha")
 DEFAULT_PIXEL_MM = 1.0
@@ -235,7 +238,8 @@ def read_volume(
     series_uid: the DICOM series to read from a folder (default: the CT series with the most slices).
     scaling: see scaling.py; None means "hu" with the plausibility check, any explicit value is trusted.
     regularize: resample DICOM series with gaps or uneven spacing onto a regular grid instead of refusing them.
-    pixel_mm: pixel size (and slice spacing) for TIFF/.npy, which store none (default DEFAULT_PIXEL_MM, noted).
+    pixel_mm: pixel size (and slice spacing) for TIFF/.npy, which store none, and pictures (PICTURE_EXTENSIONS),
+        whose stored spacing is no size in mm (default DEFAULT_PIXEL_MM, noted).
     dicom_files: the files of one DICOM series in the folder path, read without scanning it (a batch found them).
     compact: keep whole HU stored in an integer type as int16 (CTVolume.hu; half the memory of float32; what
     ``ctqa assess`` and batch runs read with), else float32.
@@ -247,14 +251,17 @@ def read_volume(
         raise InputError(f"{source}: no such file or folder")
     notes: list[str] = []
     header = None
-    if _has_extension(source, GEOMETRY_FREE_EXTENSIONS):
-        stored = _read_geometry_free(source)
-        stored = stored[None] if stored.ndim == 2 else stored
+    if _has_extension(source, GEOMETRY_FREE_EXTENSIONS + PICTURE_EXTENSIONS):
+        if _has_extension(source, GEOMETRY_FREE_EXTENSIONS):
+            stored = _read_geometry_free(source)
+            stored = stored[None] if stored.ndim == 2 else stored
+        else:
+            stored = _image_array(_as_3d(_read_with_sitk(source), source))
         size = DEFAULT_PIXEL_MM if pixel_mm is None else float(pixel_mm)
         if pixel_mm is None:
             notes.append(f"no pixel spacing stored in {Path(source).name}; assumed {size:g} mm (set --pixel-mm)")
         geometry = ((size, size, size), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-        volume = _to_volume(stored, geometry, source, chosen, scaling is not None, notes, None, compact)
+        volume = _to_volume(stored, geometry, source, chosen, scaling is not None, notes, None, compact, True)
         return dataclasses.replace(volume, pixel_size_assumed=pixel_mm is None)
     if os.path.isdir(source):
         if dicom_files:

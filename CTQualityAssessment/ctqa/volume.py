@@ -60,7 +60,7 @@ class CTVolume:
         None for full-range CT.
     acquisition: DICOM acquisition tags (kernel, thickness, CTDIvol, mAs...), None for other formats.
     notes: one-line remarks about the input a user should see (e.g. a tag that was missing), in reading order.
-    pixel_size_assumed: spacing is a placeholder, not read from the file (TIFF/.npy without --pixel-mm).
+    pixel_size_assumed: spacing is a placeholder, not read from the file (TIFF/.npy/PNG/JPEG/BMP without --pixel-mm).
     """
 
     hu: np.ndarray
