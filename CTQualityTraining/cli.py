@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ctqa.errors import InputError, exit_status
+from ctqa.models.registry import MODELS_DIR
 from ctqa.outputs import written_whole
 
 from . import __version__
@@ -450,12 +451,18 @@ def _parser() -> argparse.ArgumentParser:
     calibrate_map = commands.add_parser(
         "calibrate-map",
         help="fit the per-window calibration of the median-SSIM or denoised-SSIM quality map on real dose pairs",
-        description="Least squares of the true SSIM map (against the real full dose) on the raw map, per window, over "
-        "the real pairs of L096, L143 and L192; prints the (intercept, slope) pairs as JSON "
-        "(CTQualityTraining/map_calibration.py).",
+        description="Fits the map to the true SSIM map (against the real full dose), per window, on the real pairs of "
+        "L096, L143 and L192: median writes the bundled median_ssim calibration (card, weights, manifest entry), "
+        "denoised prints its affine (intercept, slope) pairs as JSON (CTQualityTraining/map_calibration.py).",
     )
     calibrate_map.add_argument("--data", default="../shared/data", metavar="DIR", help="shared data folder")
     calibrate_map.add_argument("--method", choices=("median", "denoised"), default="median", help="map to calibrate")
+    calibrate_map.add_argument(
+        "--models-dir",
+        default=str(MODELS_DIR),
+        metavar="DIR",
+        help="where the median calibration is written (default: the bundled models)",
+    )
     series_real = commands.add_parser(
         "series-real",
         help="the series panel's window and dose calls on every real kernel and dose case of the shared data",
@@ -749,7 +756,7 @@ def _denoise(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     import json
 
-    from ctqa.models.registry import MODELS_DIR, read_json
+    from ctqa.models.registry import read_json
     from ctqa.outputs import check_output_folder
 
     from .export import export_run

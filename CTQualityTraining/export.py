@@ -65,6 +65,8 @@ def _markdown(name: str, card: dict, size_bytes: int) -> str:
         "Trained on a handful of patients (the sources above) with simulated noise; the evaluation against held-out "
         "patients and real Mayo quarter-dose pairs is in `docs/n2q_evaluation.md`. A quality map, not a diagnosis.",
     ]
+    if card.get("real_data"):  # figures from docs/real_validation.md, added to the card when that table is rerun
+        lines += ["", "## Real-data validation (`docs/real_validation.md`)", "", *card["real_data"]]
     if reproduce:
         lines += [
             "",

@@ -46,8 +46,8 @@ from ctqa.models.feature_score import (
     FeatureScoreModel,
     design,
     slice_features,
-    write_safetensors,
 )
+from ctqa.models.plain_weights import write_safetensors
 from ctqa.models.registry import checkpoint_files
 from ctqa.volume import CTVolume
 

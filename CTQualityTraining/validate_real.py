@@ -7,7 +7,9 @@ Every image goes through the product itself: ``ctqa.pipeline.assess`` (quality m
 - dose pairs (mayo_ldct: 36 DICOM pairs of four patients, B30f and D45f; mayo_pairs: L506, two .npy pairs): quarter
   dose below full dose by the score and by the map mean; the soft-tissue map of the quarter dose against its true
   SSIM map (ssim_map(quarter, full) in -160..240 HU), as the SSIM between the two maps over the whole image and over
-  the body (``evaluate.map_metrics``), and the bias of the map's body mean against the true map's body mean;
+  the body (``evaluate.map_metrics``), and the bias of the map's body mean against the true map's body mean; the
+  same bias on the held-out pairs at other doses (the full dose plus 0.5, 2 or 3 times the real quarter-minus-full
+  noise, ``check_noise_gains``);
 - the reader study (reader_study/abdomen, sets 1-5, and brain, sets 1-15; grey g <-> g/255 * W + L0 HU): the
   readers' quality of an image is the mean over readers of (contrast + structure) / 2 (both 1..5, low dose fixed at
   1, normal dose at 5). Per figure (score, map mean, -GNL: higher = better for all three): low dose below normal
@@ -351,12 +353,36 @@ def check_demo(assessor: Assessor) -> dict:
     return ramp
 
 
+#: Gains of the real noise (quarter minus full dose) added to the full dose in the other-dose check (1 = quarter).
+NOISE_GAINS = (0.5, 2.0, 3.0)
+
+
+def check_noise_gains(assessor: Assessor, pairs, log) -> dict[str, dict[str, float]]:
+    """{gain: {"soft_tissue": mean bias in the body, "lung": mean bias in the lung}} of the map of full dose + gain x
+    (quarter - full) against its true map, over the held-out pairs: the real noise texture at other doses."""
+    held_out = [pair for pair in pairs if pair[0].split("_")[0].split()[0] in HELD_OUT_PATIENTS]
+    found = {}
+    for gain in NOISE_GAINS:
+        biases: dict[str, list[float]] = {"soft_tissue": [], "lung": []}
+        for case, quarter, full, pixel_mm in held_out:
+            image = (full + np.float32(gain) * (quarter - full)).astype(np.float32)
+            maps = assessor(image, pixel_mm).window_maps
+            body, lung = region_masks(full, pixel_mm)
+            for window in maps:
+                true = ssim_map(image[None], full[None], QUALITY_WINDOWS_HU[window])[0]
+                biases[window].append(_agreement(maps[window], true, body, lung, window == "lung")[1])
+        found[f"{gain:g}"] = {w: float(np.nanmean(v)) if v else math.nan for w, v in biases.items()}
+        log(f"  noise x {gain:g}: {len(held_out)} held-out pairs")
+    return found
+
+
 def check_map_model(map_model: str, pairs, log) -> dict:
-    """The quality map's rows of the table for one map model: the real pairs, the invariance of its mean and the
-    demo's ramp."""
+    """The quality map's rows of the table for one map model: the real pairs, the bias at other noise levels, the
+    invariance of its mean and the demo's ramp."""
     assessor = Assessor(map_model, [])
     return {
         "pairs": check_pairs(assessor, pairs, log)["summary"],
+        "noise_gains": check_noise_gains(assessor, pairs, log),
         "invariance": check_invariance(assessor, _invariance_pairs(pairs), log),
         "demo_ramp": check_demo(assessor)["map mean"],
     }
@@ -403,9 +429,11 @@ def validate(
     results["invariance"] = check_invariance(assessor, _invariance_pairs(pairs), log)
     log("demo ramp")
     results["demo_ramp"] = check_demo(assessor)
+    log("other noise levels")
     results["map_models"] = {
         assessor.map_spec.name: {
             "pairs": results["pairs"]["summary"],
+            "noise_gains": check_noise_gains(assessor, pairs, log),
             "invariance": results["invariance"],
             "demo_ramp": results["demo_ramp"]["map mean"],
         }
@@ -497,7 +525,9 @@ def map_markdown(map_models: dict) -> list[str]:
         "Agreement = SSIM between the map and the true SSIM map (quarter dose against its full dose) of the same "
         "window (`evaluate.map_metrics`): soft-tissue window over the whole image and over the body, lung window "
         f"inside the lung; bias = the map's mean minus the true map's mean there. Held out = {held_out} pairs of "
-        f"{' and '.join(HELD_OUT_PATIENTS)}, which no bundled model was trained or tuned on.",
+        f"{' and '.join(HELD_OUT_PATIENTS)}, which no bundled model was trained or tuned on. Noise x g: the full "
+        "dose plus g times the real noise of its quarter dose (quarter minus full; g = 1 is the quarter dose), "
+        "against its true map: the real noise texture at other doses.",
         "",
         "| check | acceptance | " + " | ".join(f"map `{n}`" for n in names) + " |",
         "|---|---|" + "---|" * len(names),
@@ -517,6 +547,10 @@ def map_markdown(map_models: dict) -> list[str]:
         row(f"{title}: lung window, bias in the lung", "", figure("map_lung_bias"))
         row(f"{title}: single window (soft tissue) inside the lung", "< lung window", figure("map_single_ssim_lung"))
         row(f"{title}: single window (soft tissue), bias in the lung", "", figure("map_single_bias"))
+    for gain in NOISE_GAINS:
+        for window, region in (("soft_tissue", "body"), ("lung", "lung")):
+            row(f"held out, noise x {gain:g}: {window.replace('_', ' ')} bias in the {region}", "±0.05",
+                [_f(map_models[n]["noise_gains"][f"{gain:g}"][window], 3) for n in names])
     row("quarter < full (map mean)", f"{count}/{count}",
         [f"{map_models[n]['pairs']['map_quarter_below_full']}/{count}" for n in names])
     for variant in VARIANTS:

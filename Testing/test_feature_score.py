@@ -22,11 +22,10 @@ from ctqa.models.feature_score import (
     flat_patch_spectrum,
     load_feature_model,
     nps_frequency,
-    read_safetensors,
     slice_features,
     to_grid,
-    write_safetensors,
 )
+from ctqa.models.plain_weights import read_safetensors, write_safetensors
 from ctqa.physics.noise import analyse_noise
 from ctqa.sample import make_sample
 from ctqa.tasks import global_score

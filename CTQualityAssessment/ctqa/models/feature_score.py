@@ -23,16 +23,13 @@ would tie the best images at 4. Features outside the trained range are clipped t
 slices are counted for the out-of-domain note.
 
 numpy and scipy only: this score needs neither torch nor the safetensors package (its weights file is read by
-``read_safetensors``, a few lines, so that a physics-only install can run it).
+``plain_weights``, a few lines, so that a physics-only install can run it).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
-import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -41,7 +38,8 @@ import scipy.fft
 
 from ctqa.errors import InputError
 from ctqa.models.grid import on_model_grid
-from ctqa.models.registry import bundled_sha256, checkpoint_files, manifest_path, read_json
+from ctqa.models.plain_weights import load_verified
+from ctqa.models.registry import checkpoint_files
 from ctqa.physics.noise import DEFAULT_WINDOW_MM, NoiseAnalysis, analyse_noise, cell_size
 from ctqa.slabs import ProgressCallback, run_over_slabs
 from ctqa.volume import CTVolume
@@ -70,7 +68,6 @@ MIN_CLIP_RANGE_HU = (-100.0, 150.0)
 #: Share of scored slices with a feature outside the trained range above which the out-of-domain note is given.
 OUT_OF_RANGE_SHARE = 0.5
 
-_DTYPES = {"F64": np.float64, "F32": np.float32}
 
 
 @dataclass(frozen=True)
@@ -259,37 +256,6 @@ def domain_notes(volume: CTVolume, out_of_range_share: float) -> tuple[str, ...]
     return tuple(notes)
 
 
-def read_safetensors(data: bytes, source: Path) -> dict[str, np.ndarray]:
-    """The float tensors of a safetensors file (8-byte little-endian header length, JSON header, raw data); one
-    InputError line naming source for anything else. (The safetensors package is a learned-stack dependency.)"""
-    try:
-        (length,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8 : 8 + length])
-        tensors = {}
-        for name, entry in header.items():
-            if name == "__metadata__":
-                continue
-            start, stop = entry["data_offsets"]
-            raw = data[8 + length + start : 8 + length + stop]
-            tensors[name] = np.frombuffer(raw, dtype=_DTYPES[entry["dtype"]]).reshape(entry["shape"]).astype(np.float64)
-        return tensors
-    except (struct.error, ValueError, KeyError, TypeError) as error:
-        raise InputError(f"{source}: not a valid safetensors file ({error})") from None
-
-
-def write_safetensors(tensors: dict[str, np.ndarray], path: Path) -> None:
-    """Write float64 tensors as a safetensors file (the format read_safetensors reads)."""
-    header, chunks, offset = {}, [], 0
-    for name, tensor in tensors.items():
-        raw = np.ascontiguousarray(tensor, dtype="<f8").tobytes()
-        header[name] = {"dtype": "F64", "shape": list(np.shape(tensor)), "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(chunks))
-
-
 def is_feature_card(card: dict) -> bool:
     return card.get("architecture", {}).get("backbone") == BACKBONE
 
@@ -297,17 +263,8 @@ def is_feature_card(card: dict) -> bool:
 def load_feature_model(card_path: Path) -> tuple[FeatureScoreModel, dict]:
     """The model of a feature-score card and its weights, sha256 checked against the card and, for bundled
     models, the manifest (InputError naming the file otherwise)."""
-    card_path, weights_path = checkpoint_files(card_path)
-    card = read_json(card_path, "model card")
-    try:
-        data = weights_path.read_bytes()
-    except OSError as error:
-        raise InputError(f"{weights_path}: cannot read weights file: {error.strerror}") from None
-    digest = hashlib.sha256(data).hexdigest()
-    for source, expected in ((card_path, card.get("weights_sha256")), (manifest_path(), bundled_sha256(weights_path))):
-        if expected is not None and digest != str(expected).lower():
-            raise InputError(f"{weights_path}: sha256 does not match {source.name}: the weights file was replaced")
-    tensors = read_safetensors(data, weights_path)
+    tensors, card = load_verified(card_path)
+    weights_path = checkpoint_files(card_path)[1]
     try:
         model = FeatureScoreModel(tensors["coefficients"], tensors["feature_low"], tensors["feature_high"])
     except KeyError as error:

@@ -165,10 +165,10 @@ def default_model(task: str) -> str | None:
 
 def available_models(task: str) -> tuple[str, ...]:
     """Names a user can choose for a task: "default", the built-in models, the composite ones whose base model is
-    installed, and the bundled ones."""
+    installed, and the bundled ones (a built-in model's bundled calibration is listed once)."""
     builtin = [name for name, builtin_task in BUILTIN_MODELS if builtin_task == task]
     composite = [DENOISED_SSIM_MODEL] if task == "quality_map" and default_model("denoise") else []
-    return (DEFAULT_MODEL, *builtin, *composite, *sorted(bundled_models(task)))
+    return tuple(dict.fromkeys((DEFAULT_MODEL, *builtin, *composite, *sorted(bundled_models(task)))))
 
 
 def _learned_spec(name: str, card_path: Path, task: str, bundled: bool) -> ModelSpec:

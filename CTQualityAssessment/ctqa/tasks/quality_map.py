@@ -14,11 +14,14 @@ in the body. In the soft-tissue window lung parenchyma is clipped to 0 and would
   denoised CT. Where the denoiser leaves noise in its estimate, the map reads too high (a note says so,
   ``removed_noise_share``).
 - Median SSIM (``median_ssim``): the SSIM of the input against its own 5 x 5 median filter, a cheap estimate of its
-  noise-free self, in each window, calibrated per window (MEDIAN_CALIBRATION) to read as the SSIM against a real
-  full dose. Like the denoised SSIM it follows the noise realisation voxel by voxel; on the real quarter-dose pairs it
-  agrees with the true soft-tissue map as well (docs/real_validation.md; the lung less well) at a hundredth of the
-  cost, slab by slab. Calibrated at quarter dose only: with 2-3x that noise it reads 0.15-0.2 too high, with half of
-  it 0.16 too low (README, "Quality maps").
+  noise-free self, in each window, mapped to the SSIM against a real full dose by a small per-window network of six
+  numbers per voxel (``median_features``: that SSIM, the local noise SD at three scales and the noise's texture at
+  two; ``MedianCalibration``, weights in Resources/Models/median_ssim.safetensors, read with numpy) fitted on real
+  dose pairs with their real noise scaled 0.5-3x (``ctqa-train calibrate-map --method median``). Like the denoised
+  SSIM it follows the noise realisation voxel by voxel, at a small part of its cost, slab by slab; on real pairs held
+  out of the fit it agrees with the true map better than the denoised SSIM in both windows (docs/real_validation.md).
+  Its mean bias on the held-out pairs is within 0.06 at quarter dose and with 2-3x its extra noise; with half of it
+  (near routine dose) it reads about 0.09 low (README, "Quality maps").
 - Physics: the SSIM that flat tissue with the measured local noise SD has against its noise-free self,
   1 / (1 + (sd / sd50)^2) with sd50 = K2 x window width: 12 HU in the soft-tissue window, 45 HU in the lung window
   (the same noise weighs 3.75x less in a window 3.75x wider).
@@ -28,17 +31,20 @@ torch is imported only when a learned model runs.
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
+from ctqa.errors import InputError
 from ctqa.models.grid import place_slabs
-from ctqa.models.registry import MEDIAN_SSIM_MODEL, ModelSpec
+from ctqa.models.plain_weights import load_verified
+from ctqa.models.registry import MEDIAN_SSIM_MODEL, MODELS_DIR, ModelSpec
 from ctqa.physics.lung import LUNG_WINDOW_HU, QUALITY_WINDOWS_HU, packed_lung_mask
 from ctqa.physics.noise import NOISE_SD50_HU, NoiseAnalysis
-from ctqa.physics.ssim import SSIM_K2, SSIM_RADIUS, SSIM_WINDOW_HU, ssim_slab
+from ctqa.physics.ssim import SSIM_K2, SSIM_RADIUS, SSIM_WINDOW_HU, scale_to_unit, ssim_of_scaled, ssim_slab
 from ctqa.results import LearnedNoiseLevel
 from ctqa.slabs import ProgressCallback, run_over_slabs
 from ctqa.staging import ComputedMap, SlabMap, StagedMap
@@ -62,9 +68,13 @@ PHYSICS_DEFINITION = (
 DENOISED_CALIBRATION = {"soft_tissue": (-0.064, 0.941)}
 #: Side (voxels) of the median filter of the median-SSIM map (OpenCV filters float32 with 3 or 5 only).
 MEDIAN_KERNEL = 5
-#: {window: (intercept, slope)} of the median-SSIM map, least squares as DENOISED_CALIBRATION (the soft-tissue window
-#: over the body voxels, the lung window over the lung voxels): ``ctqa-train calibrate-map --method median``.
-MEDIAN_CALIBRATION = {"soft_tissue": (0.298, 0.687), "lung": (0.473, 0.533)}
+#: Gaussian sigmas (voxels) of the local noise SDs and of the local texture (steps between neighbours) the
+#: median-SSIM calibration reads (``median_features``), and the number of its inputs.
+MEDIAN_NOISE_SIGMAS_PX = (1.5, 3.0, 6.0)
+MEDIAN_TEXTURE_SIGMAS_PX = (3.0, 6.0)
+MEDIAN_FEATURES = 1 + len(MEDIAN_NOISE_SIGMAS_PX) + len(MEDIAN_TEXTURE_SIGMAS_PX)
+#: The median-SSIM calibration's card (weights beside it, sha256 in the manifest).
+MEDIAN_CALIBRATION_CARD = MODELS_DIR / "median_ssim.json"
 #: Soft tissue (HU) where the denoiser's removed noise is compared with the measured noise; below this share of the
 #: measured noise SD removed (the real Mayo pairs: 0.43-0.76) the denoised-SSIM map gets a note that it reads too high.
 NOISE_TISSUE_HU = (-100.0, 150.0)
@@ -75,7 +85,8 @@ DENOISED_DEFINITION = (
 )
 MEDIAN_DEFINITION = (
     f"SSIM against the input's own {MEDIAN_KERNEL} x {MEDIAN_KERNEL} median filter (an estimate of its noise-free "
-    "self; each window calibrated on real dose pairs to the SSIM against a full dose), " + _WINDOWS
+    "self), with the local noise SD mapped per window to the SSIM against a full dose (fitted on real dose pairs), "
+    + _WINDOWS
 )
 LEARNED_DEFINITION = "predicted SSIM against the unseen full-dose image (Noise2Quality settings), " + _WINDOWS
 SINGLE_WINDOW_DEFINITION = (
@@ -159,6 +170,112 @@ def median_reference(hu: np.ndarray) -> np.ndarray:
     return np.stack([cv2.medianBlur(np.ascontiguousarray(plane, np.float32), MEDIAN_KERNEL) for plane in hu])
 
 
+def _gaussian_radius(sigma_px: float) -> int:
+    return int(3.5 * sigma_px + 0.5)
+
+
+def median_features(hu: np.ndarray, reference: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """float32 (MEDIAN_FEATURES, z, y, x) per voxel of hu (z, y, x, HU) against its median filter reference, in window
+    (values scaled to [0, 1], borders reflected): the SSIM (N2Q settings, moments in float32); for each sigma of
+    MEDIAN_NOISE_SIGMAS_PX the Gaussian-weighted RMS of the residual hu - reference (a local noise SD);
+    for each sigma of MEDIAN_TEXTURE_SIGMAS_PX that of the residual's steps to its left and upper neighbours (low
+    against the noise SD for smooth, correlated noise, which the median leaves in its reference)."""
+    residual, smooth = scale_to_unit(hu, window), scale_to_unit(reference, window)
+    features = np.empty((MEDIAN_FEATURES, *hu.shape), np.float32)
+    features[0] = ssim_of_scaled(residual, smooth, precise=False)
+    residual -= smooth
+    steps = np.zeros_like(residual)
+    steps[:, :, 1:] = np.square(np.diff(residual, axis=2))
+    steps[:, 1:] += np.square(np.diff(residual, axis=1))
+    np.multiply(residual, residual, out=residual)
+    sources = [(residual, sigma) for sigma in MEDIAN_NOISE_SIGMAS_PX] + [(steps, s) for s in MEDIAN_TEXTURE_SIGMAS_PX]
+    for out, (values, sigma) in zip(features[1:], sources):
+        side = 2 * _gaussian_radius(sigma) + 1
+        for plane, out_plane in zip(values, out):
+            cv2.GaussianBlur(plane, (side, side), sigma, dst=out_plane, borderType=cv2.BORDER_REFLECT)
+    np.sqrt(features[1:], out=features[1:])  # blurs of squares are >= 0
+    return features
+
+
+#: Tensors of one window of the median-SSIM calibration (MedianCalibration).
+MEDIAN_TENSORS = ("feature_mean", "feature_sd", "w0", "b0", "w1", "b1", "w2", "b2")
+
+
+@dataclass(frozen=True)
+class MedianCalibration:
+    """Per window, a network of two tanh layers mapping ``median_features`` (the noise as its SD) to the SSIM
+    against a full dose.
+
+    layers: {window: (w0, b0, w1, b1, w2, b2)}, float32 weights (inputs, outputs) and biases of three dense layers
+    (MEDIAN_FEATURES -> h -> h -> 1), the first with the standardisation of its inputs folded in. Stored per window
+    W as "W.<name>" (MEDIAN_TENSORS: the features' mean and SD, then weights (outputs, inputs) as PyTorch writes
+    them, and biases) in median_ssim.safetensors.
+    """
+
+    layers: dict[str, tuple[np.ndarray, ...]]
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, np.ndarray]) -> MedianCalibration:
+        layers = {}
+        for window in QUALITY_WINDOWS_HU:
+            mean, sd, w0, b0, w1, b1, w2, b2 = (tensors[f"{window}.{name}"] for name in MEDIAN_TENSORS)
+            first = w0.T / sd[:, None]  # w0 ((x - mean) / sd) = (w0 / sd) x - (w0 / sd) mean
+            arrays = (first, b0 - mean @ first, w1.T, b1, w2.T, b2)
+            layers[window] = tuple(np.ascontiguousarray(array, np.float32) for array in arrays)
+        return cls(layers)
+
+    def __call__(self, window: str, features: np.ndarray) -> np.ndarray:
+        """The calibrated values (float32 (n,) in [0, 1]) of features (MEDIAN_FEATURES, n) (``median_features`` at n
+        voxels).
+
+        Plane by plane (cv2.addWeighted, cv2.scaleAdd), not a matrix product: the layers are 4 to 8 wide, too narrow
+        for BLAS, whose own threads would also spin on the cores the slab threads need."""
+        w0, b0, w1, b1, w2, b2 = self.layers[window]
+        hidden = _dense(features, w0, b0)
+        np.tanh(hidden, out=hidden)
+        hidden = _dense(hidden, w1, b1)
+        np.tanh(hidden, out=hidden)
+        values = _dense(hidden, w2, b2)[0]
+        return np.clip(values, 0.0, 1.0, out=values)
+
+
+def _dense(inputs: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """bias + weights^T inputs: (outputs, n) float32 of inputs (inputs >= 2, n), weights (inputs, outputs)."""
+    out = np.empty((weights.shape[1], inputs.shape[1]), np.float32)
+    for j, row in enumerate(out):
+        cv2.addWeighted(inputs[0], float(weights[0, j]), inputs[1], float(weights[1, j]), float(bias[j]), dst=row)
+        for k in range(2, len(inputs)):
+            cv2.scaleAdd(inputs[k], float(weights[k, j]), row, dst=row)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def median_calibration() -> MedianCalibration:
+    """The bundled median-SSIM calibration (weights sha256-checked); InputError naming the file when it is missing,
+    replaced or lacks a window's tensor."""
+    tensors, _ = load_verified(MEDIAN_CALIBRATION_CARD)
+    missing = [f"{w}.{n}" for w in QUALITY_WINDOWS_HU for n in MEDIAN_TENSORS if f"{w}.{n}" not in tensors]
+    if missing:
+        raise InputError(f"{MEDIAN_CALIBRATION_CARD}: no tensor {missing[0]} in the median-SSIM calibration")
+    return MedianCalibration.from_tensors(tensors)
+
+
+def median_ssim_windows(hu: np.ndarray, inside: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """{window: median-SSIM map (float32 (z, y, x) in [0, 1])} of hu (z, y, x, HU) in each quality window; with
+    inside (bool (z, y, x)), computed there only and NaN elsewhere."""
+    reference, calibration = median_reference(hu), median_calibration()
+    voxels = None if inside is None else np.flatnonzero(inside)
+    found = {}
+    for name, window in QUALITY_WINDOWS_HU.items():
+        features = median_features(hu, reference, window)
+        if inside is None:
+            found[name] = calibration(name, features.reshape(len(features), -1)).reshape(hu.shape)
+        else:
+            found[name] = np.full(hu.shape, np.nan, np.float32)
+            found[name].reshape(-1)[voxels] = calibration(name, features.reshape(len(features), -1)[:, voxels])
+    return found
+
+
 def _write_inside(windows: dict[str, StagedMap], found: dict[str, np.ndarray], start: int, inside: np.ndarray) -> None:
     """Write each window's map of slices start.. into its staging file, NaN outside inside (their body, bool
     (z, y, x))."""
@@ -179,8 +296,11 @@ def _body_box(inside: np.ndarray, margin: int) -> tuple[slice, slice]:
     )
 
 
-#: Pixels around the body that a median-SSIM value inside it depends on: the SSIM window's radius, then the median's.
-MEDIAN_SSIM_MARGIN = SSIM_RADIUS + MEDIAN_KERNEL // 2
+#: Pixels around the body that a median-SSIM value inside it depends on: the widest window's radius (SSIM, or a
+#: feature's Gaussian plus the one-voxel step), then the median's.
+MEDIAN_SSIM_MARGIN = (
+    max(SSIM_RADIUS, _gaussian_radius(max(MEDIAN_NOISE_SIGMAS_PX + MEDIAN_TEXTURE_SIGMAS_PX)) + 1) + MEDIAN_KERNEL // 2
+)
 
 
 def _median_ssim(
@@ -198,7 +318,7 @@ def _median_ssim(
             if inside.any():
                 rows, columns = _body_box(inside, MEDIAN_SSIM_MARGIN)
                 hu = volume.hu_slab(z, z + 1)[:, rows, columns]
-                for name, values in calibrated_ssim(hu, median_reference(hu), MEDIAN_CALIBRATION).items():
+                for name, values in median_ssim_windows(hu, inside[None, rows, columns]).items():
                     found[name][:, rows, columns] = values
             _write_inside(windows, found, z, inside[None])
 
