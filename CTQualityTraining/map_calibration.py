@@ -2,15 +2,15 @@
 
 The median-SSIM and denoised-SSIM maps (``ctqa.tasks.quality_map``) compare the input with an estimate of its
 noise-free self. The truth they stand for is the SSIM against a real full dose, which has noise of its own. Both are
-fitted on the real pairs of every patient but ``validate_real.HELD_OUT_PATIENTS`` (L096, L143, L192), which the
-validation table holds out: the soft-tissue window over the body voxels, the lung window over the lung voxels.
+fitted on the real pairs of L096, L143 and L192, every patient but ``validate_real.HELD_OUT_PATIENTS`` (L286, L506),
+which the validation table holds out: the soft-tissue window over the body voxels, the lung window over the lung voxels.
 
 - denoised: an affine fit (least squares) of the true map on the raw one, printed as JSON; the product's
   DENOISED_CALIBRATION is copied from it.
 - median: per window, a network of two tanh layers (MEDIAN_HIDDEN units) from ``quality_map.median_features`` (the
   raw SSIM, the local noise SD at three scales and its texture at two) to the true map, fitted by MSE on up to
   SAMPLES_PER_IMAGE voxels of each image. The images are every calibration pair's full dose plus its real noise
-  (quarter minus full) scaled by each of NOISE_GAINS, so that the map holds from about half to three times the
+  (quarter minus full) scaled by each of FIT_NOISE_GAINS, so that the map holds from about half to three times the
   quarter dose's noise, not only at quarter dose. Written as the bundled median_ssim card, weights and manifest
   entry.
 """
@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ctqa.models.plain_weights import write_safetensors
-from ctqa.models.registry import MODELS_DIR
+from ctqa.models.registry import MEDIAN_CALIBRATION_KIND, MODELS_DIR
+from ctqa.outputs import check_output_folder, written_whole
 from ctqa.physics.lung import QUALITY_WINDOWS_HU
 from ctqa.physics.ssim import ssim_map
 from ctqa.tasks.quality_map import (
@@ -39,11 +40,11 @@ from ctqa.volume import CTVolume
 
 from .evaluate import region_masks
 from .export import register
-from .validate_real import HELD_OUT_PATIENTS, real_pairs
+from .validate_real import HELD_OUT_PATIENTS, patient_of_case, real_pairs
 
 METHODS = ("median", "denoised")
 #: Gains of the real noise (quarter minus full dose) the median calibration is fitted on: 1 is the quarter dose.
-NOISE_GAINS = (0.5, 1.0, 2.0, 3.0)
+FIT_NOISE_GAINS = (0.5, 1.0, 2.0, 3.0)
 SAMPLES_PER_IMAGE = 8000
 #: Hidden units per layer and window: the fewest that kept the held-out agreement of 16 (soft tissue 4, the lung 8);
 #: every unit costs the product time on every body voxel.
@@ -55,8 +56,9 @@ SEED = 0
 REPRODUCE = "ctqa-train calibrate-map --method median --data ../shared/data"
 
 
-def _calibration_pairs(data: Path) -> list:
-    return [pair for pair in real_pairs(data) if pair[0].split("_")[0].split()[0] not in HELD_OUT_PATIENTS]
+def calibration_pairs(data: Path) -> list:
+    """The real pairs (``validate_real.real_pairs``) of the patients not held out of the validation table."""
+    return [pair for pair in real_pairs(data) if patient_of_case(pair[0]) not in HELD_OUT_PATIENTS]
 
 
 def _denoised(quarter: np.ndarray, pixel_mm: float) -> np.ndarray:
@@ -73,7 +75,7 @@ def fit(data: Path, method: str = "denoised", log=print) -> dict[str, list[float
         raise ValueError("the affine fit is the denoised-SSIM map's; the median map is fitted by fit_median")
     raw: dict[str, list[np.ndarray]] = {name: [] for name in QUALITY_WINDOWS_HU}
     true: dict[str, list[np.ndarray]] = {name: [] for name in QUALITY_WINDOWS_HU}
-    pairs = _calibration_pairs(data)
+    pairs = calibration_pairs(data)
     for index, (case, quarter, full, pixel_mm) in enumerate(pairs, 1):
         found = calibrated_ssim(quarter[None], _denoised(quarter, pixel_mm), {})
         regions = dict(zip(("soft_tissue", "lung"), region_masks(full, pixel_mm)))
@@ -90,15 +92,14 @@ def fit(data: Path, method: str = "denoised", log=print) -> dict[str, list[float
     return calibration
 
 
-def median_samples(data: Path, log=print) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{window: (features (n, MEDIAN_FEATURES), true SSIM (n,))} of the median calibration (module docstring),
-    float32."""
+def median_samples(pairs: list, log=print) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{window: (features (n, MEDIAN_FEATURES), true SSIM (n,))}, float32, of the median calibration (module
+    docstring) on pairs (``calibration_pairs``)."""
     rng = np.random.default_rng(SEED)
     found: dict[str, tuple[list, list]] = {name: ([], []) for name in QUALITY_WINDOWS_HU}
-    pairs = _calibration_pairs(data)
     for index, (case, quarter, full, pixel_mm) in enumerate(pairs, 1):
         regions = dict(zip(("soft_tissue", "lung"), region_masks(full, pixel_mm)))
-        for gain in NOISE_GAINS:
+        for gain in FIT_NOISE_GAINS:
             image = (full + np.float32(gain) * (quarter - full)).astype(np.float32)[None]
             reference = median_reference(image)
             for name, window in QUALITY_WINDOWS_HU.items():
@@ -189,31 +190,35 @@ def markdown(card: dict, size_bytes: int) -> str:
 
 
 def fit_median(data: Path, models_dir: Path = MODELS_DIR, log=print) -> Path:
-    """Fit the median calibration (module docstring) and bundle it as median_ssim in models_dir (card, weights,
-    readable card, manifest entry); returns the card's path."""
+    """Fit the median calibration (module docstring) and bundle it as median_ssim in models_dir (weights, card,
+    readable card, manifest entry, each file written whole); returns the card's path. The card keeps the real-data
+    lines of the card it replaces when the weights come out the same (a rerun of its own command)."""
     import hashlib
 
     started = time.time()
-    samples = median_samples(data, log)
+    models_dir = check_output_folder(models_dir)
+    pairs = calibration_pairs(data)
+    samples = median_samples(pairs, log)
     tensors = {}
     for name, (features, truth) in samples.items():
         log(f"  fitting the {name} window on {len(truth)} voxels")
         tensors.update(fit_network(features, truth, name, MEDIAN_HIDDEN[name]))
-    weights = Path(models_dir) / "median_ssim.safetensors"
-    write_safetensors(tensors, weights)
+    weights, card_path = models_dir / "median_ssim.safetensors", models_dir / "median_ssim.json"
+    with written_whole(weights) as partial:
+        write_safetensors(tensors, partial)
     card = {
         "name": "median_ssim",
         "task": "quality_map",
-        "kind": "median_ssim calibration",
+        "kind": MEDIAN_CALIBRATION_KIND,
         "features": ["ssim_vs_median"]
         + [f"noise_sd_{sigma:g}px" for sigma in MEDIAN_NOISE_SIGMAS_PX]
         + [f"noise_step_rms_{sigma:g}px" for sigma in MEDIAN_TEXTURE_SIGMAS_PX],
         "windows": list(QUALITY_WINDOWS_HU),
         "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
         "training": {
-            "patients": sorted({pair[0].split()[0] for pair in _calibration_pairs(data)}),
-            "pairs": len(_calibration_pairs(data)),
-            "noise_gains": list(NOISE_GAINS),
+            "patients": sorted({patient_of_case(pair[0]) for pair in pairs}),
+            "pairs": len(pairs),
+            "noise_gains": list(FIT_NOISE_GAINS),
             "samples_per_image": SAMPLES_PER_IMAGE,
             "hidden": MEDIAN_HIDDEN,
             "steps": MEDIAN_STEPS,
@@ -224,10 +229,14 @@ def fit_median(data: Path, models_dir: Path = MODELS_DIR, log=print) -> Path:
         },
         "reproduce": REPRODUCE,
     }
-    card_path = Path(models_dir) / "median_ssim.json"
-    card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    (Path(models_dir) / "median_ssim.md").write_text(markdown(card, weights.stat().st_size), encoding="utf-8")
-    register(Path(models_dir), "median_ssim", card, default=False)
+    previous = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
+    if previous.get("weights_sha256") == card["weights_sha256"] and "real_data" in previous:
+        card["real_data"] = previous["real_data"]
+    with written_whole(card_path) as partial:
+        partial.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with written_whole(models_dir / "median_ssim.md") as partial:
+        partial.write_text(markdown(card, weights.stat().st_size), encoding="utf-8")
+    register(models_dir, "median_ssim", card, default=False)
     return card_path
 
 

@@ -69,7 +69,6 @@ MIN_CLIP_RANGE_HU = (-100.0, 150.0)
 OUT_OF_RANGE_SHARE = 0.5
 
 
-
 @dataclass(frozen=True)
 class SliceFeatures:
     """Per-slice features (z, len(FEATURES)) float64, NaN for a slice without measurable soft tissue."""

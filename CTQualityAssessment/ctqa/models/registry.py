@@ -29,8 +29,12 @@ PHYSICS_MODEL = "physics"
 #: The quality map made with the default denoiser: the SSIM of the input against the denoiser's estimate of its
 #: noise-free self, plus a routine-dose reference noise (tasks/quality_map.py). Its weights are the denoiser's.
 DENOISED_SSIM_MODEL = "denoised_ssim"
-#: The quality map of the SSIM against the input's own median filter, calibrated on real pairs (tasks/quality_map.py).
+#: The quality map of the SSIM against the input's own median filter, calibrated on real pairs (tasks/quality_map.py),
+#: its bundled calibration card (weights beside it, sha256 in the manifest) and the "kind" such cards carry: a card of
+#: that kind given as a path resolves to the built-in map with that calibration.
 MEDIAN_SSIM_MODEL = "median_ssim"
+MEDIAN_SSIM_CARD = MODELS_DIR / "median_ssim.json"
+MEDIAN_CALIBRATION_KIND = "median_ssim calibration"
 
 
 @dataclass(frozen=True)
@@ -76,9 +80,12 @@ class ModelSpec:
 
 
 #: The physics (no training) quality map of physics/noise.py, the physics series classifier of physics/series.py
-#: (whose coefficients come from the default series model's card), and the median-SSIM quality map.
+#: (whose coefficients come from the default series model's card), and the median-SSIM quality map (with its bundled
+#: calibration card: batch fingerprints and summaries name it; needs numpy only).
 BUILTIN_MODELS = {  # the first of a task is its default when the manifest names none
-    (MEDIAN_SSIM_MODEL, "quality_map"): ModelSpec(MEDIAN_SSIM_MODEL, TASKS["quality_map"], "builtin"),
+    (MEDIAN_SSIM_MODEL, "quality_map"): ModelSpec(
+        MEDIAN_SSIM_MODEL, TASKS["quality_map"], "builtin", MEDIAN_SSIM_CARD, bundled=True
+    ),
     **{
         (PHYSICS_MODEL, task): ModelSpec(PHYSICS_MODEL, TASKS[task], "builtin")
         for task in ("quality_map", "series_class")
@@ -176,6 +183,8 @@ def _learned_spec(name: str, card_path: Path, task: str, bundled: bool) -> Model
     card_task = card.get("task", "quality_map")  # format 1 cards predate tasks: all were quality maps
     if card_task != task:
         raise InputError(f"{card_path}: a {card_task} model, not a {task} model")
+    if card.get("kind") == MEDIAN_CALIBRATION_KIND:  # the built-in median-SSIM map with another calibration
+        return ModelSpec(MEDIAN_SSIM_MODEL, TASKS[task], "builtin", card_path, card, bundled)
     return ModelSpec(card.get("name", name), TASKS[task], "learned", card_path, card, bundled)
 
 

@@ -20,7 +20,7 @@ in the body. In the soft-tissue window lung parenchyma is clipped to 0 and would
   dose pairs with their real noise scaled 0.5-3x (``ctqa-train calibrate-map --method median``). Like the denoised
   SSIM it follows the noise realisation voxel by voxel, at a small part of its cost, slab by slab; on real pairs held
   out of the fit it agrees with the true map better than the denoised SSIM in both windows (docs/real_validation.md).
-  Its mean bias on the held-out pairs is within 0.06 at quarter dose and with 2-3x its extra noise; with half of it
+  Its mean bias on the held-out pairs is within 0.065 at quarter dose and with 2-3x its extra noise; with half of it
   (near routine dose) it reads about 0.09 low (README, "Quality maps").
 - Physics: the SSIM that flat tissue with the measured local noise SD has against its noise-free self,
   1 / (1 + (sd / sd50)^2) with sd50 = K2 x window width: 12 HU in the soft-tissue window, 45 HU in the lung window
@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -41,7 +42,7 @@ import numpy as np
 from ctqa.errors import InputError
 from ctqa.models.grid import place_slabs
 from ctqa.models.plain_weights import load_verified
-from ctqa.models.registry import MEDIAN_SSIM_MODEL, MODELS_DIR, ModelSpec
+from ctqa.models.registry import MEDIAN_SSIM_CARD, MEDIAN_SSIM_MODEL, ModelSpec, checkpoint_files
 from ctqa.physics.lung import LUNG_WINDOW_HU, QUALITY_WINDOWS_HU, packed_lung_mask
 from ctqa.physics.noise import NOISE_SD50_HU, NoiseAnalysis
 from ctqa.physics.ssim import SSIM_K2, SSIM_RADIUS, SSIM_WINDOW_HU, scale_to_unit, ssim_of_scaled, ssim_slab
@@ -73,8 +74,6 @@ MEDIAN_KERNEL = 5
 MEDIAN_NOISE_SIGMAS_PX = (1.5, 3.0, 6.0)
 MEDIAN_TEXTURE_SIGMAS_PX = (3.0, 6.0)
 MEDIAN_FEATURES = 1 + len(MEDIAN_NOISE_SIGMAS_PX) + len(MEDIAN_TEXTURE_SIGMAS_PX)
-#: The median-SSIM calibration's card (weights beside it, sha256 in the manifest).
-MEDIAN_CALIBRATION_CARD = MODELS_DIR / "median_ssim.json"
 #: Soft tissue (HU) where the denoiser's removed noise is compared with the measured noise; below this share of the
 #: measured noise SD removed (the real Mayo pairs: 0.43-0.76) the denoised-SSIM map gets a note that it reads too high.
 NOISE_TISSUE_HU = (-100.0, 150.0)
@@ -85,8 +84,8 @@ DENOISED_DEFINITION = (
 )
 MEDIAN_DEFINITION = (
     f"SSIM against the input's own {MEDIAN_KERNEL} x {MEDIAN_KERNEL} median filter (an estimate of its noise-free "
-    "self), with the local noise SD mapped per window to the SSIM against a full dose (fitted on real dose pairs), "
-    + _WINDOWS
+    "self), mapped per window with the local noise SD and texture to the SSIM against a full dose (fitted on real "
+    "dose pairs), " + _WINDOWS
 )
 LEARNED_DEFINITION = "predicted SSIM against the unseen full-dose image (Noise2Quality settings), " + _WINDOWS
 SINGLE_WINDOW_DEFINITION = (
@@ -215,10 +214,20 @@ class MedianCalibration:
     layers: dict[str, tuple[np.ndarray, ...]]
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, np.ndarray]) -> MedianCalibration:
+    def from_tensors(cls, tensors: dict[str, np.ndarray], source: Path) -> MedianCalibration:
+        """The calibration of a weights file's tensors; InputError naming source for a missing tensor or shapes that
+        do not make the network (MEDIAN_FEATURES -> h -> h -> 1, h >= 2)."""
         layers = {}
         for window in QUALITY_WINDOWS_HU:
-            mean, sd, w0, b0, w1, b1, w2, b2 = (tensors[f"{window}.{name}"] for name in MEDIAN_TENSORS)
+            try:
+                mean, sd, w0, b0, w1, b1, w2, b2 = (tensors[f"{window}.{name}"] for name in MEDIAN_TENSORS)
+            except KeyError as error:
+                raise InputError(f"{source}: no tensor {error} in a median-SSIM calibration") from None
+            hidden = len(b0)
+            shapes = [array.shape for array in (mean, sd, w0, b0, w1, b1, w2, b2)]
+            expected = [(MEDIAN_FEATURES,)] * 2 + [(hidden, MEDIAN_FEATURES), (hidden,), (hidden, hidden), (hidden,)]
+            if hidden < 2 or shapes != expected + [(1, hidden), (1,)] or not (sd > 0).all():
+                raise InputError(f"{source}: tensor shapes {shapes} of window {window} are no median-SSIM calibration")
             first = w0.T / sd[:, None]  # w0 ((x - mean) / sd) = (w0 / sd) x - (w0 / sd) mean
             arrays = (first, b0 - mean @ first, w1.T, b1, w2.T, b2)
             layers[window] = tuple(np.ascontiguousarray(array, np.float32) for array in arrays)
@@ -249,21 +258,20 @@ def _dense(inputs: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> np.ndar
     return out
 
 
-@functools.lru_cache(maxsize=1)
-def median_calibration() -> MedianCalibration:
-    """The bundled median-SSIM calibration (weights sha256-checked); InputError naming the file when it is missing,
-    replaced or lacks a window's tensor."""
-    tensors, _ = load_verified(MEDIAN_CALIBRATION_CARD)
-    missing = [f"{w}.{n}" for w in QUALITY_WINDOWS_HU for n in MEDIAN_TENSORS if f"{w}.{n}" not in tensors]
-    if missing:
-        raise InputError(f"{MEDIAN_CALIBRATION_CARD}: no tensor {missing[0]} in the median-SSIM calibration")
-    return MedianCalibration.from_tensors(tensors)
+@functools.lru_cache(maxsize=4)
+def median_calibration(card_path: Path = MEDIAN_SSIM_CARD) -> MedianCalibration:
+    """The median-SSIM calibration of a card (default the bundled one), weights sha256-checked; InputError naming
+    the file when it is missing, replaced or no calibration."""
+    tensors, _ = load_verified(card_path)
+    return MedianCalibration.from_tensors(tensors, checkpoint_files(card_path)[1])
 
 
-def median_ssim_windows(hu: np.ndarray, inside: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def median_ssim_windows(
+    hu: np.ndarray, inside: np.ndarray | None = None, calibration: MedianCalibration | None = None
+) -> dict[str, np.ndarray]:
     """{window: median-SSIM map (float32 (z, y, x) in [0, 1])} of hu (z, y, x, HU) in each quality window; with
-    inside (bool (z, y, x)), computed there only and NaN elsewhere."""
-    reference, calibration = median_reference(hu), median_calibration()
+    inside (bool (z, y, x)), computed there only and NaN elsewhere; calibration: the bundled one by default."""
+    reference, calibration = median_reference(hu), calibration or median_calibration()
     voxels = None if inside is None else np.flatnonzero(inside)
     found = {}
     for name, window in QUALITY_WINDOWS_HU.items():
@@ -304,21 +312,26 @@ MEDIAN_SSIM_MARGIN = (
 
 
 def _median_ssim(
-    volume: CTVolume, model: ModelSpec, body: SlabMap, lung: SlabMap, progress: ProgressCallback | None
+    volume: CTVolume,
+    model: ModelSpec,
+    calibration: MedianCalibration,
+    body: SlabMap,
+    lung: SlabMap,
+    progress: ProgressCallback | None,
 ) -> QualityMap:
     """The median-SSIM map (module docstring) of volume inside body, slice by slice in the slab threads, each slice
-    computed on the body's bounding box widened by MEDIAN_SSIM_MARGIN (the same values inside the body as on the
-    whole slice, at 65-85 % of the cost)."""
+    computed at its body voxels from features on the body's bounding box widened by MEDIAN_SSIM_MARGIN (the same
+    values as on the whole slice)."""
     windows = {name: StagedMap(volume.shape, np.float32) for name in QUALITY_WINDOWS_HU}
 
     def compute(start: int, stop: int) -> None:
-        for z in range(start, stop):  # one slice at a time: the SSIM's float64 moments are 20 MiB per 512^2 slice
+        for z in range(start, stop):  # one slice at a time: the features of a 512^2 slice take 6 MiB per window
             inside = np.asarray(body[z], dtype=bool)
             found = {name: np.full((1, *volume.shape[1:]), np.nan, dtype=np.float32) for name in windows}
             if inside.any():
                 rows, columns = _body_box(inside, MEDIAN_SSIM_MARGIN)
                 hu = volume.hu_slab(z, z + 1)[:, rows, columns]
-                for name, values in median_ssim_windows(hu, inside[None, rows, columns]).items():
+                for name, values in median_ssim_windows(hu, inside[None, rows, columns], calibration).items():
                     found[name][:, rows, columns] = values
             _write_inside(windows, found, z, inside[None])
 
@@ -379,12 +392,14 @@ def run(
     device: where a learned model runs ("auto", "cpu", "cuda"); cancel stops it between batches (Cancelled).
     Slab by slab: nothing of the volume's size is held in memory (QualityMap).
     """
+    median = model.name == MEDIAN_SSIM_MODEL and not model.is_learned
+    calibration = median_calibration(model.card_path or MEDIAN_SSIM_CARD) if median else None  # refused before work
     body = noise.body_mask
     lung = packed_lung_mask(volume.hu, volume.spacing[0], body)
     if model.kind == "composite":
         return _denoised_ssim(volume, model, noise, body, lung, device, progress, cancel)
-    if model.name == MEDIAN_SSIM_MODEL:
-        return _median_ssim(volume, model, body, lung, progress)
+    if calibration is not None:
+        return _median_ssim(volume, model, calibration, body, lung, progress)
     if not model.is_learned:
         windows = {"soft_tissue": noise.physics_quality(), "lung": noise.physics_quality(LUNG_NOISE_SD50_HU)}
         return QualityMap(_composed(windows, lung), model, PHYSICS_DEFINITION, windows, lung)
