@@ -143,8 +143,7 @@ def resolve_model(model: str | ModelSpec | None) -> ModelSpec:
     """The quality-map model of a user's choice (see registry.resolve); a ModelSpec passes through. A median-SSIM
     map's calibration is read here, so that a missing or replaced weights file is refused before any work."""
     spec = model if isinstance(model, ModelSpec) else registry.resolve("quality_map", model)
-    if spec.name == registry.MEDIAN_SSIM_MODEL and not spec.is_learned:
-        quality_map.median_calibration(spec.card_path or registry.MEDIAN_SSIM_CARD)
+    quality_map.calibration_of(spec)
     return spec
 
 

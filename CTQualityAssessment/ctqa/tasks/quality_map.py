@@ -45,7 +45,15 @@ from ctqa.models.plain_weights import load_verified
 from ctqa.models.registry import MEDIAN_SSIM_CARD, MEDIAN_SSIM_MODEL, ModelSpec, checkpoint_files
 from ctqa.physics.lung import LUNG_WINDOW_HU, QUALITY_WINDOWS_HU, packed_lung_mask
 from ctqa.physics.noise import NOISE_SD50_HU, NoiseAnalysis
-from ctqa.physics.ssim import SSIM_K2, SSIM_RADIUS, SSIM_WINDOW_HU, scale_to_unit, ssim_of_scaled, ssim_slab
+from ctqa.physics.ssim import (
+    SSIM_K2,
+    SSIM_RADIUS,
+    SSIM_TRUNCATE,
+    SSIM_WINDOW_HU,
+    scale_to_unit,
+    ssim_of_scaled,
+    ssim_slab,
+)
 from ctqa.results import LearnedNoiseLevel
 from ctqa.slabs import ProgressCallback, run_over_slabs
 from ctqa.staging import ComputedMap, SlabMap, StagedMap
@@ -170,7 +178,8 @@ def median_reference(hu: np.ndarray) -> np.ndarray:
 
 
 def _gaussian_radius(sigma_px: float) -> int:
-    return int(3.5 * sigma_px + 0.5)
+    """Radius (voxels) of a Gaussian of sigma_px truncated as the SSIM window's (OpenCV kernel side 2 r + 1)."""
+    return int(SSIM_TRUNCATE * sigma_px + 0.5)
 
 
 def median_features(hu: np.ndarray, reference: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -266,6 +275,13 @@ def median_calibration(card_path: Path = MEDIAN_SSIM_CARD) -> MedianCalibration:
     return MedianCalibration.from_tensors(tensors, checkpoint_files(card_path)[1])
 
 
+def calibration_of(model: ModelSpec) -> MedianCalibration | None:
+    """The calibration a median-SSIM spec runs with (its card's, read once per card), None for other models."""
+    if model.name != MEDIAN_SSIM_MODEL or model.is_learned:
+        return None
+    return median_calibration(model.card_path or MEDIAN_SSIM_CARD)
+
+
 def median_ssim_windows(
     hu: np.ndarray, inside: np.ndarray | None = None, calibration: MedianCalibration | None = None
 ) -> dict[str, np.ndarray]:
@@ -332,8 +348,9 @@ def _median_ssim(
                 rows, columns = _body_box(inside, MEDIAN_SSIM_MARGIN)
                 hu = volume.hu_slab(z, z + 1)[:, rows, columns]
                 for name, values in median_ssim_windows(hu, inside[None, rows, columns], calibration).items():
-                    found[name][:, rows, columns] = values
-            _write_inside(windows, found, z, inside[None])
+                    found[name][:, rows, columns] = values  # NaN outside the body already
+            for name, values in found.items():
+                windows[name].write(z, values)
 
     run_over_slabs(compute, volume.shape[0], progress, message="median-SSIM quality map")
     return QualityMap(_composed(windows, lung), model, MEDIAN_DEFINITION, windows, lung)
@@ -392,8 +409,7 @@ def run(
     device: where a learned model runs ("auto", "cpu", "cuda"); cancel stops it between batches (Cancelled).
     Slab by slab: nothing of the volume's size is held in memory (QualityMap).
     """
-    median = model.name == MEDIAN_SSIM_MODEL and not model.is_learned
-    calibration = median_calibration(model.card_path or MEDIAN_SSIM_CARD) if median else None  # refused before work
+    calibration = calibration_of(model)  # before any work: a missing or replaced weights file is refused here
     body = noise.body_mask
     lung = packed_lung_mask(volume.hu, volume.spacing[0], body)
     if model.kind == "composite":
